@@ -1,0 +1,102 @@
+"""Method configuration: every hyperparameter of D3AD in one frozen, validated model.
+
+Values and their sources are in ``../shared/METHOD.md`` (section numbers below). ``DDADConfig`` travels
+inside the model bundle and is never read from the environment; services only choose *which* bundle to load.
+``mode`` switches between the reference code's behaviour ("faithful") and the production-clean one for
+each quirk of METHOD.md section 10; individual switches can still be set one by one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Grid = Literal["faithful", "clean"]
+
+
+class DDADConfig(BaseModel):
+    """Hyperparameters of the detector (METHOD.md section 9).
+
+    Example:
+        >>> cfg = DDADConfig()
+        >>> cfg.max_noise_step, cfg.steps_per_image, cfg.latent_weight
+        (80, 10, 0.85)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- preprocessing (section 2)
+    image_size: int = Field(256, ge=32, description="Square input size S; images are resized to S x S.")
+
+    # -- noise schedule (section 4.1)
+    num_train_timesteps: int = Field(1000, gt=0, description="T of the forward process.")
+    beta_start: float = Field(0.0015, gt=0, description="First beta of the linear schedule.")
+    beta_end: float = Field(0.0195, gt=0, description="Last beta of the linear schedule.")
+
+    # -- reverse process (section 7)
+    max_noise_step: int = Field(80, gt=0, description="T_max: the largest start timestep the noise level maps to.")
+    steps_per_image: int = Field(10, gt=0, description="UNet evaluations per image (every image takes the same).")
+    guidance: float = Field(4.0, ge=0, description="w (`eta2` in the reference code): pull toward the input latent.")
+    eta: float = Field(0.0, ge=0, description="DDIM stochasticity; 0 is deterministic DDIM.")
+    omega: float = Field(0.0, ge=0, le=1, description="Share of real noise in the start state (0 = noiseless).")
+    grid: Grid = Field("faithful", description="Q1: 'faithful' first UNet call at T-s; 'clean' grid T, T-s, ..., s.")
+    posterior: Literal["mean", "sample"] = Field(
+        "mean", description="Q5: encode with the posterior mean (deterministic) or a posterior sample (reference)."
+    )
+
+    # -- dynamic noise level (section 6)
+    dynamic_noise: bool = Field(True, description="False: fixed start step T_max for every image.")
+    knn_k: int = Field(20, gt=0, description="k of the L1 k-NN in the feature bank.")
+    num_bins: int = Field(10, gt=1, description="Equal-width bins of the training k-NN distances.")
+    min_bin: int = Field(2, ge=0, description="Bins below this map to the same (smallest) noise level.")
+    knn_mode: Grid = Field("faithful", description="Q3: 'faithful' includes the self-match; 'clean' leave-one-out.")
+    dic_pool_size: int = Field(16, gt=0, description="Block-2 features are average-pooled to this square size.")
+
+    # -- feature extractor and domain adaptation (section 5)
+    da_epochs: int = Field(1, ge=0, description="gamma: epochs of domain adaptation of the feature extractor.")
+    da_batch_size: int = Field(30, gt=0)
+    da_lr: float = Field(1e-4, gt=0)
+
+    # -- anomaly map (section 8)
+    latent_weight: float = Field(0.85, ge=0, le=1, description="lambda on the latent L1 map; 1-lambda on features.")
+    blur_sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the blended map (kernel 2*round(4s)+1).")
+    normalization: Literal["fixed", "paper"] = Field(
+        "fixed",
+        description="Q4: 'fixed' min/max from held-out good images at fit time (streaming-safe); "
+        "'paper' min/max over the whole evaluated set (reference code; offline reproduction only).",
+    )
+    feature_reference: Literal["input", "reconstruction"] = Field(
+        "input", description="Q7: compare features of the input x (reference) or of D(E(x)) with D(z_hat)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DDADConfig:
+        if self.beta_end <= self.beta_start:
+            raise ValueError(f"beta_end ({self.beta_end}) must exceed beta_start ({self.beta_start})")
+        if self.max_noise_step >= self.num_train_timesteps:
+            raise ValueError("max_noise_step must be smaller than num_train_timesteps")
+        if self.max_noise_step % self.steps_per_image:
+            raise ValueError(
+                f"max_noise_step ({self.max_noise_step}) must be a multiple of steps_per_image ({self.steps_per_image})"
+            )
+        if self.image_size % 8:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of 8 (the autoencoder's downsampling)")
+        return self
+
+
+class TrainConfig(BaseModel):
+    """How the UNet is trained (METHOD.md sections 4.2-4.3)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = Field("cpu", description="UNet preset name (see ddad_core.unet.UNET_PRESETS).")
+    epochs: int = Field(300, gt=0)
+    batch_size: int = Field(30, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    checkpoint_every: int = Field(25, gt=0, description="Save a resumable checkpoint every N epochs.")
+    seed: int = 42
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of train/good held out for normalisation and calibration."
+    )
