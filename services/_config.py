@@ -1,0 +1,146 @@
+"""Settings plumbing shared by the services: common fields, strict env parsing, ``--print-config`` and ``--check``.
+
+Flow step: none (start-up). Each service has one ``pydantic_settings.BaseSettings`` subclass in its ``config.py``
+with ``env_prefix`` ``<SERVICE>_``; services read settings only from the environment (no YAML merging, no exec).
+A bad value, and also an unknown ``<SERVICE>_*`` variable (a typo would otherwise be ignored silently), stops the
+service at start with the variable named and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXIT_BAD_CONFIG = 2
+
+
+class CommonSettings(BaseSettings):
+    """Fields every service has (``<PREFIX>KAFKA_BOOTSTRAP_SERVERS`` etc.)."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_client_id: str | None = Field(None, description="Defaults to the service name plus the host name.")
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description="Per-environment topic prefix.")
+    redis_url: str = Field("redis://localhost:6379/0", description="Password, if any, goes in the URL.")
+    redis_key_prefix: str = ""
+    object_store_url: str = Field("file:///var/lib/inspection/objects",
+                                  description="file:///dir for the local store or s3://bucket/prefix for S3.")
+    s3_endpoint_url: str | None = Field(None, description="For MinIO or another S3-compatible server.")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    http_port: int = Field(8080, ge=-1, le=65535, description="Health/metrics port; 0 = any free port, -1 = off.")
+
+    @model_validator(mode="after")
+    def _sasl(self) -> CommonSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (self.kafka_sasl_mechanism and
+                                                                    self.kafka_sasl_username):
+            raise ValueError("SASL security protocols need kafka_sasl_mechanism and kafka_sasl_username")
+        return self
+
+    def kafka_kwargs(self, service: str) -> dict[str, Any]:
+        """Connection kwargs for kafka-python clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()],
+            "security_protocol": self.kafka_security_protocol,
+            "client_id": self.kafka_client_id or f"{service}-{os.uname().nodename}",
+        }
+        if self.kafka_sasl_mechanism:
+            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=self.kafka_sasl_password.get_secret_value()
+                          if self.kafka_sasl_password else None)
+        return kwargs
+
+    def s3_client_kwargs(self) -> dict[str, Any]:
+        """kwargs for ``boto3.client("s3", ...)``; empty credentials fall back to boto's own chain (IRSA, env)."""
+        kwargs: dict[str, Any] = {"region_name": self.s3_region}
+        if self.s3_endpoint_url:
+            kwargs["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_access_key_id:
+            kwargs["aws_access_key_id"] = self.s3_access_key_id
+        if self.s3_secret_access_key:
+            kwargs["aws_secret_access_key"] = self.s3_secret_access_key.get_secret_value()
+        return kwargs
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]+)@", re.I)
+
+
+def masked_config(settings: BaseSettings) -> dict[str, Any]:
+    """Resolved settings as JSON-able values with secrets (SecretStr fields, URL passwords) masked."""
+    out = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(getattr(settings, name), SecretStr):
+            value = "**********"
+        elif isinstance(value, str):
+            value = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:**********@", value)
+        out[name] = value
+    return out
+
+
+def _unknown_env(settings_cls: type[BaseSettings]) -> list[str]:
+    prefix = (settings_cls.model_config.get("env_prefix") or "").upper()
+    if not prefix:
+        return []
+    known = {f"{prefix}{name}".upper() for name in settings_cls.model_fields}
+    return sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)
+
+
+def load_settings(settings_cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment (plus explicit overrides, used by tests and the demo).
+
+    Raises:
+        ValueError: naming every bad or unknown variable.
+    """
+    prefix = (settings_cls.model_config.get("env_prefix") or "").upper()
+    unknown = _unknown_env(settings_cls)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(prefix + n.upper() for n in settings_cls.model_fields)}")
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            name = f"{prefix}{field.upper()}" if field else settings_cls.__name__
+            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})" if field else f"{name}: {err['msg']}")
+        raise ValueError("invalid setting(s): " + "; ".join(problems)) from None
+
+
+def run_main(settings_cls: type[S], run: Callable[[S, bool], int], argv: list[str] | None, description: str) -> int:
+    """The shared ``main()`` of a service: parse flags, load settings, then ``run(settings, check_only)``.
+
+    ``--print-config`` prints the resolved settings (secrets masked) and exits 0; ``--check`` asks the service to
+    do its start-up work (connect, load and warm up the model) and exit 0 instead of serving.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--print-config", action="store_true", help="print resolved settings (secrets masked)")
+    parser.add_argument("--check", action="store_true", help="start up, verify, and exit 0 instead of serving")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(settings_cls)
+    except ValueError as exc:
+        print(f"{settings_cls.__name__}: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.print_config:
+        print(json.dumps(masked_config(settings), indent=2, sort_keys=True))
+        return 0
+    return run(settings, args.check)

@@ -1,0 +1,248 @@
+"""Kafka plumbing: consumer/producer factories, topic creation, offset tracking and the dead-letter publisher.
+
+Flow step: the transport between every stage. Conventions (ECOSYSTEM.md sections 6 and 11):
+
+* consumers never auto-commit; a loop commits explicitly after its outputs are flushed (at-least-once);
+* producers are idempotent with ``acks=all``; records are keyed by camera id;
+* the assignor is cooperative-sticky by default (only moving partitions pause on a scale event), range on request;
+* a record that cannot be processed goes to ``<topic>.dlq`` with the reason in headers, and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from services.contracts.topics import (
+    HEADER_DLQ_DETAIL,
+    HEADER_DLQ_REASON,
+    HEADER_DLQ_SERVICE,
+    HEADER_DLQ_SOURCE,
+    Topics,
+)
+
+Assignor = Literal["cooperative-sticky", "range", "roundrobin"]
+_ASSIGNORS = {
+    "cooperative-sticky": CooperativeStickyAssignor,
+    "range": RangePartitionAssignor,
+    "roundrobin": RoundRobinPartitionAssignor,
+}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """Partitions and retention of one topic (mirrors deploy/kafka/topics.yaml and the README table)."""
+
+    partitions: int
+    retention_ms: int
+    max_message_bytes: int = 1048588
+
+
+def default_topic_specs(topics: Topics, frames_partitions: int = 6) -> dict[str, TopicSpec]:
+    """The product's topics: frames are short-lived (a stale frame is worthless), results and defects are kept."""
+    hour = 3600 * 1000
+    return {
+        topics.frames: TopicSpec(frames_partitions, 1 * hour),
+        topics.frames_dlq: TopicSpec(1, 7 * 24 * hour),
+        topics.results: TopicSpec(frames_partitions, 7 * 24 * hour),
+        topics.defects: TopicSpec(3, 30 * 24 * hour),
+    }
+
+
+def ensure_topics(kafka_kwargs: dict[str, Any], specs: dict[str, TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet (dev, tests, demo; production uses deploy/kafka/topics.yaml).
+
+    Returns:
+        The names that were created.
+    """
+    admin = KafkaAdminClient(**{k: v for k, v in kafka_kwargs.items() if k != "client_id"},
+                             client_id="inspection-admin")
+    try:
+        existing = set(admin.list_topics())
+        todo = {name: spec for name, spec in specs.items() if name not in existing}
+        if not todo:
+            return []
+        try:
+            admin.create_topics({name: {"num_partitions": spec.partitions, "replication_factor": -1,
+                                        "configs": {"retention.ms": str(spec.retention_ms),
+                                                    "max.message.bytes": str(spec.max_message_bytes)}}
+                                 for name, spec in todo.items()}, wait_for_metadata=True)
+        except TopicAlreadyExistsError:  # another process won the race: fine
+            pass
+        return sorted(todo)
+    finally:
+        admin.close()
+
+
+def make_consumer(kafka_kwargs: dict[str, Any], group_id: str, *, assignor: Assignor = "cooperative-sticky",
+                  group_instance_id: str | None = None, max_poll_records: int = 64,
+                  session_timeout_ms: int = 45000, heartbeat_interval_ms: int = 3000,
+                  max_poll_interval_ms: int = 300000, auto_offset_reset: str = "earliest",
+                  **overrides: Any) -> KafkaConsumer:
+    """A group consumer that never commits on its own.
+
+    Args:
+        kafka_kwargs: Connection kwargs (``CommonSettings.kafka_kwargs``).
+        group_id: Consumer group.
+        assignor: Partition assignment strategy.
+        group_instance_id: Static membership id (the pod name), so a restart inside the session timeout does not
+            rebalance the group.
+        max_poll_records: Kept near the max batch size: records beyond a batch would wait in memory uncommitted.
+        session_timeout_ms: Group session timeout (tests lower it to 6000).
+        heartbeat_interval_ms: Heartbeat period (tests lower it to 1000).
+        max_poll_interval_ms: Must exceed the worst batch time x 2 (including model reload), or the group
+            rebalances mid-batch and the commit fails (dpkp/kafka-python#1401).
+        auto_offset_reset: "earliest": a new group must not skip frames already waiting.
+        **overrides: Any other KafkaConsumer argument.
+    """
+    kwargs = dict(kafka_kwargs)
+    kwargs.update(
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        partition_assignment_strategy=(_ASSIGNORS[assignor],),
+        max_poll_records=max_poll_records,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        max_poll_interval_ms=max_poll_interval_ms,
+    )
+    if group_instance_id:
+        kwargs["group_instance_id"] = group_instance_id
+    kwargs.update(overrides)
+    return KafkaConsumer(**kwargs)
+
+
+def make_producer(kafka_kwargs: dict[str, Any], *, linger_ms: int = 5, max_request_size: int = 1048576,
+                  **overrides: Any) -> KafkaProducer:
+    """An idempotent producer (``acks=all``): broker-side retries cannot duplicate or reorder a partition.
+
+    ``linger_ms`` is small: a batch of results is flushed right after it is produced anyway.
+    """
+    kwargs = dict(kafka_kwargs)
+    kwargs.update(enable_idempotence=True, acks="all", linger_ms=linger_ms, max_request_size=max_request_size)
+    kwargs.update(overrides)
+    return KafkaProducer(**kwargs)
+
+
+class DeadLetterPublisher:
+    """Sends unprocessable records to the dead-letter topic with the reason in headers.
+
+    The original key and value are kept byte for byte so the record can be replayed after a fix.
+    """
+
+    def __init__(self, producer: KafkaProducer, topic: str, service: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.service = service
+
+    def send(self, record: ConsumerRecord, reason: str, detail: str = "") -> Any:
+        """Produce one DLQ record (the caller flushes before committing the original offset)."""
+        headers = [
+            (HEADER_DLQ_REASON, reason.encode()),
+            (HEADER_DLQ_DETAIL, detail[:1000].encode("utf-8", "replace")),
+            (HEADER_DLQ_SOURCE, f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            (HEADER_DLQ_SERVICE, self.service.encode()),
+        ]
+        return self.producer.send(self.topic, key=record.key, value=record.value, headers=headers)
+
+
+class OffsetTracker:
+    """Which offsets of each partition are finished, so commits never skip a frame still in flight.
+
+    The micro-batcher takes frames round-robin across cameras, and several cameras share a partition, so frames
+    of one partition finish out of order. The committable offset of a partition is therefore its lowest unfinished
+    offset (or the highest finished one + 1 when none is outstanding), never simply "last batch's offset + 1".
+
+    Example:
+        >>> from kafka import TopicPartition
+        >>> tp = TopicPartition("frames", 0); t = OffsetTracker()
+        >>> for o in (5, 6, 7): t.add(tp, o)
+        >>> t.done(tp, 7); t.committable()
+        {TopicPartition(topic='frames', partition=0): 5}
+        >>> t.done(tp, 5); t.done(tp, 6); t.committable()
+        {TopicPartition(topic='frames', partition=0): 8}
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the rebalance listener runs on kafka-python's IO thread
+        self._pending: dict[TopicPartition, set[int]] = {}
+        self._high: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def add(self, tp: TopicPartition, offset: int) -> None:
+        with self._lock:
+            self._pending.setdefault(tp, set()).add(offset)
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        with self._lock:
+            pending = self._pending.get(tp)
+            if pending is None or offset not in pending:
+                return  # the partition was revoked meanwhile: its new owner reprocesses it
+            pending.discard(offset)
+            self._high[tp] = max(self._high.get(tp, -1), offset)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Next offset to commit per partition, only where it moved since ``mark_committed``."""
+        with self._lock:
+            out = {}
+            for tp in set(self._pending) | set(self._high):
+                pending = self._pending.get(tp)
+                if pending:
+                    nxt = min(pending)
+                elif tp in self._high:
+                    nxt = self._high[tp] + 1
+                else:
+                    continue
+                if nxt > self._committed.get(tp, -1) and (tp in self._high):
+                    out[tp] = nxt
+            return out
+
+    def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        with self._lock:
+            for tp, off in offsets.items():
+                self._committed[tp] = max(self._committed.get(tp, -1), off)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop all state of revoked/lost partitions."""
+        with self._lock:
+            for tp in partitions:
+                self._pending.pop(tp, None)
+                self._high.pop(tp, None)
+                self._committed.pop(tp, None)
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return sum(len(p) for p in self._pending.values())
+
+
+def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Synchronously commit ``{tp: next_offset}`` (raises ``CommitFailedError`` after a rebalance)."""
+    if offsets:
+        consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+
+
+def consumer_lag(consumer: KafkaConsumer) -> dict[str, int]:
+    """Records between the consumer's position and the end of each assigned partition, summed per topic."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return {}
+    ends = consumer.end_offsets(assigned)
+    lag: dict[str, int] = {}
+    for tp in assigned:
+        try:
+            pos = consumer.position(tp, timeout_ms=1000)
+        except Exception:  # noqa: BLE001 - position can be unknown right after an assignment; skip it
+            continue
+        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends.get(tp, pos) - pos)
+    return lag

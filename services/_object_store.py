@@ -1,0 +1,156 @@
+"""Object store for masks, heatmaps and claim-check frames: local filesystem or S3, behind one small interface.
+
+Flow step: worker -> masks/heatmaps (PNG); ingestor -> large frames (claim check); worker <- claim-check frames.
+Keys are deterministic (``masks/{camera_id}/{frame_id}.png``), so a replayed frame overwrites its own objects.
+URIs are ``file:///abs/path`` for the local store and ``s3://bucket/key`` for S3; ``get`` accepts either.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+
+class ObjectNotFoundError(KeyError):
+    """The URI points at nothing."""
+
+
+class ObjectStore(Protocol):
+    """The whole interface the services use."""
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Store ``data`` under ``key`` (overwriting) and return its URI."""
+
+    def get(self, uri: str) -> bytes:
+        """Read the object behind a URI this store returned (raises ``ObjectNotFoundError``)."""
+
+    def uri_for(self, key: str) -> str:
+        """The URI ``put(key, ...)`` returns, without writing."""
+
+
+def _check_key(key: str) -> str:
+    # Keys come from ids validated by the contracts, but a ".." would still escape the local root: refuse it.
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class LocalObjectStore:
+    """Files under a root directory (the default for one machine and for the demo).
+
+    Writes go to a temporary file in the same directory and are renamed into place, so a reader never sees half a
+    PNG and a crash mid-write leaves the previous version.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def uri_for(self, key: str) -> str:
+        return (self.root / _check_key(key)).as_uri()
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        path = self.root / _check_key(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path.as_uri()
+
+    def get(self, uri: str) -> bytes:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            raise ValueError(f"LocalObjectStore cannot read {uri!r}")
+        path = Path(unquote(parsed.path)).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"{uri!r} is outside the store root {self.root}")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(uri) from exc
+
+
+class S3ObjectStore:
+    """An S3 bucket (AWS, MinIO or any S3-compatible server) through boto3.
+
+    Args:
+        bucket: Bucket name; created on first use when ``create_bucket`` is true (dev and tests).
+        prefix: Key prefix inside the bucket (per environment).
+        client_kwargs: Passed to ``boto3.client("s3", **client_kwargs)`` (endpoint_url, credentials, region).
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", client_kwargs: dict[str, Any] | None = None,
+                 create_bucket: bool = False) -> None:
+        import boto3  # imported here so the local store works without touching botocore's slow import
+        from botocore.config import Config
+
+        kwargs = dict(client_kwargs or {})
+        # Masks are small and writes are retried by the worker's at-least-once loop; bound boto's own retries so a
+        # dead S3 endpoint fails a batch in seconds, not minutes.
+        kwargs.setdefault("config", Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
+                                            read_timeout=30))
+        self.client = boto3.client("s3", **kwargs)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if create_bucket:
+            self._ensure_bucket()
+
+    def _ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def _full_key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full_key(key)}"
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        full = self._full_key(key)
+        self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
+        return f"s3://{self.bucket}/{full}"
+
+    def get(self, uri: str) -> bytes:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            raise ValueError(f"S3ObjectStore cannot read {uri!r}")
+        try:
+            return self.client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
+        except self.client.exceptions.NoSuchKey as exc:
+            raise ObjectNotFoundError(uri) from exc
+
+
+def open_object_store(url: str, s3_client_kwargs: dict[str, Any] | None = None,
+                      create_bucket: bool = False) -> LocalObjectStore | S3ObjectStore:
+    """Open the store a settings URL names: ``file:///dir``, a plain path, or ``s3://bucket[/prefix]``.
+
+    Example:
+        >>> import tempfile; d = tempfile.mkdtemp()
+        >>> store = open_object_store(d)
+        >>> store.get(store.put("masks/cam1/f1.png", b"png"))
+        b'png'
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"object store URL {url!r} names no bucket")
+        return S3ObjectStore(parsed.netloc, parsed.path, s3_client_kwargs, create_bucket=create_bucket)
+    if parsed.scheme == "file":
+        return LocalObjectStore(unquote(parsed.path))
+    if parsed.scheme == "":
+        return LocalObjectStore(url)
+    raise ValueError(f"unsupported object store URL {url!r} (use file:///dir or s3://bucket/prefix)")
