@@ -96,7 +96,8 @@ class Frame(BaseModel):
         if data is None or len(data) < 8 or data[:3] != _MAGIC:
             raise FrameDecodeError("bad_envelope", "value does not start with the DDF frame magic")
         if data[3] != SCHEMA_VERSION:
-            raise FrameDecodeError("unsupported_schema", f"frame schema version {data[3]} (supported: {SCHEMA_VERSION})")
+            raise FrameDecodeError("unsupported_schema",
+                                   f"frame schema version {data[3]} (supported: {SCHEMA_VERSION})")
         (header_len,) = _HEADER_LEN.unpack_from(data, 4)
         if header_len > _MAX_HEADER_BYTES or 8 + header_len > len(data):
             raise FrameDecodeError("bad_envelope", f"header length {header_len} exceeds the record ({len(data)} bytes)")

@@ -1,0 +1,169 @@
+"""Frames -> pixels -> one batched ddad_core call -> per-frame values the sinks write.
+
+Flow step: batch -> tensor (decode here, resize/normalise only in ``ddad_core.preprocess``) and the per-frame
+post-processing the services need: PNG masks/heatmaps and bounding boxes of the defect regions.
+Decoding uses ``ddad_core.preprocess.decode_image``, the same decoder as fitting, so train and serve see the same
+pixels (ECOSYSTEM.md: preprocessing parity bugs are the classic failure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from services._object_store import ObjectStore
+from services.contracts.frames import Frame
+from services.contracts.results import BoundingBox
+
+
+class InvalidFrameError(ValueError):
+    """A frame that parsed but cannot be inferred; ``reason`` goes into the DLQ header."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Detector(Protocol):
+    """What the worker needs from ``ddad_core.pipeline.DDADPipeline``."""
+
+    model_version: str
+    bundle_hash: str
+
+    def __call__(self, images: list[np.ndarray]) -> Any: ...
+
+
+def load_detector(bundle_path: str, device: str = "auto", dtype: str | None = None) -> Any:
+    """Load the pipeline from a bundle (imported lazily: the ingestor and alerter never import torch)."""
+    import torch
+    from ddad_core.pipeline import DDADPipeline
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs: dict[str, Any] = {"device": device}
+    if dtype:
+        kwargs["dtype"] = getattr(torch, dtype)
+    return DDADPipeline.from_bundle(bundle_path, **kwargs)
+
+
+def warm_up(detector: Any, batch_size: int, image_size: int | None = None) -> None:
+    """Run one batch at ``batch_size`` so kernels, allocator pools and lazy init are paid before readiness."""
+    if hasattr(detector, "warmup"):
+        detector.warmup(batch_size)
+        return
+    size = image_size or int(getattr(detector, "image_size", 64))
+    detector([np.zeros((size, size, 3), np.uint8)] * batch_size)
+
+
+def raw_threshold(detector: Any) -> float:
+    """The raw image-score threshold of the loaded calibration (``pred_score_raw >= threshold`` is anomalous)."""
+    thr = getattr(detector, "threshold", None)
+    for candidate in (thr, getattr(thr, "image", None), getattr(thr, "image_threshold", None),
+                      thr.get("image") if isinstance(thr, dict) else None,
+                      thr.get("image_threshold") if isinstance(thr, dict) else None,
+                      getattr(detector, "image_threshold", None)):
+        if isinstance(candidate, int | float):
+            return float(candidate)
+        if hasattr(candidate, "item") and getattr(candidate, "numel", lambda: 1)() == 1:
+            return float(candidate.item())
+    return float("nan")
+
+
+def decode_frame(frame: Frame, store: ObjectStore | None, max_pixels: int) -> np.ndarray:
+    """Fetch (claim check) and decode one frame, and check it against its own header.
+
+    Raises:
+        InvalidFrameError: reasons ``claim_check_missing``, ``undecodable``, ``shape_mismatch``, ``too_large``.
+    """
+    from ddad_core.preprocess import ImageDecodeError, decode_image
+
+    data = frame.image
+    if data is None:
+        if store is None:
+            raise InvalidFrameError("claim_check_missing", f"no object store configured for {frame.image_uri}")
+        try:
+            data = store.get(frame.image_uri)
+        except (KeyError, OSError, ValueError) as exc:
+            raise InvalidFrameError("claim_check_missing", f"{frame.image_uri}: {exc}") from exc
+    if frame.width * frame.height > max_pixels:
+        raise InvalidFrameError("too_large", f"{frame.width}x{frame.height} exceeds {max_pixels} pixels")
+    try:
+        pixels = decode_image(data)
+    except ImageDecodeError as exc:
+        raise InvalidFrameError("undecodable", exc.reason) from exc
+    # Never silently resize a frame that disagrees with its header: that is a broken camera or ingestor.
+    if pixels.shape[:2] != (frame.height, frame.width):
+        raise InvalidFrameError("shape_mismatch", f"header says {frame.width}x{frame.height}, image is "
+                                                  f"{pixels.shape[1]}x{pixels.shape[0]}")
+    return pixels
+
+
+@dataclass
+class FrameOutput:
+    """Host-side values of one frame's result."""
+
+    pred_score: float
+    pred_score_raw: float
+    pred_label: bool
+    noise_step: int
+    anomaly_map: np.ndarray  # (S, S) float32
+    pred_mask: np.ndarray  # (S, S) bool
+
+
+def split_output(output: Any) -> list[FrameOutput]:
+    """Turn a batched ``InspectionOutput`` into per-frame host values (one device->host copy per tensor)."""
+    arrays = output.to_numpy()
+    return [FrameOutput(float(arrays["pred_score"][i]), float(arrays["pred_score_raw"][i]),
+                        bool(arrays["pred_label"][i]), int(arrays["noise_step"][i]),
+                        arrays["anomaly_map"][i].astype(np.float32), arrays["pred_mask"][i].astype(bool))
+            for i in range(len(output))]
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """``(S, S)`` bool mask -> 8-bit PNG (0 / 255)."""
+    ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+    if not ok:
+        raise RuntimeError("PNG encoding of the mask failed")
+    return buf.tobytes()
+
+
+def encode_heatmap_png(anomaly_map: np.ndarray, threshold: float) -> bytes:
+    """Colour PNG of the raw map on a fixed scale: the calibrated threshold sits mid-scale (like pred_score's 0.5).
+
+    A fixed scale, not per-image min-max, so a good frame looks cold and a defect looks hot.
+    """
+    scale = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else float(anomaly_map.max() or 1.0)
+    gray = np.clip(anomaly_map / scale * 255.0, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", cv2.applyColorMap(gray, cv2.COLORMAP_JET))
+    if not ok:
+        raise RuntimeError("PNG encoding of the heatmap failed")
+    return buf.tobytes()
+
+
+def regions_from_mask(mask: np.ndarray, width: int, height: int, max_regions: int = 16) -> list[BoundingBox]:
+    """Bounding boxes of the connected regions of a ``(S, S)`` mask, scaled to the frame's ``width x height``.
+
+    Largest regions first; at most ``max_regions`` (a speckled mask must not produce a huge message).
+
+    Example:
+        >>> m = np.zeros((8, 8), bool); m[2:4, 4:8] = True
+        >>> regions_from_mask(m, 16, 16)[0].model_dump()
+        {'x': 8, 'y': 4, 'width': 8, 'height': 4, 'area_fraction': 0.125}
+    """
+    if not mask.any():
+        return []
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    sy, sx = height / mask.shape[0], width / mask.shape[1]
+    total = float(mask.size)
+    boxes = []
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:max_regions] + 1:
+        x, y, w, h, area = (int(v) for v in stats[i, :5])
+        x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
+        x1, y1 = min(width, int(np.ceil((x + w) * sx))), min(height, int(np.ceil((y + h) * sy)))
+        boxes.append(BoundingBox(x=x0, y=y0, width=max(1, x1 - x0), height=max(1, y1 - y0),
+                                 area_fraction=round(area / total, 6)))
+    return boxes

@@ -1,0 +1,400 @@
+"""The worker loop: consume -> micro-batch -> infer -> sinks -> produce -> flush -> commit.
+
+Flow step: Kafka ``frames`` -> micro-batch -> ddad_core -> object store / Redis / Kafka ``results`` -> commit.
+
+Delivery is at-least-once (quix-streams' checkpoint order): offsets are committed only after everything a batch
+produced is durable, so a crash anywhere before the commit replays the batch, and because every write is keyed by
+frame id and inference is deterministic, the replay overwrites instead of duplicating. ``run_batch`` spells the
+steps out; read it first.
+
+Threading: one loop thread owns the consumer, the batcher and the commit. kafka-python calls the rebalance listener
+on its IO thread while the loop thread is blocked inside ``poll()``, so a batch is never in flight during a
+revoke: the batch before the poll has already been flushed and committed ("finish"), and frames still waiting in the
+batcher for revoked partitions are dropped uncommitted ("abandon") so their new owner processes them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from services import _observability as obs
+from services._kafka import DeadLetterPublisher, OffsetTracker, commit_offsets, consumer_lag
+from services._object_store import ObjectStore
+from services._redis import InspectionStore
+from services.contracts.frames import Frame, FrameDecodeError
+from services.contracts.results import InspectionResult
+from services.contracts.topics import Topics
+from services.worker.batcher import Batch, MicroBatcher
+from services.worker.config import WorkerSettings
+from services.worker.inference import (
+    FrameOutput,
+    InvalidFrameError,
+    decode_frame,
+    raw_threshold,
+    regions_from_mask,
+    split_output,
+)
+from services.worker.sinks import MaskSink, ResultsProducer
+
+SERVICE = "worker"
+_IDLE_POLL_MS = 500  # long enough that a group join completes inside one poll (ECOSYSTEM.md section 11)
+_UNASSIGNED_POLL_MS = 1000
+
+
+@dataclass
+class _Item:
+    """A parsed frame waiting in the batcher, with where it came from (for the DLQ and the commit)."""
+
+    record: ConsumerRecord
+    frame: Frame
+    tp: TopicPartition
+
+
+class _RebalanceListener(ConsumerRebalanceListener):
+    """Abandons waiting frames of partitions that leave this worker (see the module docstring)."""
+
+    def __init__(self, loop: WorkerLoop) -> None:
+        self.loop = loop
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.loop.abandon(revoked, "revoked")
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.loop.log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.loop.abandon(lost, "lost")
+
+
+class WorkerLoop:
+    """Owns the consumer, the micro-batcher and the commit of one worker process.
+
+    Args:
+        settings: Worker settings (batching, retries, thread counts).
+        consumer: A ``KafkaConsumer`` made by ``services._kafka.make_consumer`` (auto-commit off).
+        producer: An idempotent ``KafkaProducer`` (results and DLQ).
+        detector: The loaded ``DDADPipeline`` (or anything with its call signature).
+        store: Object store for masks, heatmaps and claim-check frames.
+        inspection_store: Redis result store.
+        log: A structlog logger.
+        health: Liveness/readiness state (``beat`` per iteration).
+        clock / wall_clock: Injectable clocks (monotonic / POSIX seconds).
+    """
+
+    def __init__(self, settings: WorkerSettings, consumer: Any, producer: Any, detector: Any, store: ObjectStore,
+                 inspection_store: InspectionStore, log: Any, health: obs.Health | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.detector = detector
+        self.store = store
+        self.inspection_store = inspection_store
+        self.topics = Topics(settings.topic_prefix)
+        self.log = log.bind(model_version=getattr(detector, "model_version", "?"))
+        self.health = health or obs.Health()
+        self._clock = clock
+        self._wall = wall_clock
+        self.batcher: MicroBatcher[_Item] = MicroBatcher(settings.max_batch_size, settings.max_queue_delay_ms,
+                                                         settings.max_frame_age_ms, clock=clock, wall_clock=wall_clock)
+        self.tracker = OffsetTracker()
+        self.dlq = DeadLetterPublisher(producer, self.topics.frames_dlq, SERVICE)
+        self.results = ResultsProducer(producer, self.topics.results)
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._sink_pool = ThreadPoolExecutor(settings.sink_threads, thread_name_prefix="sink")
+        self.masks = MaskSink(store, self._sink_pool, settings.write_heatmaps)
+        self.threshold = raw_threshold(detector)
+        self._lock = threading.Lock()  # batcher + tracker vs. the rebalance listener (IO thread)
+        self._dlq_done: list[tuple[TopicPartition, int]] = []  # DLQ'd at parse time, done after the next flush
+        self._consecutive_frame_failures = 0
+        self._next_lag = 0.0
+        self.batches_run = 0
+
+    # ------------------------------------------------------------------------------------------- consuming
+
+    def subscribe(self) -> None:
+        """Join the group on the frames topic with the rebalance listener."""
+        self.consumer.subscribe([self.topics.frames], listener=_RebalanceListener(self))
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set, then drain (finish what is pending, commit, leave the group)."""
+        try:
+            while not stop.is_set():
+                self.step()
+            self.drain()
+        finally:
+            self.close()
+
+    def step(self) -> None:
+        """One iteration: poll, queue, run every ready batch, commit parse-time DLQ records."""
+        self.health.beat()
+        records = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=self._poll_max_records())
+        for tp_records in records.values():
+            for record in tp_records:
+                self._accept(record)
+        while True:
+            with self._lock:
+                batch = self.batcher.take() if self.batcher.ready() else None
+            if batch is None:
+                break
+            self.run_batch(batch)
+        if self._dlq_done:
+            self._finish([])
+        if self._clock() >= self._next_lag:
+            self._next_lag = self._clock() + self.settings.lag_interval_s
+            self._update_lag()
+
+    def _poll_timeout_ms(self) -> int:
+        if not self.consumer.assignment():
+            # Not in the group yet: poll in long rounds and do nothing else, or kafka-python 3.0.12 may drop the
+            # join (ECOSYSTEM.md section 11).
+            return _UNASSIGNED_POLL_MS
+        wait = self.batcher.time_to_ready()
+        if wait is None:
+            return _IDLE_POLL_MS
+        return int(min(_IDLE_POLL_MS, max(1.0, wait * 1000.0)))
+
+    def _poll_max_records(self) -> int:
+        # Fetch at most about a batch beyond what waits: anything more would sit in memory uncommitted.
+        return max(1, 2 * self.settings.max_batch_size - len(self.batcher))
+
+    def _accept(self, record: ConsumerRecord) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        obs.FRAMES_IN.labels(SERVICE).inc()
+        with self._lock:
+            self.tracker.add(tp, record.offset)
+        try:
+            frame = Frame.from_bytes(record.value)
+        except FrameDecodeError as exc:
+            self._dead_letter(record, exc.reason, exc.detail)
+            self._dlq_done.append((tp, record.offset))
+            return
+        with self._lock:
+            self.batcher.add(_Item(record, frame, tp), frame.camera_id, frame.captured_ts)
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str, detail: str) -> None:
+        self.dlq.send(record, reason, detail)
+        obs.DLQ_RECORDS.labels(SERVICE, reason).inc()
+        obs.FRAMES_DROPPED.labels(SERVICE, reason).inc()
+        self.log.warning("frame_dead_lettered", reason=reason, detail=detail[:200],
+                         source=f"{record.topic}/{record.partition}/{record.offset}")
+
+    def abandon(self, partitions: set[TopicPartition], why: str) -> None:
+        """Drop waiting frames of partitions this worker no longer owns; they stay uncommitted for the new owner."""
+        parts = set(partitions)
+        with self._lock:
+            dropped = self.batcher.remove(lambda item: item.tp in parts)
+            self.tracker.forget(parts)
+            self._dlq_done = [(tp, off) for tp, off in self._dlq_done if tp not in parts]
+        self.log.info("partitions_" + why, partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in parts),
+                      abandoned_frames=len(dropped))
+
+    # ------------------------------------------------------------------------------------------- one batch
+
+    def run_batch(self, batch: Batch[_Item]) -> None:
+        """Process one micro-batch; offsets are committed last.
+
+        Steps (repeated as comments in the body):
+
+        1. decode and validate in the thread pool (bad frames go to the DLQ, the rest carry on);
+        2. infer: one batched pipeline call for all good frames (mixed noise levels in one batch);
+        3. write masks and heatmaps to the object store;
+        4. write the Redis result hashes and per-camera streams (one transaction);
+        5. produce the results;
+        6. flush the producer (results and DLQ records acknowledged by the brokers);
+        7. commit offsets (only of frames that are finished; stale drops count as finished).
+        """
+        batch_id = uuid.uuid4().hex[:12]
+        log = self.log.bind(batch_id=batch_id)
+        started = self._clock()
+        done: list[tuple[TopicPartition, int]] = []
+        for p in batch.stale:
+            # A verdict on a part that already left the camera is worthless; counted, committed, not inferred.
+            obs.FRAMES_DROPPED.labels(SERVICE, "stale").inc()
+            done.append((p.item.tp, p.item.record.offset))
+        items = batch.items
+        timings: dict[str, float] = {}
+        n_inferred = 0
+        if items:
+            obs.BATCH_SIZE.observe(len(items))
+            for p in items:
+                obs.QUEUE_WAIT.observe(max(0.0, started - p.enqueued_at))
+
+            # 1. decode and validate (claim-check fetch + JPEG/PNG decode release the GIL: a thread pool scales)
+            t0 = self._clock()
+            futures = [self._decode_pool.submit(decode_frame, p.item.frame, self.store, self.settings.max_image_pixels)
+                       for p in items]
+            good, images = [], []
+            for p, fut in zip(items, futures, strict=True):
+                try:
+                    images.append(fut.result())
+                    good.append(p)
+                except InvalidFrameError as exc:
+                    self._dead_letter(p.item.record, exc.reason, exc.detail)
+                    done.append((p.item.tp, p.item.record.offset))
+            timings["decode"] = (self._clock() - t0) * 1000.0
+
+            # 2. infer: one batched call; a failing batch is retried frame by frame to isolate a poison frame
+            t0 = self._clock()
+            outputs, pipeline_timings = self._infer(images) if images else ([], {})
+            timings["infer"] = (self._clock() - t0) * 1000.0
+            timings.update({f"pipeline.{k}": float(v) for k, v in pipeline_timings.items()})
+            inferred = []
+            for p, out in zip(good, outputs, strict=True):
+                if isinstance(out, InvalidFrameError):
+                    self._dead_letter(p.item.record, out.reason, out.detail)
+                    done.append((p.item.tp, p.item.record.offset))
+                else:
+                    inferred.append((p, out))
+
+            # Steps 3-6 write only idempotent, frame-keyed data, so retrying them after a transient sink error is
+            # safe; if they keep failing the worker exits uncommitted and the batch is replayed after the restart.
+            for attempt in range(self.settings.sink_retries + 1):
+                try:
+                    self._write_outputs(inferred, batch_id, timings, started, log)
+                    break
+                except Exception as exc:  # noqa: BLE001 - any sink error: retry, then give up loudly
+                    if attempt == self.settings.sink_retries:
+                        log.error("sinks_failed", error=repr(exc), attempts=attempt + 1)
+                        raise
+                    log.warning("sink_retry", error=repr(exc), attempt=attempt + 1)
+                    time.sleep(min(5.0, 0.2 * 2**attempt))
+            done.extend((p.item.tp, p.item.record.offset) for p, _ in inferred)
+            n_inferred = len(inferred)
+        else:
+            # Only stale drops: nothing was produced, nothing to flush but DLQ records from earlier steps.
+            self._flush()
+
+        # 7. commit offsets (everything above is durable now)
+        t0 = self._clock()
+        self._finish(done, flushed=True)
+        obs.STAGE_DURATION.labels("commit").observe(self._clock() - t0)
+        self.batches_run += 1
+        log.info("batch_done", frames=len(items), stale=len(batch.stale), inferred=n_inferred,
+                 ms=round((self._clock() - started) * 1000.0, 1),
+                 infer_ms=round(timings.get("infer", 0.0), 1))
+
+    def _write_outputs(self, inferred: list[tuple[Any, FrameOutput]], batch_id: str, timings: dict[str, float],
+                       started: float, log: Any) -> None:
+        # 3. write masks and heatmaps (object keys by frame id: a replay overwrites)
+        t0 = self._clock()
+        uris = self.masks.write([(p.item.frame.camera_id, p.item.frame.frame_id, out) for p, out in inferred],
+                                self.threshold)
+        obs.STAGE_DURATION.labels("sink_masks").observe(self._clock() - t0)
+        processed_at = datetime.fromtimestamp(self._wall(), UTC)
+        results = []
+        for (p, out), (mask_uri, heat_uri) in zip(inferred, uris, strict=True):
+            f = p.item.frame
+            results.append(InspectionResult(
+                frame_id=f.frame_id, camera_id=f.camera_id, line_id=f.line_id, product_id=f.product_id,
+                sequence=f.sequence, source=f.source, captured_at=f.captured_at, processed_at=processed_at,
+                pred_score=out.pred_score, pred_score_raw=out.pred_score_raw, pred_label=out.pred_label,
+                noise_step=out.noise_step, threshold=self.threshold,
+                model_version=str(getattr(self.detector, "model_version", "unknown")),
+                bundle_hash=str(getattr(self.detector, "bundle_hash", "unknown")),
+                mask_uri=mask_uri, heatmap_uri=heat_uri,
+                defect_regions=regions_from_mask(out.pred_mask, f.width, f.height) if out.pred_label else [],
+                timings_ms={k: round(v, 3) for k, v in timings.items()}, batch_id=batch_id,
+                batch_size=len(inferred), queue_wait_ms=round(max(0.0, started - p.enqueued_at) * 1000.0, 3)))
+        # 4. write Redis (one MULTI/EXEC per batch)
+        t0 = self._clock()
+        self.inspection_store.write(results)
+        obs.STAGE_DURATION.labels("sink_redis").observe(self._clock() - t0)
+        # 5. produce results (key camera id: per-camera order for the alerter's debounce)
+        for r in results:
+            self.results.add(r)
+        # 6. flush the producer: results and any DLQ records of this batch are acknowledged (acks=all)
+        t0 = self._clock()
+        self._flush()
+        obs.STAGE_DURATION.labels("produce_flush").observe(self._clock() - t0)
+        now = self._wall()
+        for r in results:
+            obs.END_TO_END.labels("result").observe(max(0.0, now - r.captured_at.timestamp()))
+            obs.ANOMALY_SCORE.observe(r.pred_score)
+        obs.RESULTS_OUT.labels(SERVICE).inc(len(results))
+
+    def _flush(self) -> None:
+        self.results.flush(timeout_s=60.0)
+
+    def _infer(self, images: list[Any]) -> tuple[list[FrameOutput | InvalidFrameError], dict[str, float]]:
+        try:
+            output = self.detector(images)
+            self._consecutive_frame_failures = 0
+            return split_output(output), dict(getattr(output, "timings_ms", {}) or {})
+        except Exception as batch_exc:  # noqa: BLE001 - decide below whether it is one frame or the whole worker
+            self.log.warning("batch_inference_failed", error=repr(batch_exc), frames=len(images))
+        outputs: list[FrameOutput | InvalidFrameError] = []
+        for image in images:
+            try:
+                outputs.append(split_output(self.detector([image]))[0])
+                self._consecutive_frame_failures = 0
+            except Exception as exc:  # noqa: BLE001
+                self._consecutive_frame_failures += 1
+                # Many failures in a row is a broken model or device, not poison frames: exit uncommitted rather
+                # than dead-letter the whole stream.
+                if self._consecutive_frame_failures > max(8, 2 * self.settings.max_batch_size):
+                    raise
+                outputs.append(InvalidFrameError("inference_error", repr(exc)))
+        return outputs, {}
+
+    def _finish(self, done: list[tuple[TopicPartition, int]], flushed: bool = False) -> None:
+        """Mark frames finished and commit what became committable (after a flush, never before)."""
+        if not flushed:
+            self._flush()
+        with self._lock:
+            for tp, offset in [*done, *self._dlq_done]:
+                self.tracker.done(tp, offset)
+            self._dlq_done = []
+            offsets = self.tracker.committable()
+        if not offsets:
+            return
+        try:
+            commit_offsets(self.consumer, offsets)
+            with self._lock:
+                self.tracker.mark_committed(offsets)
+        except KafkaError as exc:
+            # The group rebalanced under us: the partitions' new owner replays from the last commit, and our
+            # frame-keyed writes make that replay harmless.
+            obs.COMMIT_FAILURES.labels(SERVICE).inc()
+            self.log.warning("commit_failed", error=repr(exc))
+
+    def _update_lag(self) -> None:
+        try:
+            for topic, lag in consumer_lag(self.consumer).items():
+                obs.CONSUMER_LAG.labels(SERVICE, topic).set(lag)
+        except Exception as exc:  # noqa: BLE001 - metrics must never stop the loop
+            self.log.debug("lag_failed", error=repr(exc))
+
+    # ------------------------------------------------------------------------------------------- shutdown
+
+    def drain(self) -> None:
+        """Finish frames already queued (up to ``drain_timeout_s``), commit, and stop consuming."""
+        deadline = self._clock() + self.settings.drain_timeout_s
+        drained = 0
+        while len(self.batcher) and self._clock() < deadline:
+            with self._lock:
+                batch = self.batcher.take()
+            drained += len(batch.items)
+            self.run_batch(batch)
+        self._finish([])
+        self.log.info("drained", frames=drained, left_uncommitted=len(self.batcher))
+
+    def close(self) -> None:
+        """Leave the group (an immediate rebalance, not a session timeout) and release the pools."""
+        try:
+            self.consumer.close()
+        finally:
+            self._decode_pool.shutdown(wait=False)
+            self._sink_pool.shutdown(wait=False)

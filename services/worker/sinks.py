@@ -1,0 +1,79 @@
+"""Where a batch's results go: masks/heatmaps to the object store, Kafka ``results`` (Redis: ``services._redis``).
+
+Flow step: results -> object store + ``results`` topic. Every write is keyed by frame id (object keys
+``masks/{camera_id}/{frame_id}.png``, record key camera id with the frame id inside), so when a batch is replayed
+after a crash between "write" and "commit", the replay overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Any
+
+from kafka import KafkaProducer
+
+from services._object_store import ObjectStore
+from services.contracts.results import InspectionResult
+from services.contracts.topics import HEADER_SCHEMA, record_key
+from services.worker.inference import FrameOutput, encode_heatmap_png, encode_mask_png
+
+
+class MaskSink:
+    """Writes one mask PNG (and optionally one heatmap PNG) per frame, in parallel on a thread pool."""
+
+    def __init__(self, store: ObjectStore, pool: Executor, write_heatmaps: bool = True) -> None:
+        self.store = store
+        self.pool = pool
+        self.write_heatmaps = write_heatmaps
+
+    @staticmethod
+    def mask_key(camera_id: str, frame_id: str) -> str:
+        return f"masks/{camera_id}/{frame_id}.png"
+
+    @staticmethod
+    def heatmap_key(camera_id: str, frame_id: str) -> str:
+        return f"heatmaps/{camera_id}/{frame_id}.png"
+
+    def write(self, items: list[tuple[str, str, FrameOutput]], threshold: float) -> list[tuple[str, str | None]]:
+        """Write ``(camera_id, frame_id, output)`` items; returns ``(mask_uri, heatmap_uri)`` per item, in order.
+
+        Raises:
+            Exception: the first failed write (after all writes finished, so none is left running).
+        """
+        def one(item: tuple[str, str, FrameOutput]) -> tuple[str, str | None]:
+            cam, fid, out = item
+            mask_uri = self.store.put(self.mask_key(cam, fid), encode_mask_png(out.pred_mask), "image/png")
+            heat_uri = None
+            if self.write_heatmaps:
+                heat_uri = self.store.put(self.heatmap_key(cam, fid),
+                                          encode_heatmap_png(out.anomaly_map, threshold), "image/png")
+            return mask_uri, heat_uri
+
+        futures = [self.pool.submit(one, item) for item in items]
+        return [f.result() for f in futures]
+
+
+class ResultsProducer:
+    """Produces ``InspectionResult`` records (key camera id) and reports delivery failures on ``flush``."""
+
+    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._futures: list[Any] = []
+
+    def add(self, result: InspectionResult) -> None:
+        self._futures.append(self.producer.send(self.topic, key=record_key(result.camera_id),
+                                                value=result.to_bytes(), headers=[(HEADER_SCHEMA, b"results/1")]))
+
+    def flush(self, timeout_s: float | None = 30.0) -> None:
+        """Block until every added record is acknowledged (``acks=all``).
+
+        Raises:
+            kafka.errors.KafkaError: a record was not delivered; the caller must not commit.
+        """
+        try:
+            self.producer.flush(timeout=timeout_s)
+            for fut in self._futures:
+                fut.get(timeout=0)  # re-raises the delivery error of a failed record
+        finally:
+            self._futures.clear()

@@ -1,0 +1,251 @@
+"""WorkerLoop with recording fakes: the commit never precedes the flush, the DLQ path, stale drops, revokes.
+
+These fakes stand in only for pure-logic ordering checks; the same loop runs against real Kafka, Redis and S3 in
+tests/integration/test_streaming.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import cv2
+import numpy as np
+import pytest
+import structlog
+import torch
+from kafka import TopicPartition
+
+from ddad_core.outputs import InspectionOutput
+from services._object_store import LocalObjectStore
+from services.contracts.results import InspectionResult
+from services.worker.config import WorkerSettings
+from services.worker.loop import WorkerLoop
+from tests.services._helpers import make_frame, record
+
+
+class Events(list):
+    pass
+
+
+class FakeFuture:
+    def get(self, timeout=None):
+        return None
+
+
+class FakeProducer:
+    def __init__(self, events):
+        self.events = events
+        self.sent = []
+
+    def send(self, topic, key=None, value=None, headers=None):
+        self.events.append(("send", topic))
+        self.sent.append((topic, key, value, dict(headers or [])))
+        return FakeFuture()
+
+    def flush(self, timeout=None):
+        self.events.append(("flush",))
+
+
+class FakeConsumer:
+    def __init__(self, events, batches):
+        self.events = events
+        self.batches = list(batches)
+        self.committed = {}
+        self.listener = None
+
+    def subscribe(self, topics, listener=None):
+        self.listener = listener
+
+    def assignment(self):
+        return {TopicPartition("frames", 0), TopicPartition("frames", 1)}
+
+    def poll(self, timeout_ms=0, max_records=None):
+        if not self.batches:
+            return {}
+        recs = self.batches.pop(0)
+        out = {}
+        for r in recs:
+            out.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        return out
+
+    def commit(self, offsets):
+        self.events.append(("commit", {tp.partition: om.offset for tp, om in offsets.items()}))
+        for tp, om in offsets.items():
+            self.committed[tp.partition] = om.offset
+
+    def end_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+    def position(self, tp, timeout_ms=None):
+        return 0
+
+    def close(self):
+        self.events.append(("close",))
+
+
+class FakeStore:
+    def __init__(self, events):
+        self.events = events
+        self.results: dict[str, InspectionResult] = {}
+
+    def write(self, results):
+        self.events.append(("redis", len(results)))
+        for r in results:
+            self.results[r.frame_id] = r
+
+
+class FakeDetector:
+    """Scores a frame by its brightest pixel: the planted white square is the 'defect'."""
+
+    model_version = "fake-1"
+    bundle_hash = "0" * 64
+    threshold = 0.9
+
+    def __init__(self, poison_value: int | None = None):
+        self.calls = []
+        self.poison_value = poison_value
+
+    def __call__(self, images):
+        self.calls.append(len(images))
+        if self.poison_value is not None and any(int(im[0, 0, 0]) == self.poison_value for im in images):
+            raise RuntimeError("poison")
+        maps = torch.stack([torch.from_numpy(cv2.resize(im.mean(axis=2).astype(np.float32) / 255.0, (16, 16)))
+                            for im in images])
+        raw = maps.amax(dim=(1, 2))
+        return InspectionOutput(pred_score=raw / 1.8, pred_score_raw=raw, pred_label=raw >= self.threshold,
+                                anomaly_map=maps, pred_mask=maps >= self.threshold,
+                                noise_step=torch.full((len(images),), 20), timings_ms={"denoise": 1.0})
+
+
+def _loop(tmp_path, consumer, producer, store, detector=None, **settings):
+    cfg = WorkerSettings(_env_file=None, max_batch_size=settings.pop("max_batch_size", 4),
+                         max_queue_delay_ms=settings.pop("max_queue_delay_ms", 0), http_port=-1, **settings)
+    return WorkerLoop(cfg, consumer, producer, detector or FakeDetector(), LocalObjectStore(tmp_path), store,
+                      structlog.get_logger())
+
+
+def _assert_commit_after_flush(events):
+    """Every commit comes after a flush that follows the last send before it."""
+    last_send = last_flush = -1
+    for i, ev in enumerate(events):
+        if ev[0] == "send":
+            last_send = i
+        elif ev[0] == "flush":
+            last_flush = i
+        elif ev[0] == "commit":
+            assert last_flush > last_send, f"commit at {i} before the flush of the send at {last_send}: {events}"
+
+
+def test_commit_only_after_sinks_and_flush(tmp_path):
+    events = Events()
+    frames = [make_frame(i, camera_id=f"cam{i % 2}", defect=(i == 3)) for i in range(8)]
+    consumer = FakeConsumer(events, [[record(f.to_bytes(), offset=i, partition=i % 2) for i, f in enumerate(frames)]])
+    store = FakeStore(events)
+    loop = _loop(tmp_path, consumer, FakeProducer(events), store)
+    loop.step()
+    _assert_commit_after_flush(events)
+    kinds = [e[0] for e in events]
+    # per batch: redis write, then 4 sends, then flush, then commit
+    first = kinds.index("commit")
+    assert kinds[:first] == ["redis", "send", "send", "send", "send", "flush"]
+    assert consumer.committed == {0: 7, 1: 8}  # partition 0 holds offsets 0,2,4,6; partition 1 holds 1,3,5,7
+    assert set(store.results) == {f.frame_id for f in frames}
+    assert [r.frame_id for r in store.results.values() if r.pred_label] == ["cam1-000003"]
+    assert store.results["cam1-000003"].defect_regions  # boxes from the mask
+    mask_uri = store.results["cam1-000003"].mask_uri
+    assert mask_uri.startswith("file://") and (tmp_path / "masks/cam1/cam1-000003.png").exists()
+    assert loop.detector.calls == [4, 4]
+
+
+def test_corrupt_frames_go_to_dlq_and_the_rest_carry_on(tmp_path):
+    events = Events()
+    good = [make_frame(i) for i in range(3)]
+    bad_jpeg = make_frame(9).model_copy(update={"image": b"\xff\xd8 not really a jpeg"})
+    wrong_shape = make_frame(10).model_copy(update={"width": 32})
+    values = [good[0].to_bytes(), b"garbage", good[1].to_bytes(), bad_jpeg.to_bytes(), wrong_shape.to_bytes(),
+              good[2].to_bytes()]
+    consumer = FakeConsumer(events, [[record(v, offset=i) for i, v in enumerate(values)]])
+    producer = FakeProducer(events)
+    store = FakeStore(events)
+    loop = _loop(tmp_path, consumer, producer, store, max_batch_size=8, max_queue_delay_ms=0)
+    loop.step()
+    dlq = [(h["dlq.reason"], h["dlq.source"]) for topic, _, _, h in producer.sent if topic == "frames.dlq"]
+    assert sorted(dlq) == [(b"bad_envelope", b"frames/0/1"), (b"shape_mismatch", b"frames/0/4"),
+                           (b"undecodable", b"frames/0/3")]
+    assert sorted(store.results) == sorted(f.frame_id for f in good)
+    assert consumer.committed == {0: 6}
+    _assert_commit_after_flush(events)
+
+
+def test_poison_frame_is_isolated(tmp_path):
+    events = Events()
+    frames = [make_frame(i) for i in range(4)]
+    poison_value = int(cv2.imdecode(np.frombuffer(frames[2].image, np.uint8), cv2.IMREAD_COLOR)[0, 0, 2])
+    consumer = FakeConsumer(events, [[record(f.to_bytes(), offset=i) for i, f in enumerate(frames)]])
+    producer = FakeProducer(events)
+    store = FakeStore(events)
+    detector = FakeDetector(poison_value=poison_value)
+    loop = _loop(tmp_path, consumer, producer, store, detector=detector)
+    loop.step()
+    reasons = [h["dlq.reason"] for topic, _, _, h in producer.sent if topic == "frames.dlq"]
+    assert reasons.count(b"inference_error") >= 1
+    assert len(store.results) + len(reasons) == 4
+    assert consumer.committed == {0: 4}
+
+
+def test_stale_frames_are_committed_not_inferred(tmp_path):
+    events = Events()
+    old = make_frame(0, captured_at=datetime.now(UTC) - timedelta(seconds=30))
+    fresh = make_frame(1)
+    consumer = FakeConsumer(events, [[record(old.to_bytes(), 0), record(fresh.to_bytes(), 1)]])
+    store = FakeStore(events)
+    loop = _loop(tmp_path, consumer, FakeProducer(events), store, max_frame_age_ms=5000)
+    loop.step()
+    assert list(store.results) == [fresh.frame_id]
+    assert consumer.committed == {0: 2}
+
+
+def test_revoke_abandons_waiting_frames_uncommitted(tmp_path):
+    events = Events()
+    frames = [make_frame(i) for i in range(3)]
+    consumer = FakeConsumer(events, [[record(f.to_bytes(), offset=i, partition=1) for i, f in enumerate(frames)]])
+    store = FakeStore(events)
+    loop = _loop(tmp_path, consumer, FakeProducer(events), store, max_batch_size=8, max_queue_delay_ms=60000)
+    loop.subscribe()
+    loop.step()  # queued, waiting for company
+    assert len(loop.batcher) == 3 and not store.results
+    consumer.listener.on_partitions_revoked({TopicPartition("frames", 1)})
+    assert len(loop.batcher) == 0
+    loop.drain()
+    assert "commit" not in [e[0] for e in events] and not store.results
+
+
+def test_drain_finishes_pending_frames(tmp_path):
+    events = Events()
+    frames = [make_frame(i) for i in range(3)]
+    consumer = FakeConsumer(events, [[record(f.to_bytes(), offset=i) for i, f in enumerate(frames)]])
+    store = FakeStore(events)
+    loop = _loop(tmp_path, consumer, FakeProducer(events), store, max_batch_size=8, max_queue_delay_ms=60000)
+    loop.step()
+    assert not store.results
+    loop.drain()
+    loop.close()
+    assert len(store.results) == 3 and consumer.committed == {0: 3}
+    assert events[-1] == ("close",)
+    _assert_commit_after_flush(events)
+
+
+def test_sink_failure_is_retried_then_raised_without_commit(tmp_path, monkeypatch):
+    events = Events()
+    frames = [make_frame(i) for i in range(2)]
+    consumer = FakeConsumer(events, [[record(f.to_bytes(), offset=i) for i, f in enumerate(frames)]])
+
+    class FailingStore(FakeStore):
+        def write(self, results):
+            raise ConnectionError("redis down")
+
+    monkeypatch.setattr("services.worker.loop.time.sleep", lambda s: None)
+    loop = _loop(tmp_path, consumer, FakeProducer(events), FailingStore(events), max_batch_size=2, sink_retries=2)
+    with pytest.raises(ConnectionError):
+        loop.step()
+    assert "commit" not in [e[0] for e in events]
