@@ -1,0 +1,261 @@
+"""Offline fitting, step 1: train the latent noise-prediction UNet (METHOD.md sections 4.2 and 4.3).
+
+Recipe (as the reference): AdamW (lr 1e-4, weight decay 0.01), batch 30, shuffled with ``drop_last``, uniform
+t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = element-mean MSE between eps and eps_theta(z_t, t); no EMA, no LR
+schedule, no clipping.
+
+What we do differently, for speed and robustness (METHOD.md section 13.2, item 2): the autoencoder runs once
+(:func:`encode_dataset` caches the posterior mean and std of every training image) and each step samples
+``z0 = mean + std * xi`` from the cache -- the same distribution as re-encoding, at a fraction of the cost.
+Randomness comes from explicit generators seeded from ``TrainConfig.seed`` (reproducible on CPU), and their
+states are checkpointed, so a run resumed after an interruption continues exactly as an uninterrupted one would.
+On CUDA the UNet runs under bf16 autocast (the loss is computed in float32). A non-finite loss stops training
+with :class:`TrainingDivergedError` before the optimiser step, so the last checkpoint on disk stays good.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddad_core.autoencoders import LatentAutoencoder
+from ddad_core.config import TrainConfig
+from ddad_core.schedule import NoiseSchedule
+
+__all__ = ["CHECKPOINT_NAME", "LatentCache", "TrainingDivergedError", "encode_dataset", "train_unet"]
+
+#: File name of the resumable checkpoint inside ``checkpoint_dir``.
+CHECKPOINT_NAME = "unet_checkpoint.pt"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite.
+
+    Attributes:
+        epoch: 0-based epoch in which it happened.
+        step: Step within that epoch.
+        checkpoint: Path of the last good checkpoint, or None if none was written.
+    """
+
+    def __init__(self, epoch: int, step: int, loss: float, checkpoint: Path | None, checkpoint_epoch: int | None):
+        self.epoch, self.step, self.loss, self.checkpoint = epoch, step, loss, checkpoint
+        where = (
+            f"the last good checkpoint ({checkpoint}, after epoch {checkpoint_epoch}) was kept; lower the learning "
+            "rate and resume from it"
+            if checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(f"UNet training diverged: loss = {loss} at epoch {epoch + 1}, step {step + 1}; {where}")
+
+
+@dataclass
+class LatentCache:
+    """Posterior statistics of the training images, in scaled latent units.
+
+    Attributes:
+        mean: ``(N, C, h, w)`` posterior means.
+        std: ``(N, C, h, w)`` posterior standard deviations (zeros for deterministic autoencoders).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def to(self, device: torch.device | str) -> LatentCache:
+        return LatentCache(self.mean.to(device), self.std.to(device))
+
+    def sample(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``mean + std * xi`` for the images at ``index`` (on the cache's device)."""
+        mean, std = self.mean[index], self.std[index]
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + std * noise
+
+
+def encode_dataset(ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 16) -> LatentCache:
+    """Encode every training image once.
+
+    Args:
+        ae: The (frozen) autoencoder, on the device to encode on.
+        images: ``(N, 3, S, S)`` float in [-1, 1], on any device (moved batch by batch).
+        batch_size: Images per encoder call.
+
+    Returns:
+        :class:`LatentCache` on the autoencoder's device, float32.
+
+    Raises:
+        ValueError: ``images`` is empty or not ``(N, 3, S, S)``.
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a (N, 3, S, S) tensor, got {getattr(images, 'shape', type(images))}")
+    if len(images) == 0:
+        raise ValueError("encode_dataset got no images: the training set is empty")
+    device = next(ae.parameters()).device
+    means, stds = [], []
+    # no_grad rather than inference_mode: the cached latents are later inputs to a network that is trained.
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            dist = ae.encode(images[start : start + batch_size].to(device))
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+    return LatentCache(torch.cat(means), torch.cat(stds))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint behind
+
+
+def _generator_state(gen: torch.Generator) -> torch.Tensor:
+    return gen.get_state().clone()
+
+
+def train_unet(
+    unet: nn.Module,
+    cache: LatentCache,
+    schedule: NoiseSchedule,
+    train_cfg: TrainConfig,
+    device: torch.device | str,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    max_epochs: int | None = None,
+) -> list[float]:
+    """Train ``unet`` in place to predict the noise added to cached latents.
+
+    Args:
+        unet: A ``UNet2DModel`` (e.g. from :func:`~ddad_core.unet.build_unet`); moved to ``device``.
+        cache: Output of :func:`encode_dataset`.
+        schedule: The noise schedule (moved to ``device`` if needed).
+        train_cfg: ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``checkpoint_every``, ``seed``.
+        device: Where to train. On CUDA the forward runs under bf16 autocast.
+        checkpoint_dir: If given, a resumable checkpoint (``unet_checkpoint.pt``) is written there every
+            ``checkpoint_every`` epochs and at the end, and (with ``resume``) an existing one is resumed from.
+        progress: Show a tqdm bar with the loss and the ETA.
+        resume: Continue from the checkpoint in ``checkpoint_dir`` if there is one.
+        max_epochs: Stop after this many epochs *of this call* (an interruption, for tests and time budgets);
+            the run can be resumed later.
+
+    Returns:
+        Mean loss of every completed epoch since the start of training (including resumed epochs).
+
+    Raises:
+        TrainingDivergedError: The loss became NaN/inf (the weights are not updated with it; the last
+            checkpoint on disk is kept).
+        ValueError: The cache is empty.
+    """
+    from tqdm.auto import tqdm
+
+    if len(cache) == 0:
+        raise ValueError("train_unet got an empty latent cache: the training set is empty")
+    device = torch.device(device)
+    unet.to(device).train()
+    cache = cache.to(device)
+    if schedule.device != device:
+        schedule = schedule.to(device)
+    batch_size = train_cfg.batch_size
+    if len(cache) < batch_size:
+        # drop_last with fewer images than a batch would mean zero steps per epoch.
+        warnings.warn(
+            f"only {len(cache)} training images (< batch size {batch_size}); using one batch of all of them",
+            stacklevel=2,
+        )
+        batch_size = len(cache)
+    steps_per_epoch = len(cache) // batch_size  # drop_last, as the reference DataLoader
+
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    # Two explicit generators: shuffling/timesteps on the CPU (cheap, device independent) and noise on the device.
+    cpu_gen = torch.Generator().manual_seed(train_cfg.seed)
+    dev_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
+    losses: list[float] = []
+    start_epoch = 0
+
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    last_good: tuple[Path, int] | None = None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and ckpt_path.exists():
+            # Generator states must be CPU byte tensors; weights and optimiser state are moved by load_state_dict.
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            unet.load_state_dict(state["unet"])
+            optimiser.load_state_dict(state["optimizer"])
+            cpu_gen.set_state(state["cpu_generator"])
+            dev_gen.set_state(state["device_generator"])
+            losses = list(state["losses"])
+            start_epoch = int(state["epoch"])
+            last_good = (ckpt_path, start_epoch)
+
+    def save(epoch: int) -> None:
+        nonlocal last_good
+        if ckpt_path is None:
+            return
+        _atomic_save(
+            dict(
+                unet=unet.state_dict(),
+                optimizer=optimiser.state_dict(),
+                cpu_generator=_generator_state(cpu_gen),
+                device_generator=_generator_state(dev_gen),
+                losses=losses,
+                epoch=epoch,
+                train_config=train_cfg.model_dump(),
+            ),
+            ckpt_path,
+        )
+        last_good = (ckpt_path, epoch)
+
+    end_epoch = train_cfg.epochs if max_epochs is None else min(train_cfg.epochs, start_epoch + max_epochs)
+    use_autocast = device.type == "cuda"
+    T = schedule.num_train_timesteps
+    bar = tqdm(
+        range(start_epoch, end_epoch),
+        desc="unet",
+        unit="epoch",
+        disable=not progress,
+        initial=start_epoch,
+        total=train_cfg.epochs,
+    )
+    t0 = time.perf_counter()
+    for epoch in bar:
+        order = torch.randperm(len(cache), generator=cpu_gen)
+        timesteps = torch.randint(0, T, (steps_per_epoch, batch_size), generator=cpu_gen)
+        total = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            index = order[step * batch_size : (step + 1) * batch_size].to(device)
+            t = timesteps[step].to(device)
+            z0 = cache.sample(index, generator=dev_gen)
+            noise = torch.randn(z0.shape, generator=dev_gen, device=device, dtype=z0.dtype)
+            zt = schedule.add_noise(z0, noise, t)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                pred = unet(zt, t).sample
+            loss = F.mse_loss(pred.float(), noise)
+            value = float(loss.detach())  # one sync per step: needed to stop before a NaN reaches the weights
+            if not math.isfinite(value):
+                path, done = last_good if last_good is not None else (None, None)
+                raise TrainingDivergedError(epoch, step, value, path, done)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.detach()
+        losses.append(float(total) / steps_per_epoch)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = epoch + 1
+        if done % train_cfg.checkpoint_every == 0 or done == train_cfg.epochs:
+            save(done)
+    if progress and end_epoch > start_epoch:
+        per_epoch = (time.perf_counter() - t0) / (end_epoch - start_epoch)
+        bar.write(
+            f"UNet: {end_epoch - start_epoch} epochs in {per_epoch * (end_epoch - start_epoch):.0f} s "
+            f"({per_epoch:.2f} s/epoch), final loss {losses[-1]:.4f}"
+        )
+    unet.eval()
+    return losses

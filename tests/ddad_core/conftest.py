@@ -1,0 +1,57 @@
+"""Tiny random components for the ddad_core tests (diffusers' ``get_dummy_components`` idea).
+
+Everything here builds in well under a second on a CPU and needs no downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddad_core.autoencoders import ConvAutoencoder
+from ddad_core.schedule import NoiseSchedule
+from ddad_core.unet import build_unet
+
+TAEF2_DIR = Path(__file__).resolve().parents[3] / "shared" / "weights" / "taef2"
+
+
+def perturb_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Add small random values to every parameter (zero-initialised layers would make outputs trivially 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return module
+
+
+@pytest.fixture
+def schedule() -> NoiseSchedule:
+    return NoiseSchedule()
+
+
+@pytest.fixture
+def tiny_unet() -> torch.nn.Module:
+    """Tiny random UNet on 4 x 8 x 8 latents, non-trivial outputs, eval mode."""
+    return perturb_(build_unet("tiny", latent_channels=4, latent_size=8, seed=0)).eval()
+
+
+@pytest.fixture
+def tiny_autoencoder() -> ConvAutoencoder:
+    """Small random ConvAutoencoder (4 latent channels), eval mode."""
+    torch.manual_seed(0)
+    return ConvAutoencoder(latent_channels=4, widths=(8, 16, 16)).eval()
+
+
+@pytest.fixture
+def rgb_images() -> list[np.ndarray]:
+    """Three small uint8 RGB images of different sizes (a smooth gradient plus texture)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for h, w in ((48, 64), (64, 64), (40, 56)):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)
+        out.append(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8))
+    return out
