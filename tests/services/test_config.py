@@ -1,0 +1,68 @@
+"""Service settings: a bad or unknown variable stops the service naming it; --print-config masks secrets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services._config import EXIT_BAD_CONFIG, load_settings
+from services.alerter.__main__ import main as alerter_main
+from services.alerter.config import AlerterSettings
+from services.ingestor.__main__ import main as ingestor_main
+from services.worker.__main__ import main as worker_main
+from services.worker.config import WorkerSettings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("WORKER_", "ALERTER_", "INGESTOR_")):
+            monkeypatch.delenv(key)
+
+
+def test_bad_value_names_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("WORKER_MAX_BATCH_SIZE", "zero")
+    assert worker_main(["--print-config"]) == EXIT_BAD_CONFIG
+    err = capsys.readouterr().err
+    assert "WORKER_MAX_BATCH_SIZE" in err and "zero" in err
+
+
+def test_unknown_variable_is_refused(monkeypatch):
+    monkeypatch.setenv("WORKER_MAX_BATCH_SZE", "8")  # typo
+    with pytest.raises(ValueError, match="WORKER_MAX_BATCH_SZE"):
+        load_settings(WorkerSettings)
+
+
+def test_cross_field_validation(monkeypatch):
+    monkeypatch.setenv("ALERTER_DEBOUNCE_N", "3")
+    monkeypatch.setenv("ALERTER_DEBOUNCE_M", "2")
+    with pytest.raises(ValueError, match="debounce_n"):
+        load_settings(AlerterSettings)
+    monkeypatch.setenv("ALERTER_DEBOUNCE_N", "1")
+    monkeypatch.setenv("ALERTER_CAMERA_RULES", '{"cam1": {"sensitivity": 2}}')
+    with pytest.raises(ValueError, match="cam1"):
+        load_settings(AlerterSettings)
+
+
+def test_print_config_masks_secrets(monkeypatch, capsys):
+    monkeypatch.setenv("ALERTER_REDIS_URL", "redis://user:hunter2@redis:6379/0")
+    monkeypatch.setenv("ALERTER_S3_SECRET_ACCESS_KEY", "topsecret")
+    monkeypatch.setenv("ALERTER_CAMERA_RULES", '{"cam1": {"sensitivity": 0.7}}')
+    assert alerter_main(["--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "topsecret" not in out
+    cfg = json.loads(out)
+    assert cfg["redis_url"] == "redis://user:**********@redis:6379/0"
+    assert cfg["s3_secret_access_key"] == "**********"
+    assert cfg["camera_rules"] == {"cam1": {"sensitivity": 0.7}}
+
+
+def test_every_service_prints_its_config(monkeypatch, capsys):
+    monkeypatch.setenv("INGESTOR_CAMERA_ID", "cam-9")
+    monkeypatch.setenv("INGESTOR_SOURCE", "/data/images")
+    for main in (worker_main, alerter_main, ingestor_main):
+        assert main(["--print-config"]) == 0
+    assert '"camera_id": "cam-9"' in capsys.readouterr().out
