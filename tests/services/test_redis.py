@@ -23,7 +23,8 @@ def client(redis_url):
 
 def _result(i: int, camera: str = "cam1", score: float = 0.2) -> InspectionResult:
     return InspectionResult(frame_id=f"{camera}-{i}", camera_id=camera, line_id="l1", sequence=i,
-                            captured_at=T0 + timedelta(seconds=i), processed_at=T0 + timedelta(seconds=i, milliseconds=300),
+                            captured_at=T0 + timedelta(seconds=i),
+                            processed_at=T0 + timedelta(seconds=i, milliseconds=300),
                             pred_score=score, pred_score_raw=score * 2, pred_label=score >= 0.5, noise_step=30,
                             threshold=1.0, model_version="m1", bundle_hash="h", mask_uri=f"file:///m/{i}.png",
                             defect_regions=[BoundingBox(x=0, y=0, width=2, height=2, area_fraction=0.1)],
