@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from typing import Any
 
 from services import _observability as obs
 from services._config import run_main
@@ -21,10 +22,20 @@ from services.worker.inference import load_detector, warm_up
 from services.worker.loop import SERVICE, WorkerLoop
 
 
-def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Event | None = None) -> int:
-    """Run the worker until ``stop`` is set (or SIGTERM/SIGINT when run as the main thread)."""
+def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Event | None = None,
+          detector: Any = None, health: obs.Health | None = None, on_loop: Any = None) -> int:
+    """Run the worker until ``stop`` is set (or SIGTERM/SIGINT when run as the main thread).
+
+    Args:
+        settings: Resolved settings.
+        check_only: Load, warm up and connect, then return 0 (``--check``).
+        stop: Set it to drain and stop (signals set it when running in the main thread).
+        detector: An already loaded pipeline (tests and the demo share one between in-process workers).
+        health: Health state to report into (default: a new one).
+        on_loop: Called with the ``WorkerLoop`` before it runs (tests inspect it).
+    """
     log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json)
-    health = obs.Health()
+    health = health or obs.Health()
     server = None if check_only else obs.start_http_server(health, settings.http_port)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -32,7 +43,7 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
             signal.signal(sig, lambda *_: stop.set())
 
     health.set_ready(False, "loading model")
-    detector = load_detector(settings.bundle_path, settings.device, settings.dtype)
+    detector = detector or load_detector(settings.bundle_path, settings.device, settings.dtype)
     log = log.bind(model_version=detector.model_version)
     obs.MODEL_INFO.labels(detector.model_version, detector.bundle_hash).set(1)
     if settings.warmup:
@@ -58,6 +69,8 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
                       InspectionStore(redis_client, settings.result_ttl_s, settings.stream_maxlen,
                                       settings.redis_key_prefix), log, health)
     loop.subscribe()
+    if on_loop is not None:
+        on_loop(loop)
     health.set_ready(True, "ready")
     try:
         loop.run(stop)

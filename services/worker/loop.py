@@ -121,6 +121,7 @@ class WorkerLoop:
         self._consecutive_frame_failures = 0
         self._next_lag = 0.0
         self.batches_run = 0
+        self.frames_inferred = 0
 
     # ------------------------------------------------------------------------------------------- consuming
 
@@ -282,6 +283,7 @@ class WorkerLoop:
         self._finish(done, flushed=True)
         obs.STAGE_DURATION.labels("commit").observe(self._clock() - t0)
         self.batches_run += 1
+        self.frames_inferred += n_inferred
         log.info("batch_done", frames=len(items), stale=len(batch.stale), inferred=n_inferred,
                  ms=round((self._clock() - started) * 1000.0, 1),
                  infer_ms=round(timings.get("infer", 0.0), 1))
