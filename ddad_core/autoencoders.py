@@ -594,7 +594,7 @@ def fit_conv_autoencoder(
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss)
+            total += float(loss.detach())
         bar.set_postfix(loss=f"{total / steps_per_epoch:.4f}")
     model.eval().requires_grad_(False)
     model.set_latent_scale(measure_latent_scale(model, images))

@@ -18,6 +18,16 @@ from ddad_core.unet import build_unet
 TAEF2_DIR = Path(__file__).resolve().parents[3] / "shared" / "weights" / "taef2"
 
 
+@pytest.fixture(autouse=True, scope="package")
+def _single_thread_torch():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine thread hand-offs make a
+    10 ms step take a second; one thread keeps these tests fast and their timing stable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def perturb_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
     """Add small random values to every parameter (zero-initialised layers would make outputs trivially 0)."""
     gen = torch.Generator().manual_seed(seed)
