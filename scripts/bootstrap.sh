@@ -83,7 +83,8 @@ if [ "$_need_mvn" = 1 ]; then
 fi
 if [ "$_need_go" = 1 ]; then
     command -v go >/dev/null 2>&1 || _boot_die "MISSING go (needed once to build helm and kubeconform): install Go" \
-        ">= 1.24 (Debian: apt-get install golang-go) or set DDAD_HELM and DDAD_KUBECONFORM to existing binaries"
+        ">= 1.21 (it fetches the 1.26 toolchain these releases need by itself) or set DDAD_HELM and DDAD_KUBECONFORM" \
+        "to existing binaries"
 fi
 
 # ------------------------------------------------------------------------------------------- background steps

@@ -603,9 +603,8 @@ def _launch_s3(workdir: Path, port: int, heap_mb: int, timeout: float) -> _Pendi
         with socket.create_connection((LOOPBACK, port), timeout=1):
             pass
         if not client_holder:  # building a boto3 client costs ~0.3 s: once per start, not per probe
-            from botocore.config import Config
-
             import boto3
+            from botocore.config import Config
 
             client_holder.append(boto3.client("s3", config=Config(retries={"max_attempts": 1}),
                                               **handle.client_kwargs()))
