@@ -375,7 +375,8 @@ def load_backbone(spec: str) -> FeatureExtractor:
         BackboneLoadError: unknown model, missing file, hub unavailable, or weights that do not fit.
     """
     name, source = parse_backbone_spec(spec)
-    if name not in timm.list_models():
+    # A pretrained tag ("resnet34.tv_in1k") picks timm's weight variant; the architecture is the part before it.
+    if name.partition(".")[0] not in timm.list_models():
         raise BackboneLoadError(f"unknown timm model {name!r} in backbone spec {spec!r}")
     if source is None:
         return FeatureExtractor(name, pretrained=True, source="hub").eval()
@@ -386,6 +387,26 @@ def load_backbone(spec: str) -> FeatureExtractor:
     extractor = FeatureExtractor(name, source=str(path), sha256=file_sha256(path))
     extractor.load_timm_state_dict(state)
     return extractor.eval()
+
+
+def cached_hub_weights(name: str) -> Path | None:
+    """The local Hugging Face cache file of timm's pretrained weights for ``name``, if already downloaded.
+
+    Lets ``fit`` use hub weights that are at hand without touching the network.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    except Exception:  # unknown name/tag or no hub id: nothing cached
+        return None
+    if not hub_id:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def backbone_from_state(identity: dict, state: dict[str, torch.Tensor]) -> FeatureExtractor:
@@ -421,8 +442,8 @@ def check_backbone(identity: dict, spec: str) -> None:
         BackboneMismatchError: names differ, or both have weight files with different hashes (both named).
     """
     name, source = parse_backbone_spec(spec)
-    fitted = identity.get("name")
-    if name != fitted:
+    fitted = identity.get("name", "")
+    if name.partition(".")[0] != fitted.partition(".")[0]:
         raise BackboneMismatchError(
             f"the bundle was fitted with backbone {fitted!r} but {name!r} was requested; refit or request {fitted!r}"
         )

