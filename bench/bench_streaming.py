@@ -155,13 +155,14 @@ def collect(kafka: dict, topic: str, n: int, timeout_s: float, ready: threading.
 def ensure_bundle(args, workdir: Path) -> Path:
     if args.bundle:
         return Path(args.bundle)
-    from ddad_core.fit import fit
+    from ddad_core.fit import fit, make_configs
 
     data = prepare_data(workdir / "data", args.image_size, 1, 1, 0.0, args.train_images)
     out = workdir / "model"
     print(f"[bench] fitting a {args.preset} model ({args.epochs} epoch(s)) for timing only ...", flush=True)
-    fit(data["train_dir"], out, backbone="mobilenetv2_100:offline", autoencoder="conv", preset=args.preset,
-        epochs=args.epochs, image_size=args.image_size)
+    config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size)
+    fit(data["train_dir"], out, config=config, train_config=train_config, backbone="mobilenetv2_100:offline",
+        autoencoder="conv", autoencoder_epochs=2, log=lambda m: print(f"[fit] {m}", flush=True))
     return out
 
 

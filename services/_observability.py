@@ -53,6 +53,19 @@ CAMERA_RECONNECTS = Counter("inspection_camera_reconnects_total", "Times a sourc
 
 # ----------------------------------------------------------------------------------------------- logging
 
+class _StderrLogger:
+    """Writes each line to the *current* ``sys.stderr`` (a logger bound once must survive stream swaps in tests)."""
+
+    def __init__(self, *_args: object) -> None:
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
 def configure_logging(service: str, level: str = "INFO", json: bool = True) -> structlog.stdlib.BoundLogger:
     """Configure structlog (JSON lines on stderr) and return a logger bound with ``service``.
 
@@ -68,7 +81,7 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> s
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_StderrLogger,
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)

