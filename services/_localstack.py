@@ -150,12 +150,19 @@ def _pick_port(port: int | None, what: str) -> int:
     return port
 
 
+# Resolved once in the parent: the child between fork and exec should do as little as possible (no dlopen there,
+# whose loader lock another thread of the parent may have held at fork time).
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec. PR_SET_PDEATHSIG makes the kernel send SIGTERM to the server when the
     # thread that started it goes away, so a crashed or killed test run leaves no orphaned brokers behind.
     # Caveat: that is the starting *thread*; start servers from the main thread (pytest fixtures and the demo do).
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
+    _PRCTL(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
 
 
 def _spawn(cmd: list[str], log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -171,7 +178,7 @@ def _spawn(cmd: list[str], log_path: Path, cwd: Path, env: dict[str, str] | None
             # Own process group: stop() signals the whole group, and a Ctrl-C in the terminal does not hit the
             # servers before the test session had a chance to stop them in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent if _PRCTL is not None else None,
         )
 
 
