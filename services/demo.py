@@ -166,6 +166,25 @@ def _describe(info: dict) -> str:
     return f"autoencoder {ae}, backbone {bb.get('name', '?')} with {pretrained}, model {info.get('model_version')}"
 
 
+def measure_capacity(bundle: Path, batch: int) -> float:
+    """Frames/s of the pipeline in full batches on this machine (so the demo offers a load it can carry)."""
+    import gc
+
+    from services.worker.inference import load_detector
+
+    detector = load_detector(str(bundle), "auto")
+    size = int(detector.image_size)
+    rng = np.random.default_rng(0)
+    frames = [fabric_texture(rng, size)[..., ::-1].copy() for _ in range(batch)]
+    detector(frames)  # warm-up
+    t0 = time.perf_counter()
+    detector(frames)
+    elapsed = time.perf_counter() - t0
+    del detector
+    gc.collect()
+    return batch / max(elapsed, 1e-6)
+
+
 # ----------------------------------------------------------------------------------------------- processes
 
 
@@ -315,8 +334,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("DEMO_WORKDIR", "demo-output")))
     p.add_argument("--cameras", type=int, default=4)
-    p.add_argument("--frames-per-camera", type=int, default=75)
-    p.add_argument("--fps", type=float, default=6.0, help="per camera")
+    p.add_argument("--frames-per-camera", type=int, default=50)
+    p.add_argument("--fps", type=float, default=0.0,
+                   help="frames/s per camera; 0 = auto: --load x the model's measured batched throughput")
+    p.add_argument("--load", type=float, default=0.6, help="offered load for --fps 0, as a share of capacity")
     p.add_argument("--defect-rate", type=float, default=0.12)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--train-images", type=int, default=48)
@@ -330,7 +351,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unet-preset", default=None, help="override the preset's UNet size (tiny, cpu, paper)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--max-queue-delay-ms", type=float, default=100.0)
+    p.add_argument("--max-queue-delay-ms", type=float, default=200.0)
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up waiting for results after this long")
     return p.parse_args(argv)
 
@@ -346,6 +367,11 @@ def run(args: argparse.Namespace) -> dict:
           f"{args.frames_per_camera} frames with {n_planted} planted defects under {workdir / 'data'}", flush=True)
     bundle, how = ensure_model(workdir, manifest, args)
     print(f"[demo] model: {bundle} ({how})", flush=True)
+    if args.fps <= 0:
+        capacity = measure_capacity(bundle, args.max_batch_size)
+        args.fps = round(max(0.1, args.load * capacity / args.cameras), 2)
+        print(f"[demo] the model inspects about {capacity:.1f} frames/s here in batches of {args.max_batch_size}; "
+              f"offering {args.load:.0%} of that: {args.fps} frames/s per camera", flush=True)
 
     objects = workdir / "objects"
     run_id = uuid.uuid4().hex[:6]

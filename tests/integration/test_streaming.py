@@ -82,8 +82,10 @@ def test_frames_in_results_out_and_defects_alerted(kafka_bootstrap_servers, redi
 
     worker = start_worker(env, detector, "worker")
     alerter = ServiceThread(alerter_serve, env.alerter_settings(bundle_path=str(bundle)), "alerter").start()
-    ingestors = [ServiceThread(ingestor_serve, env.ingestor_settings(camera_id=cam, source=str(tmp_path / cam)),
-                               f"ingestor-{cam}").start() for cam in cameras]
+    # cam-c's frames exceed its inline limit: they travel as claim checks through S3
+    ingestors = [ServiceThread(ingestor_serve, env.ingestor_settings(
+        camera_id=cam, source=str(tmp_path / cam), inline_limit_bytes=500 if cam == "cam-c" else 900_000),
+        f"ingestor-{cam}").start() for cam in cameras]
     results, defects = TopicReader(env, env.topics.results), TopicReader(env, env.topics.defects)
     try:
         for t in ingestors:
@@ -112,6 +114,8 @@ def test_frames_in_results_out_and_defects_alerted(kafka_bootstrap_servers, redi
         assert mask.shape[0] == mask.shape[1] and set(np.unique(mask)) <= {0, 255}
         assert r.heatmap_uri and r.source and r.timings_ms["infer"] > 0
     assert sorted(redis_store.recent("cam-a", 100), key=lambda e: e["id"])[0]["frame_id"].startswith("cam-a-")
+    claim_checks = store.client.list_objects_v2(Bucket=bucket, Prefix="objects/frames/cam-c/")
+    assert claim_checks.get("KeyCount") == per_camera
 
     # alerts: exactly the frames over the threshold, recorded in Redis, with boxes from the mask
     assert {a.frame_id for a in alerts} == expected_alerts

@@ -1,0 +1,69 @@
+"""Worker-side helpers: decoding with header checks, claim-check fetch, thresholds, PNG encoding, boxes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from services._object_store import LocalObjectStore
+from services.worker.inference import (
+    InvalidFrameError,
+    decode_frame,
+    encode_heatmap_png,
+    encode_mask_png,
+    raw_threshold,
+    regions_from_mask,
+)
+from tests.services._helpers import make_frame
+
+
+def test_decode_inline_and_claim_check(tmp_path):
+    frame = make_frame(1, size=48)
+    pixels = decode_frame(frame, None, 10**7)
+    assert pixels.shape == (48, 48, 3) and pixels.dtype == np.uint8
+    store = LocalObjectStore(tmp_path)
+    uri = store.put("frames/cam1/x.jpg", frame.image)
+    claim = frame.model_copy(update={"image": None, "image_uri": uri})
+    assert np.array_equal(decode_frame(claim, store, 10**7), pixels)
+
+
+@pytest.mark.parametrize(("update", "reason"), [
+    ({"image": b"\x89PNG broken"}, "undecodable"),
+    ({"width": 47}, "shape_mismatch"),
+    ({"image": None, "image_uri": "file:///nonexistent/x.jpg"}, "claim_check_missing"),
+])
+def test_decode_rejections(tmp_path, update, reason):
+    frame = make_frame(1, size=48).model_copy(update=update)
+    with pytest.raises(InvalidFrameError) as err:
+        decode_frame(frame, LocalObjectStore(tmp_path), 10**7)
+    assert err.value.reason == reason
+
+
+def test_too_large():
+    with pytest.raises(InvalidFrameError, match="too_large"):
+        decode_frame(make_frame(1, size=48), None, max_pixels=100)
+
+
+def test_raw_threshold_shapes():
+    class P:
+        threshold = {"image_threshold": 0.79, "pixel_threshold": 0.5}
+
+    class Q:
+        threshold = 1.5
+
+    assert raw_threshold(P()) == 0.79 and raw_threshold(Q()) == 1.5
+    assert np.isnan(raw_threshold(object()))
+
+
+def test_pngs_and_boxes():
+    mask = np.zeros((16, 16), bool)
+    mask[2:5, 3:9] = True
+    mask[12:14, 12:14] = True
+    png = cv2.imdecode(np.frombuffer(encode_mask_png(mask), np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert set(np.unique(png)) == {0, 255} and (png > 0).sum() == mask.sum()
+    heat = cv2.imdecode(np.frombuffer(encode_heatmap_png(mask.astype(np.float32), 0.5), np.uint8), cv2.IMREAD_COLOR)
+    assert heat.shape == (16, 16, 3)
+    boxes = regions_from_mask(mask, width=160, height=80)  # frame is 160x80, mask 16x16: x*10, y*5
+    assert [(b.x, b.y, b.width, b.height) for b in boxes] == [(30, 10, 60, 15), (120, 60, 20, 10)]
+    assert regions_from_mask(np.zeros((4, 4), bool), 4, 4) == []
