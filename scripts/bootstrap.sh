@@ -15,7 +15,7 @@
 #
 # Environment:
 #   DDAD_HOME                      cache dir (above)
-#   DDAD_PYTHON                    Python >= 3.11 used to create the venv (default: python3.12/python3.11/python3)
+#   DDAD_PYTHON                    Python >= 3.11 used to create the venv (default: python3, else python3.1x)
 #   KAFKA_BOOTSTRAP_SERVERS        use an existing Kafka: no Kafka jars are fetched
 #   REDIS_URL                      use an existing Redis: redis-server is not installed
 #   S3_ENDPOINT_URL                use an existing S3 endpoint: s3proxy is not fetched
@@ -230,14 +230,16 @@ VENV="$DDAD_HOME/venv"
 PY="$VENV/bin/python"
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
     _base=""
-    for _cand in ${DDAD_PYTHON:-} python3.13 python3.12 python3.11 python3; do
-        if command -v "$_cand" >/dev/null 2>&1 && "$_cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-            _base="$_cand"; break
+    # The machine's default python3 first; stderr muted because pyenv shims exist for versions that are not active.
+    for _cand in ${DDAD_PYTHON:-} python3 python3.13 python3.12 python3.11; do
+        if command -v "$_cand" >/dev/null 2>&1 \
+            && "$_cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+            _base="$("$_cand" -c 'import sys; print(sys.executable)')"; break
         fi
     done
     [ -n "$_base" ] || _boot_die "MISSING Python >= 3.11: install it (Debian: apt-get install python3 python3-venv)" \
         "or set DDAD_PYTHON to one"
-    _boot_say "creating venv $VENV with $(command -v "$_base")"
+    _boot_say "creating venv $VENV with $_base"
     rm -rf "$VENV"
     "$_base" -m venv "$VENV" >"$_BOOT_LOGS/venv.log" 2>&1 || _boot_die "could not create a venv with $_base (log:" \
         "$_BOOT_LOGS/venv.log): install its venv module (Debian: apt-get install python3-venv)"
