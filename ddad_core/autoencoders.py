@@ -447,13 +447,14 @@ class ConvAutoencoder(LatentAutoencoder):
     small so that fitting takes a few minutes on a CPU; its reconstructions are blurrier than a pretrained VAE's,
     which mostly weakens the feature-distance term of the anomaly map.
 
-    Encoder: pixel-unshuffle by 2 (cheap first downsampling), then ``[conv, ResBlock]`` at 128, 64 and 32 px
-    with two strided convs, then a 1x1 conv to ``latent_channels``. The decoder mirrors it with nearest-neighbour
-    upsampling + conv and a final pixel shuffle. Posterior std is zero.
+    Encoder: a pixel-unshuffle does the first ``8 / 2**(L-1)`` of the downsampling for free (no convolutions at
+    full resolution, which is what makes CPU training affordable), then per level ``[conv 3x3, ResBlock]``
+    with a stride-2 conv between levels, then GroupNorm/SiLU and a 1x1 conv to ``latent_channels``. The decoder
+    mirrors it (nearest-neighbour upsampling + conv) and ends with a pixel shuffle. Posterior std is zero.
 
     Args:
         latent_channels: C of the latent (default 4, like SD).
-        widths: Channel widths at 1/2, 1/4, 1/8 resolution.
+        widths: Channel width per level, finest first; ``L = len(widths)`` in 1..4 levels.
         latent_scale: Set after fitting with :func:`measure_latent_scale`.
     """
 
@@ -462,38 +463,28 @@ class ConvAutoencoder(LatentAutoencoder):
     def __init__(
         self,
         latent_channels: int = 4,
-        widths: tuple[int, int, int] | list[int] = (32, 64, 128),
+        widths: tuple[int, ...] | list[int] = (64, 128),
         latent_scale: float = 1.0,
     ):
         super().__init__(latent_channels, latent_scale)
-        w1, w2, w3 = (int(w) for w in widths)
-        self.widths = (w1, w2, w3)
-        self.encoder = nn.Sequential(
-            nn.PixelUnshuffle(2),  # (3, S, S) -> (12, S/2, S/2)
-            nn.Conv2d(12, w1, 3, padding=1),
-            _ResBlock(w1),
-            nn.Conv2d(w1, w2, 3, stride=2, padding=1),
-            _ResBlock(w2),
-            nn.Conv2d(w2, w3, 3, stride=2, padding=1),
-            _ResBlock(w3),
-            nn.GroupNorm(8, w3),
-            nn.SiLU(),
-            nn.Conv2d(w3, latent_channels, 1),
-        )
-        self.decoder = nn.Sequential(
-            nn.Conv2d(latent_channels, w3, 3, padding=1),
-            _ResBlock(w3),
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(w3, w2, 3, padding=1),
-            _ResBlock(w2),
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(w2, w1, 3, padding=1),
-            _ResBlock(w1),
-            nn.GroupNorm(8, w1),
-            nn.SiLU(),
-            nn.Conv2d(w1, 12, 3, padding=1),
-            nn.PixelShuffle(2),  # (12, S/2, S/2) -> (3, S, S)
-        )
+        widths = tuple(int(w) for w in widths)
+        if not 1 <= len(widths) <= 4 or any(w <= 0 or w % 8 for w in widths):
+            raise ValueError(f"widths must be 1 to 4 positive multiples of 8, got {widths}")
+        self.widths = widths
+        shuffle = self.downsample // 2 ** (len(widths) - 1)
+        packed = 3 * shuffle * shuffle
+        enc: list[nn.Module] = [nn.PixelUnshuffle(shuffle), nn.Conv2d(packed, widths[0], 3, padding=1)]
+        enc.append(_ResBlock(widths[0]))
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+            enc += [nn.Conv2d(w_in, w_out, 3, stride=2, padding=1), _ResBlock(w_out)]
+        enc += [nn.GroupNorm(8, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], latent_channels, 1)]
+        dec: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), _ResBlock(widths[-1])]
+        for w_in, w_out in zip(widths[::-1][:-1], widths[::-1][1:], strict=True):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w_in, w_out, 3, padding=1), _ResBlock(w_out)]
+        dec += [nn.GroupNorm(8, widths[0]), nn.SiLU(), nn.Conv2d(widths[0], packed, 3, padding=1)]
+        dec.append(nn.PixelShuffle(shuffle))
+        self.encoder = nn.Sequential(*enc)
+        self.decoder = nn.Sequential(*dec)
         self.source = "conv"
 
     def _encode_raw(self, images):
@@ -529,41 +520,60 @@ def reconstruction_psnr(ae: LatentAutoencoder, images: torch.Tensor, batch_size:
     return float(torch.cat(values).mean())
 
 
+def _random_crops(images: torch.Tensor, index: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """One random ``size x size`` crop per selected image (the whole image if it is not larger)."""
+    h, w = images.shape[-2:]
+    if size >= h and size >= w:
+        return images[index]
+    ys = torch.randint(0, h - size + 1, (len(index),), generator=gen).tolist()
+    xs = torch.randint(0, w - size + 1, (len(index),), generator=gen).tolist()
+    return torch.stack(
+        [images[i, :, y : y + size, x : x + size] for i, y, x in zip(index.tolist(), ys, xs, strict=True)]
+    )
+
+
 def fit_conv_autoencoder(
     model: ConvAutoencoder,
     images: torch.Tensor,
-    epochs: int = 30,
+    epochs: int = 60,
     batch_size: int = 16,
     lr: float = 2e-3,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    crop_size: int | None = 96,
 ) -> float:
     """Train a :class:`ConvAutoencoder` on good images, then set its latent scale; prints and returns the PSNR.
 
-    L1 + MSE reconstruction loss (L1 keeps edges sharper than MSE alone), AdamW with a cosine learning-rate
-    decay, random horizontal/vertical flips for variety on small sets. Seeded, so reproducible on CPU.
+    The model is fully convolutional with a small receptive field, so it is trained on random crops (one per
+    image per epoch): about 7x cheaper than full 256 x 256 images for the same number of updates. L1 + MSE
+    reconstruction loss (L1 keeps edges sharper than MSE alone), AdamW with one-cycle learning-rate decay,
+    random flips. Seeded, so reproducible on CPU.
 
     Args:
         model: The autoencoder (trained in place).
         images: ``(N, 3, S, S)`` float in [-1, 1] (the output of :func:`~ddad_core.preprocess.preprocess`).
-        epochs: Passes over the images.
-        batch_size: Images per step.
+        epochs: Passes over the images (one crop per image per pass).
+        batch_size: Crops per step.
         lr: Peak learning rate.
-        seed: Seed of shuffling and flips.
+        seed: Seed of shuffling, crops and flips.
         device: Where to train (default: the model's device).
-        progress: Show a tqdm bar.
+        progress: Show a tqdm bar and print the final PSNR.
+        crop_size: Side of the training crops (a multiple of 8), or None for whole images.
 
     Returns:
-        Reconstruction PSNR in dB on ``images`` after training.
+        Reconstruction PSNR in dB on the whole ``images`` after training.
 
     Raises:
-        ValueError: Empty or badly shaped ``images``.
+        ValueError: Empty or badly shaped ``images``, or a crop size that is not a multiple of 8.
     """
     from tqdm.auto import tqdm
 
     if images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, 3, S, S) tensor, got {tuple(images.shape)}")
+    if crop_size is not None and (crop_size <= 0 or crop_size % model.downsample):
+        raise ValueError(f"crop_size must be a positive multiple of {model.downsample}, got {crop_size}")
+    crop = crop_size or max(images.shape[-2:])
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).train().requires_grad_(True)
     gen = torch.Generator().manual_seed(seed)
@@ -572,16 +582,15 @@ def fit_conv_autoencoder(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
     )
-    # The latent scale must not leak into training (it is set after), so train the raw encoder/decoder.
+    # The latent scale must not leak into training (it is measured afterwards), so train the raw networks.
     model.set_latent_scale(1.0)
     start = time.perf_counter()
     bar = tqdm(range(epochs), desc="autoencoder", disable=not progress, unit="epoch")
     for _ in bar:
         order = torch.randperm(len(images), generator=gen)
-        total = 0.0
+        total = torch.zeros(())
         for i in range(steps_per_epoch):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            x = images[idx]
+            x = _random_crops(images, order[i * batch_size : (i + 1) * batch_size], crop, gen)
             flips = torch.rand(2, generator=gen)
             if flips[0] < 0.5:
                 x = x.flip(-1)
@@ -594,8 +603,8 @@ def fit_conv_autoencoder(
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss.detach())
-        bar.set_postfix(loss=f"{total / steps_per_epoch:.4f}")
+            total += loss.detach().cpu()
+        bar.set_postfix(loss=f"{float(total) / steps_per_epoch:.4f}")
     model.eval().requires_grad_(False)
     model.set_latent_scale(measure_latent_scale(model, images))
     psnr = reconstruction_psnr(model, images)

@@ -77,16 +77,19 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         freq_shift=0,
     ),
     "cpu": dict(
-        block_out_channels=(64, 128, 192),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        # Four levels (32/16/8/4 for a 32x32 latent) with narrow high-resolution levels: most of the compute of a
+        # UNet is at its finest levels, so width goes where the resolution is low. Attention at 8x8, 4x4 and in
+        # the middle. ~4.5 M parameters, ~69 GFLOP per training step of 30 latents.
+        block_out_channels=(32, 64, 128, 128),
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         layers_per_block=1,
         mid_block_type="UNetMidBlock2D",
         add_attention=True,
         attention_head_dim=32,
         num_attention_heads=None,
         no_attention_up_blocks=(),
-        norm_num_groups=32,
+        norm_num_groups=16,
         norm_eps=1e-5,
         dropout=0.0,
         act_fn="silu",

@@ -114,3 +114,28 @@ def test_no_host_sync_in_loop(tiny_unet, schedule):
 def test_bad_inputs(tiny_unet, schedule, latents, steps, exc):
     with pytest.raises(exc):
         reconstruct(tiny_unet, DDADScheduler(schedule), latents, steps, guidance=1.0)
+
+
+def test_bf16_unet_keeps_float32_scheduler_math(tiny_unet, schedule):
+    sched = DDADScheduler(schedule, steps_per_image=4)
+    latents = torch.randn(2, 4, 8, 8)
+    steps = torch.tensor([40, 80])
+    ref = reconstruct(tiny_unet, sched, latents, steps, guidance=4.0)
+    out = reconstruct(tiny_unet.to(torch.bfloat16), sched, latents, steps, guidance=4.0)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixed_batch_bf16(tiny_unet):
+    from ddad_core.schedule import NoiseSchedule
+
+    sched = DDADScheduler(NoiseSchedule(device="cuda"), steps_per_image=10)
+    unet = tiny_unet.to("cuda", torch.bfloat16)
+    latents = torch.randn(4, 4, 8, 8, device="cuda")
+    steps = torch.tensor([20, 80, 40, 60], device="cuda")
+    batch = reconstruct(unet, sched, latents, steps, guidance=4.0)
+    for i in range(4):
+        alone = reconstruct(unet, sched, latents[i : i + 1], steps[i : i + 1], guidance=4.0)
+        assert torch.allclose(batch[i : i + 1], alone, atol=2e-2)

@@ -123,3 +123,14 @@ def test_cache_sample_uses_std():
     cache = LatentCache(torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
     a = cache.sample(torch.tensor([0, 1]), torch.Generator().manual_seed(0))
     assert a.shape == (2, 1, 2, 2) and a.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_training_and_resume(tmp_path, cache):
+    from ddad_core.schedule import NoiseSchedule
+
+    unet = build_unet("tiny", 4, 8, seed=0)
+    losses = train_unet(unet, cache, NoiseSchedule(), _cfg(), "cuda", tmp_path, progress=False)
+    assert len(losses) == 4 and all(v == v for v in losses)
+    assert next(unet.parameters()).dtype == torch.float32  # autocast, weights stay float32
