@@ -59,14 +59,15 @@ def _check_inputs(latents: torch.Tensor, noise_steps: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
-def _reconstruct(unet, scheduler, latents, noise_steps, guidance, eta, omega, generator, plain_first):
+def _reconstruct(unet, scheduler, latents, noise_steps, guidance, eta, omega, generator, plain_first, start_steps):
     # 1. Per-sample grids, built on the device in one go.
     timesteps = scheduler.set_timesteps(noise_steps)
     prev_timesteps = scheduler.prev_timesteps
     condition = latents.float()
     unet_dtype = next(unet.parameters()).dtype
     # 2. Start state (noiseless scaling); the scheduler math stays in float32 even for a bf16 UNet.
-    z = start_state(scheduler, condition, noise_steps.to(condition.device), omega=omega, generator=generator)
+    start = (noise_steps if start_steps is None else start_steps).to(condition.device)
+    z = start_state(scheduler, condition, start, omega=omega, generator=generator)
     # 3. Denoising loop: one batched UNet call and one batched step per iteration.
     for i in range(scheduler.steps_per_image):
         eps = unet(z.to(unet_dtype), timesteps[i]).sample.float()
@@ -95,6 +96,7 @@ def reconstruct(
     omega: float = 0.0,
     generator: torch.Generator | None = None,
     plain_first: bool = False,
+    start_steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reconstruct latents with the conditioned DDIM reverse process, each sample from its own start step.
 
@@ -110,6 +112,8 @@ def reconstruct(
         omega: Share of real noise in the start state (0 = noiseless scaling).
         generator: Random source for omega/eta noise.
         plain_first: Zero c1, c2 at the first step (the reference's domain-adaptation sampler, Q6).
+        start_steps: ``(B,)`` long timesteps for the start-state scaling only, if they differ from the grid's
+            ``noise_steps`` (the reference's domain adaptation scales at floor(8k) but steps on round10(8k), Q2).
 
     Returns:
         ``(B, C, h, w)`` float32 reconstructed latents z0^. The result is a normal tensor (usable in autograd as
@@ -129,7 +133,9 @@ def reconstruct(
         torch.Size([2, 4, 8, 8])
     """
     _check_inputs(latents, noise_steps)
-    out = _reconstruct(unet, scheduler, latents, noise_steps, guidance, eta, omega, generator, plain_first)
+    if start_steps is not None:
+        _check_inputs(latents, start_steps)
+    out = _reconstruct(unet, scheduler, latents, noise_steps, guidance, eta, omega, generator, plain_first, start_steps)
     if torch.is_inference_mode_enabled():
         return out
     # An inference tensor cannot be saved for backward (domain adaptation feeds reconstructions to a trained

@@ -139,3 +139,13 @@ def test_cuda_mixed_batch_bf16(tiny_unet):
     for i in range(4):
         alone = reconstruct(unet, sched, latents[i : i + 1], steps[i : i + 1], guidance=4.0)
         assert torch.allclose(batch[i : i + 1], alone, atol=2e-2)
+
+
+def test_start_steps_override(schedule):
+    """Q2: start scaled at 24 but stepping on the grid of 20 -> eps == 0 shrink sqrt(abar_24 / abar_18)."""
+    from .test_scheduler import ZeroUNet
+
+    y = torch.randn(1, 4, 4, 4)
+    out = reconstruct(ZeroUNet(), DDADScheduler(schedule), y, torch.tensor([20]), 0.0, start_steps=torch.tensor([24]))
+    factor = (schedule.alphas_cumprod[24] / schedule.alphas_cumprod[18]).sqrt()
+    assert torch.allclose(out, y * factor, atol=1e-5)
