@@ -193,6 +193,14 @@ def train_unet(
             dev_gen.set_state(state["device_generator"])
             losses = list(state["losses"])
             start_epoch = int(state["epoch"])
+            saved_cfg = {k: v for k, v in state.get("train_config", {}).items() if k != "epochs"}
+            current = {k: v for k, v in train_cfg.model_dump().items() if k != "epochs"}
+            if saved_cfg != current:
+                warnings.warn(
+                    f"resuming {ckpt_path} (epoch {start_epoch}) with a different training config: "
+                    f"saved {saved_cfg}, now {current}",
+                    stacklevel=2,
+                )
             last_good = (ckpt_path, start_epoch)
 
     def save(epoch: int) -> None:

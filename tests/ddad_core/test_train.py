@@ -134,3 +134,9 @@ def test_cuda_bf16_training_and_resume(tmp_path, cache):
     losses = train_unet(unet, cache, NoiseSchedule(), _cfg(), "cuda", tmp_path, progress=False)
     assert len(losses) == 4 and all(v == v for v in losses)
     assert next(unet.parameters()).dtype == torch.float32  # autocast, weights stay float32
+
+
+def test_resume_with_changed_config_warns(tmp_path, cache, schedule):
+    _train(cache, schedule, _cfg(), checkpoint_dir=tmp_path, max_epochs=2)
+    with pytest.warns(UserWarning, match="different training config"):
+        _train(cache, schedule, _cfg(lr=5e-4), checkpoint_dir=tmp_path, max_epochs=1)
