@@ -93,8 +93,10 @@ declare -A _BOOT_PIDS=() _BOOT_START=()
 _boot_bg() {  # name function
     local name="$1"; shift
     _BOOT_START[$name]="$(_boot_now)"
-    rm -f "$_BOOT_LOGS/$name.err"
-    ( _BOOT_ERRFILE="$_BOOT_LOGS/$name.err"; "$@" ) >"$_BOOT_LOGS/$name.log" 2>&1 &
+    rm -f "$_BOOT_LOGS/$name.err" "$_BOOT_LOGS/$name.took"
+    ( _BOOT_ERRFILE="$_BOOT_LOGS/$name.err"; "$@"
+      awk -v a="$(_boot_now)" -v b="${_BOOT_START[$name]}" 'BEGIN{print a-b}' >"$_BOOT_LOGS/$name.took"
+    ) >"$_BOOT_LOGS/$name.log" 2>&1 &
     _BOOT_PIDS[$name]=$!
 }
 _boot_wait() {  # name ok_message
@@ -108,7 +110,8 @@ _boot_wait() {  # name ok_message
         fi
         exit 1
     fi
-    _boot_done "$name" "${_BOOT_START[$name]}" "$2"
+    # Report the step's own duration (it overlapped with the foreground steps), not the time until this wait.
+    printf '[bootstrap] %-12s %6.1fs  %s\n' "$name" "$(cat "$_BOOT_LOGS/$name.took")" "$2"
 }
 
 _fetch_jars() {  # name version dependency-xml
@@ -283,6 +286,7 @@ elif [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}${S3_ENDPOINT_URL:-}" ]; then
 else
     _boot_done jars "$_t" "kafka $KAFKA_VERSION, s3proxy $S3PROXY_VERSION cached"
 fi
+_t="$(_boot_now)"
 if [ -n "${_BOOT_PIDS[go-tools]:-}" ]; then
     _boot_wait go-tools "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION built"
 else
