@@ -270,7 +270,8 @@ def write_gallery(path: Path, alerts: list[DefectAlert], results: dict[str, Insp
                   planted: dict[str, dict[str, str]]) -> None:
     """A self-contained HTML page: one row per alert with the frame (boxes drawn), heatmap and mask."""
     rows = []
-    for a in sorted(alerts, key=lambda a: a.captured_at)[:200]:
+    # planted defects first (what the demo is about), then false alarms, each in capture order
+    for a in sorted(alerts, key=lambda a: (a.source not in planted.get(a.camera_id, {}), a.captured_at))[:200]:
         frame_path = streams / a.camera_id / (a.source or "")
         boxed = ""
         if frame_path.exists():
