@@ -252,6 +252,8 @@ class WorkerLoop:
             outputs, pipeline_timings = self._infer(images) if images else ([], {})
             timings["infer"] = (self._clock() - t0) * 1000.0
             timings.update({f"pipeline.{k}": float(v) for k, v in pipeline_timings.items()})
+            for stage, ms in timings.items():  # decode, infer and the pipeline's own stages (encode, denoise, ...)
+                obs.STAGE_DURATION.labels(stage.removeprefix("pipeline.")).observe(ms / 1000.0)
             inferred = []
             for p, out in zip(good, outputs, strict=True):
                 if isinstance(out, InvalidFrameError):
