@@ -237,6 +237,7 @@ def fit_images(
     device: str | torch.device | None = None,
     target_fpr: float = 0.01,
     autoencoder_epochs: int = 30,
+    train_autoencoder: bool | None = None,
     batch_size: int = 16,
     overwrite: bool = True,
     keep_checkpoints: bool = False,
@@ -256,6 +257,8 @@ def fit_images(
         device: Where to fit (default: CUDA if available).
         target_fpr: False-alarm rate on good parts for the threshold.
         autoencoder_epochs: Epochs of our own ConvAutoencoder (only when it is used).
+        train_autoencoder: Train a ConvAutoencoder on the images first; None = only when it was created here
+            (spec ``conv`` or the fallback), not when an instance is passed.
         batch_size: Images per inference batch (calibration, noise-level bank).
         overwrite: Replace an existing bundle in ``out_dir`` (one fitted with another backbone only if True too).
         keep_checkpoints: Keep ``<out>/checkpoints`` (the resumable UNet checkpoint) after success.
@@ -298,7 +301,11 @@ def fit_images(
     ae, ae_spec = resolve_autoencoder(autoencoder, log=log)
     ae.to(device)
     ae_info: dict[str, Any] = {"spec": ae_spec}
-    if isinstance(ae, ConvAutoencoder) and ae_spec != "given":
+    if train_autoencoder is None:
+        train_autoencoder = isinstance(ae, ConvAutoencoder) and ae_spec != "given"
+    if train_autoencoder:
+        if not isinstance(ae, ConvAutoencoder):
+            raise TypeError(f"only the own ConvAutoencoder can be trained, not {type(ae).__name__}")
         psnr = fit_conv_autoencoder(ae, train_images, epochs=autoencoder_epochs, device=device, progress=progress)
         ae_info.update(psnr_db=psnr, epochs=autoencoder_epochs, departure="own autoencoder, not the paper's VAE")
         _say(log, f"[2/7] own ConvAutoencoder trained: PSNR {psnr:.2f} dB (departure from the paper)")

@@ -141,7 +141,7 @@ class NoiseLevelEstimator(nn.Module):
         k = self._effective_k(exclude_self=clean)
         if k < self.config.knn_k:
             warnings.warn(
-                f"only {self.bank.shape[0]} bank images: k-NN uses k={k} instead of {self.config.knn_k}", stacklevel=2
+                f"only {self.bank.shape[0]} bank images: k-NN uses k={k} instead of {self.config.knn_k}", stacklevel=3
             )
         self.train_distances = self._knn_mean(self.bank, k, self_offset=0 if clean else None)
         low, high = self.train_distances.double().min(), self.train_distances.double().max()

