@@ -357,6 +357,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="cpu", help="fit preset of ddad_core.fit (cpu, paper)")
     p.add_argument("--unet-preset", default=None, help="override the preset's UNet size (tiny, cpu, paper)")
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--encoding", choices=["png", "jpeg"], default="png",
+                   help="frame encoding; png matches the lossless images the model was calibrated on")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-ms", type=float, default=200.0)
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up waiting for results after this long")
@@ -422,7 +424,7 @@ def run(args: argparse.Namespace) -> dict:
                 cam = f"cam-{c + 1}"
                 procs.start(f"ingestor-{cam}", "services.ingestor", env_for(
                     "INGESTOR", CAMERA_ID=cam, SOURCE=str(Path(manifest["streams"]) / cam), FPS=str(args.fps),
-                    HTTP_PORT="-1", PRODUCT_ID=CATEGORY))
+                    HTTP_PORT="-1", PRODUCT_ID=CATEGORY, ENCODING=args.encoding))
             total = args.cameras * args.frames_per_camera
             deadline = time.monotonic() + args.timeout_s
             last_report = 0.0

@@ -20,7 +20,7 @@ from services._object_store import open_object_store
 from services.contracts.topics import Topics
 from services.ingestor.camera import RateLimiter, open_source
 from services.ingestor.config import IngestorSettings
-from services.ingestor.publish import SERVICE, Captured, FrameBuffer, FramePublisher, encode_jpeg, sender_loop
+from services.ingestor.publish import SERVICE, Captured, FrameBuffer, FramePublisher, encode_image, sender_loop
 
 
 def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.Event | None = None,
@@ -64,9 +64,9 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
             image, name = got
             captured_at = datetime.fromtimestamp(clock_wall(), UTC)
             obs.FRAMES_IN.labels(SERVICE).inc()
-            jpeg = encode_jpeg(image, settings.jpeg_quality)
-            buffer.put(Captured(f"{settings.camera_id}-{run_id}-{seq:08d}", seq, captured_at, jpeg,
-                                image.shape[1], image.shape[0], name))
+            data = encode_image(image, settings.encoding, settings.jpeg_quality)
+            buffer.put(Captured(f"{settings.camera_id}-{run_id}-{seq:08d}", seq, captured_at, data,
+                                image.shape[1], image.shape[0], name, settings.encoding))
             seq += 1
     finally:
         source.close()

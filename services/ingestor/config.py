@@ -27,6 +27,9 @@ class IngestorSettings(CommonSettings):
     loop: bool = Field(False, description="Folder/video: start again at the end instead of stopping.")
     fps: float = Field(10.0, ge=0, description="Frame-rate cap (0 = as fast as the source delivers).")
     max_frames: int = Field(0, ge=0, description="Stop after this many frames (0 = never).")
+    encoding: Literal["jpeg", "png"] = Field(
+        "jpeg", description="jpeg (small, lossy) or png (lossless: use it when the model was calibrated on lossless "
+        "images; JPEG artefacts on fine textures raise anomaly scores)")
     jpeg_quality: int = Field(90, ge=1, le=100)
     inline_limit_bytes: int = Field(900_000, gt=0, le=10_000_000,
                                     description="Larger encoded frames go to the object store (claim check).")

@@ -36,6 +36,16 @@ def encode_jpeg(image_bgr: np.ndarray, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
+def encode_image(image_bgr: np.ndarray, encoding: Literal["jpeg", "png"] = "jpeg", quality: int = 90) -> bytes:
+    """Encode a captured frame as the ``Frame.encoding`` it will be sent with."""
+    if encoding == "jpeg":
+        return encode_jpeg(image_bgr, quality)
+    ok, buf = cv2.imencode(".png", image_bgr)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
 @dataclass
 class Captured:
     """A captured, encoded frame waiting for the sender."""
@@ -43,10 +53,11 @@ class Captured:
     frame_id: str
     sequence: int
     captured_at: datetime
-    jpeg: bytes
+    jpeg: bytes  # the encoded image (JPEG or PNG, see ``encoding``)
     width: int
     height: int
     source: str | None
+    encoding: Literal["jpeg", "png"] = "jpeg"
 
 
 class FrameBuffer:
@@ -122,13 +133,14 @@ class FramePublisher:
     def build(self, c: Captured) -> Frame:
         """The wire frame: inline bytes, or a claim-check URI for big frames."""
         common = dict(frame_id=c.frame_id, camera_id=self.camera_id, line_id=self.line_id,
-                      product_id=self.product_id, captured_at=c.captured_at, sequence=c.sequence, encoding="jpeg",
+                      product_id=self.product_id, captured_at=c.captured_at, sequence=c.sequence, encoding=c.encoding,
                       width=c.width, height=c.height, source=c.source)
         if len(c.jpeg) <= self.inline_limit_bytes:
             return Frame(image=c.jpeg, **common)
         if self.store is None:
             raise ValueError(f"frame of {len(c.jpeg)} bytes exceeds the inline limit and no object store is set")
-        uri = self.store.put(f"frames/{self.camera_id}/{c.frame_id}.jpg", c.jpeg, "image/jpeg")
+        ext = "jpg" if c.encoding == "jpeg" else "png"
+        uri = self.store.put(f"frames/{self.camera_id}/{c.frame_id}.{ext}", c.jpeg, f"image/{c.encoding}")
         return Frame(image_uri=uri, **common)
 
     def send(self, c: Captured) -> None:

@@ -82,9 +82,10 @@ def test_frames_in_results_out_and_defects_alerted(kafka_bootstrap_servers, redi
 
     worker = start_worker(env, detector, "worker")
     alerter = ServiceThread(alerter_serve, env.alerter_settings(bundle_path=str(bundle)), "alerter").start()
-    # cam-c's frames exceed its inline limit: they travel as claim checks through S3
+    # cam-b sends lossless PNG; cam-c's frames exceed its inline limit and travel as claim checks through S3
     ingestors = [ServiceThread(ingestor_serve, env.ingestor_settings(
-        camera_id=cam, source=str(tmp_path / cam), inline_limit_bytes=500 if cam == "cam-c" else 900_000),
+        camera_id=cam, source=str(tmp_path / cam), inline_limit_bytes=500 if cam == "cam-c" else 900_000,
+        encoding="png" if cam == "cam-b" else "jpeg"),
         f"ingestor-{cam}").start() for cam in cameras]
     results, defects = TopicReader(env, env.topics.results), TopicReader(env, env.topics.defects)
     try:

@@ -123,3 +123,14 @@ def test_claim_check_for_big_frames(tmp_path):
     no_store = FramePublisher(None, "frames", None, "cam1", "line-1", None, 2000, structlog.get_logger())
     with pytest.raises(ValueError, match="inline limit"):
         no_store.build(Captured("cam1-a-3", 3, now, big, 256, 256, None))
+
+
+def test_png_frames_are_lossless(tmp_path):
+    from services.ingestor.publish import encode_image
+    from services.worker.inference import decode_frame
+
+    img = texture(3, 24)
+    pub = FramePublisher(None, "frames", None, "cam1", "line-1", None, 10**6, structlog.get_logger())
+    frame = pub.build(Captured("cam1-a-1", 1, datetime.now(UTC), encode_image(img, "png"), 24, 24, None, "png"))
+    assert frame.encoding == "png"
+    assert np.array_equal(decode_frame(frame, None, 10**6), img[..., ::-1])  # RGB, bit-exact
