@@ -182,9 +182,14 @@ def measure_capacity(bundle: Path, batch: int) -> float:
     rng = np.random.default_rng(0)
     frames = [fabric_texture(rng, size)[..., ::-1].copy() for _ in range(batch)]
     detector(frames)  # warm-up
-    t0 = time.perf_counter()
-    detector(frames)
-    elapsed = time.perf_counter() - t0
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        detector(frames)
+        times.append(time.perf_counter() - t0)
+    # The slowest of three: on a shared machine the quick runs overstate what the worker will sustain, and an
+    # offered load above capacity turns the latency figures into a backlog's drain time.
+    elapsed = max(times)
     del detector
     gc.collect()
     return batch / max(elapsed, 1e-6)
