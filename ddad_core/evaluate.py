@@ -349,7 +349,12 @@ def svg_line_chart(
         u, _ = px(vline, 0)
         parts.append(f'<line x1="{u:.1f}" y1="{top}" x2="{u:.1f}" y2="{top + ph}" stroke="#444" stroke-dasharray="4"/>')
     for k, (xs, ys, label) in enumerate(series):
-        xs, ys = _thin(np.asarray(xs, float), np.asarray(ys, float))
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        if xs.size and xs[-1] > xlim[1]:
+            # Cut the (monotone) curve at the right edge, interpolating the end point, before thinning.
+            keep = xs <= xlim[1]
+            xs, ys = np.r_[xs[keep], xlim[1]], np.r_[ys[keep], np.interp(xlim[1], xs, ys)]
+        xs, ys = _thin(xs, ys)
         inside = (xs >= xlim[0]) & (xs <= xlim[1])
         points = " ".join(
             f"{u:.1f},{v:.1f}" for u, v in (px(x, y) for x, y in zip(xs[inside], ys[inside], strict=True))
