@@ -120,7 +120,7 @@ def reconstruct(
         a constant), even though the loop itself runs in inference mode.
 
     Raises:
-        ValueError / TypeError: Wrong shapes or dtypes.
+        ValueError / TypeError: Wrong shapes or dtypes, or schedule and latents on different devices.
 
     Example:
         >>> from diffusers import UNet2DModel
@@ -133,6 +133,12 @@ def reconstruct(
         torch.Size([2, 4, 8, 8])
     """
     _check_inputs(latents, noise_steps)
+    if scheduler.schedule.device != latents.device:
+        # Checked here because moving the tables inside the loop would be a hidden host-device copy per step.
+        raise ValueError(
+            f"the noise schedule is on {scheduler.schedule.device} but the latents are on {latents.device}; "
+            "build the schedule with device=... (or use schedule.to(device))"
+        )
     if start_steps is not None:
         _check_inputs(latents, start_steps)
     out = _reconstruct(unet, scheduler, latents, noise_steps, guidance, eta, omega, generator, plain_first, start_steps)

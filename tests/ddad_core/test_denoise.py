@@ -149,3 +149,9 @@ def test_start_steps_override(schedule):
     out = reconstruct(ZeroUNet(), DDADScheduler(schedule), y, torch.tensor([20]), 0.0, start_steps=torch.tensor([24]))
     factor = (schedule.alphas_cumprod[24] / schedule.alphas_cumprod[18]).sqrt()
     assert torch.allclose(out, y * factor, atol=1e-5)
+
+
+def test_schedule_device_mismatch(tiny_unet, schedule):
+    latents = torch.randn(1, 4, 8, 8, device="meta")
+    with pytest.raises(ValueError, match="schedule is on"):
+        reconstruct(tiny_unet, DDADScheduler(schedule), latents, torch.tensor([20], device="meta"), guidance=1.0)
