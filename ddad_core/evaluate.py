@@ -242,6 +242,10 @@ def evaluate(
     data, timing = collect(
         pipe, folder, batch_size=batch_size, normalization=normalization, max_images=max_images, log=log
     )
+    if data.skipped and log is not None:
+        log(f"skipped {len(data.skipped)} undecodable test image(s):")
+        for path, reason in data.skipped:
+            log(f"  {path}: {reason}")
     results = compute_results(data)
     n = len(data.labels)
     results.update(

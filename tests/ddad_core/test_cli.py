@@ -50,6 +50,19 @@ def test_eval_writes_json_and_report(fitted, capsys):
     assert "image AUROC" in capsys.readouterr().out
 
 
+def test_eval_lists_undecodable_images(fitted, tmp_path, capsys):
+    import shutil
+
+    root, data, bundle = fitted
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "test" / "good" / "zz_corrupt.png").write_bytes(b"\x89PNG broken")
+    assert main(["eval", str(bundle), str(copy), "--json", str(tmp_path / "r.json")]) == 0
+    assert "zz_corrupt.png" in capsys.readouterr().out
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["n_images"] == 6 and results["skipped_images"][0].endswith("zz_corrupt.png")
+
+
 def test_eval_paper_normalization(fitted):
     root, data, bundle = fitted
     argv = ["eval", str(bundle), str(data), "--json", str(root / "p.json"), "--normalization", "paper"]
