@@ -85,3 +85,12 @@ def test_errors():
         build_unet("huge", 4, 32)
     with pytest.raises(ValueError, match="divisible"):
         build_unet("paper", 4, 20)
+
+
+def test_recommended_training_is_a_valid_train_config():
+    from ddad_core.config import TrainConfig
+    from ddad_core.unet import RECOMMENDED_TRAINING
+
+    assert set(RECOMMENDED_TRAINING) == set(UNET_PRESETS)
+    for preset, overrides in RECOMMENDED_TRAINING.items():
+        assert TrainConfig(preset=preset, **overrides).lr > 0
