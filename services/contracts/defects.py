@@ -8,12 +8,11 @@ Encoding: UTF-8 JSON.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
-from services.contracts.frames import Identifier
+from services.contracts.frames import Identifier, JsonRecord, UtcDatetime
 from services.contracts.results import BoundingBox
 from services.contracts.topics import SCHEMA_VERSION
 
@@ -27,7 +26,7 @@ def alert_id_for(frame_id: str) -> str:
     return str(uuid.uuid5(_ALERT_NAMESPACE, frame_id))
 
 
-class DefectAlert(BaseModel):
+class DefectAlert(JsonRecord):
     """A defect alert for one frame, after per-camera thresholds, debounce and cooldown."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -39,8 +38,8 @@ class DefectAlert(BaseModel):
     line_id: Identifier
     product_id: Identifier | None = None
     source: str | None = None
-    captured_at: datetime
-    raised_at: datetime
+    captured_at: UtcDatetime
+    raised_at: UtcDatetime
     pred_score: float
     pred_score_raw: float
     threshold: float = Field(description="Normalised-score threshold applied (0.5 = calibrated; 1 - sensitivity).")
@@ -52,23 +51,7 @@ class DefectAlert(BaseModel):
     boxes: list[BoundingBox] = Field(default_factory=list)
     model_version: str
 
-    @field_validator("captured_at", "raised_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("timestamps must be timezone-aware (UTC)")
-        return value.astimezone(UTC)
-
     @property
     def latency_ms(self) -> float:
         """Capture -> alert latency."""
         return (self.raised_at - self.captured_at).total_seconds() * 1000.0
-
-    def to_bytes(self) -> bytes:
-        """JSON record value."""
-        return self.model_dump_json().encode("utf-8")
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> DefectAlert:
-        """Parse a record value (raises ``pydantic.ValidationError`` on a bad record)."""
-        return cls.model_validate_json(data)

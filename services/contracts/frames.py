@@ -18,7 +18,7 @@ import struct
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.contracts.topics import SCHEMA_VERSION
 
@@ -28,6 +28,30 @@ _MAX_HEADER_BYTES = 64 * 1024
 
 # Ids end up in Redis keys, object-store paths and metric-free log fields: keep them path- and key-safe.
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+
+
+def _require_utc(value: datetime) -> datetime:
+    # Naive datetimes silently shift latencies by the host's UTC offset: refuse them.
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+# Every timestamp on the wire: timezone-aware, normalised to UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(_require_utc)]
+
+
+class JsonRecord(BaseModel):
+    """Base of the JSON-encoded topics (``results``, ``defects``): one encoding, one parse error type."""
+
+    def to_bytes(self) -> bytes:
+        """JSON record value."""
+        return self.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        """Parse a record value (raises ``pydantic.ValidationError`` on a bad record)."""
+        return cls.model_validate_json(data)
 
 
 class FrameDecodeError(ValueError):
@@ -56,7 +80,7 @@ class Frame(BaseModel):
     camera_id: Identifier = Field(description="Source camera; also the Kafka key.")
     line_id: Identifier = Field("line-1", description="Production line the camera watches.")
     product_id: Identifier | None = Field(None, description="Product/variant on the line, if known.")
-    captured_at: datetime = Field(description="Capture time (timezone-aware, UTC); latencies are measured from it.")
+    captured_at: UtcDatetime = Field(description="Capture time (timezone-aware, UTC); latencies are measured from it.")
     sequence: int = Field(ge=0, description="Per-camera frame counter of the ingestor.")
     encoding: Literal["jpeg", "png"] = Field(description="Encoding of the image bytes.")
     width: int = Field(gt=0, le=32768)
@@ -64,14 +88,6 @@ class Frame(BaseModel):
     image: bytes | None = Field(None, description="Encoded image inline (small frames).")
     image_uri: str | None = Field(None, description="Claim-check URI in the object store (large frames).")
     source: str | None = Field(None, max_length=512, description="Where the frame came from (file name, stream URL).")
-
-    @field_validator("captured_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        # Naive datetimes silently shift latencies by the host's UTC offset: refuse them.
-        if value.tzinfo is None:
-            raise ValueError("captured_at must be timezone-aware (UTC)")
-        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _one_payload(self) -> Frame:

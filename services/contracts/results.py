@@ -8,12 +8,11 @@ Encoding: UTF-8 JSON (``model_dump_json``), small enough that readability wins o
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.contracts.frames import Identifier
+from services.contracts.frames import Identifier, JsonRecord, UtcDatetime
 from services.contracts.topics import SCHEMA_VERSION
 
 
@@ -29,7 +28,7 @@ class BoundingBox(BaseModel):
     area_fraction: float = Field(ge=0, le=1, description="Share of the frame covered by the region's mask pixels.")
 
 
-class InspectionResult(BaseModel):
+class InspectionResult(JsonRecord):
     """The outcome of inspecting one frame.
 
     ``threshold`` is the raw-score threshold of the bundle's calibration (``pred_score_raw >= threshold`` is the
@@ -45,8 +44,8 @@ class InspectionResult(BaseModel):
     product_id: Identifier | None = None
     sequence: int = Field(ge=0)
     source: str | None = None
-    captured_at: datetime
-    processed_at: datetime
+    captured_at: UtcDatetime
+    processed_at: UtcDatetime
     pred_score: float = Field(description="Normalised image score; 0.5 is the calibrated threshold.")
     pred_score_raw: float = Field(description="Raw image score (max of the blended anomaly map).")
     pred_label: bool = Field(description="Model's decision at the calibrated threshold.")
@@ -62,23 +61,7 @@ class InspectionResult(BaseModel):
     batch_size: int = Field(gt=0)
     queue_wait_ms: float = Field(ge=0, description="Time the frame waited in the micro-batcher.")
 
-    @field_validator("captured_at", "processed_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("timestamps must be timezone-aware (UTC)")
-        return value.astimezone(UTC)
-
     @property
     def latency_ms(self) -> float:
         """Capture -> result latency."""
         return (self.processed_at - self.captured_at).total_seconds() * 1000.0
-
-    def to_bytes(self) -> bytes:
-        """JSON record value."""
-        return self.model_dump_json().encode("utf-8")
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> InspectionResult:
-        """Parse a record value (raises ``pydantic.ValidationError`` on a bad record)."""
-        return cls.model_validate_json(data)
