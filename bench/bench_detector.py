@@ -152,6 +152,46 @@ def run_baseline(
 # D3AD
 
 
+@torch.inference_mode()
+def diagnose_components(bundle: Path, data_dir: Path, max_test: int | None, device: torch.device) -> dict:
+    """Metrics of each map component alone (blurred, not blended) and of the noise level as an image score.
+
+    Tells which term carries (or spoils) the result, e.g. a feature term whose AUROC is below 0.5 because the
+    reconstruction keeps the defect while it degrades the rest of the image.
+    """
+    from ddad_core.metrics import aupro, auroc, pixel_auroc
+    from ddad_core.pipeline import DDADPipeline
+
+    pipe = DDADPipeline.from_bundle(bundle, device=device)
+    size = pipe.image_size
+    items = _subset(MVTecFolder(data_dir, require_test=True).test_items, max_test)
+    latent, feature, steps, masks, labels = [], [], [], [], []
+    for start in range(0, len(items), 16):
+        batch = items[start : start + 16]
+        loaded = load_images([it.path for it in batch], warn=False)
+        kept = [it for it in batch if it.path in set(loaded.paths)]
+        comps = pipe.components(preprocess(loaded.images, image_size=size))
+        latent.append(gaussian_blur(comps.latent_map, 4.0).cpu())
+        feature.append(gaussian_blur(comps.feature_map, 4.0).cpu())
+        steps.append(comps.noise_step.cpu())
+        for it, image in zip(kept, loaded.images, strict=True):
+            mask = np.zeros((size, size), bool)
+            if it.mask_path is not None:
+                mask = resize_mask(load_mask(it.mask_path, image.shape), size)
+            masks.append(mask)
+            labels.append(it.label)
+    gts, y = np.stack(masks), np.array(labels)
+    out = {}
+    for name, maps in (("latent_only", torch.cat(latent).numpy()), ("feature_only", torch.cat(feature).numpy())):
+        out[name] = {
+            "image_auroc": auroc(maps.reshape(len(maps), -1).max(1), y),
+            "pixel_auroc": pixel_auroc(maps, gts),
+            "aupro": aupro(maps, gts),
+        }
+    out["noise_step_image_auroc"] = auroc(torch.cat(steps).numpy().astype(float), y)
+    return out
+
+
 def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: torch.device) -> dict:
     config, train_config = make_configs(
         "cpu", epochs=args.epochs, da_epochs=args.da_epochs, image_size=args.image_size, guidance=args.guidance
@@ -182,6 +222,9 @@ def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: to
         batch_size=args.batch_size,
     )
     results.update(fit_seconds=fit_seconds, eval_seconds=time.perf_counter() - t0)
+    if args.diagnose:
+        results["diagnosis"] = diagnose_components(bundle, data_dir, args.max_test_images, device)
+        print(json.dumps(results["diagnosis"], indent=1))
     if args.paper_normalization:
         paper = evaluate(bundle, data_dir, device=device, max_images=args.max_test_images, normalization="paper")
         results["paper_normalization"] = {k: paper[k] for k in KEYS}
@@ -227,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--report", action="store_true", help="also write the HTML reports")
     parser.add_argument("--paper-normalization", action="store_true", help="also evaluate with test-set min-max")
+    parser.add_argument("--diagnose", action="store_true", help="also score each map component alone")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
