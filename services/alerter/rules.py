@@ -139,7 +139,8 @@ class AlertRules:
         """Update the camera's state with one result and decide whether it raises an alert."""
         rule = self.book.resolve(result.camera_id, result.product_id)
         threshold = rule.threshold
-        anomalous = result.pred_score >= threshold
+        # Same rule as the model's pred_label (strictly above the threshold), so both never disagree at 0.5.
+        anomalous = result.pred_score > threshold
         severity = severity_of(result.pred_score, threshold)
         cam = result.camera_id
         # A replayed result (worker restart between produce and commit) must not count twice in the window.

@@ -31,7 +31,7 @@ class BoundingBox(BaseModel):
 class InspectionResult(JsonRecord):
     """The outcome of inspecting one frame.
 
-    ``threshold`` is the raw-score threshold of the bundle's calibration (``pred_score_raw >= threshold`` is the
+    ``threshold`` is the raw-score threshold of the bundle's calibration (``pred_score_raw > threshold`` is the
     model's own ``pred_label``); the alerter may apply a per-camera sensitivity on top.
     """
 

@@ -40,6 +40,7 @@ class Detector(Protocol):
 def load_detector(bundle_path: str, device: str = "auto", dtype: str | None = None) -> Any:
     """Load the pipeline from a bundle (imported lazily: the ingestor and alerter never import torch)."""
     import torch
+
     from ddad_core.pipeline import DDADPipeline
 
     if device == "auto":
@@ -60,7 +61,7 @@ def warm_up(detector: Any, batch_size: int, image_size: int | None = None) -> No
 
 
 def raw_threshold(detector: Any) -> float:
-    """The raw image-score threshold of the loaded calibration (``pred_score_raw >= threshold`` is anomalous)."""
+    """The raw image-score threshold of the loaded calibration (``pred_score_raw > threshold`` is anomalous)."""
     thr = getattr(detector, "threshold", None)
     for candidate in (thr, getattr(thr, "image", None), getattr(thr, "image_threshold", None),
                       thr.get("image") if isinstance(thr, dict) else None,

@@ -23,7 +23,9 @@ def res(i: int, score: float, camera: str = "cam1", product: str | None = None, 
 
 def test_default_rule_alerts_on_calibrated_threshold():
     rules = AlertRules(RuleBook())
-    assert [rules.evaluate(res(i, s)).alert for i, s in enumerate([0.49, 0.5, 0.9])] == [False, True, True]
+    # Strictly above 0.5, the same rule as the model's pred_label (raw score > calibrated threshold).
+    scores = [0.49, 0.5, 0.51, 0.9]
+    assert [rules.evaluate(res(i, s)).alert for i, s in enumerate(scores)] == [False, False, True, True]
 
 
 def test_sensitivity_moves_the_threshold():
