@@ -56,9 +56,24 @@ __all__ = ["RECOMMENDED_TRAINING", "UNET_PRESETS", "build_unet", "count_paramete
 
 _PAPER_CHANNELS = (192, 384, 384, 768, 768)
 
+# What every preset shares (the reference's block recipe: GroupNorm eps 1e-5, SiLU, additive time embedding,
+# sinusoidal [sin, cos] timestep features, attention in the middle block, no dropout).
+_COMMON: dict[str, Any] = dict(
+    mid_block_type="UNetMidBlock2D",
+    add_attention=True,
+    norm_eps=1e-5,
+    dropout=0.0,
+    act_fn="silu",
+    resnet_time_scale_shift="default",
+    time_embedding_type="positional",
+    flip_sin_to_cos=False,
+    freq_shift=0,
+)
+
 #: Preset name -> ``UNet2DModel`` keyword arguments (plus ``num_attention_heads``, applied by ``build_unet``).
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
+        **_COMMON,
         block_out_channels=_PAPER_CHANNELS,
         down_block_types=("AttnDownBlock2D",) * 4 + ("DownBlock2D",),
         # The coarsest up level is an AttnUpBlock2D only because UpBlock2D cannot resample with a ResBlock; its
@@ -66,22 +81,14 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         up_block_types=("AttnUpBlock2D",) * 5,
         no_attention_up_blocks=(0,),
         layers_per_block=2,
-        mid_block_type="UNetMidBlock2D",
-        add_attention=True,
         attention_head_dim=_PAPER_CHANNELS[0] // 8,  # overridden per level by num_attention_heads
         num_attention_heads=8,
         norm_num_groups=32,
-        norm_eps=1e-5,
-        dropout=0.0,
-        act_fn="silu",
         downsample_type="resnet",
         upsample_type="resnet",
-        resnet_time_scale_shift="default",
-        time_embedding_type="positional",
-        flip_sin_to_cos=False,
-        freq_shift=0,
     ),
     "cpu": dict(
+        **_COMMON,
         # Four levels (32/16/8/4 for a 32x32 latent) with narrow high-resolution levels: most of the compute of a
         # UNet is at its finest levels, so width goes where the resolution is low. Attention at 8x8, 4x4 and in
         # the middle. ~4.5 M parameters, ~69 GFLOP per training step of 30 latents.
@@ -89,42 +96,25 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         layers_per_block=1,
-        mid_block_type="UNetMidBlock2D",
-        add_attention=True,
         attention_head_dim=32,
         num_attention_heads=None,
         no_attention_up_blocks=(),
         norm_num_groups=16,
-        norm_eps=1e-5,
-        dropout=0.0,
-        act_fn="silu",
         downsample_type="conv",
         upsample_type="conv",
-        resnet_time_scale_shift="default",
-        time_embedding_type="positional",
-        flip_sin_to_cos=False,
-        freq_shift=0,
     ),
     "tiny": dict(
+        **_COMMON,
         block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         layers_per_block=1,
-        mid_block_type="UNetMidBlock2D",
-        add_attention=True,
         attention_head_dim=16,
         num_attention_heads=None,
         no_attention_up_blocks=(),
         norm_num_groups=8,
-        norm_eps=1e-5,
-        dropout=0.0,
-        act_fn="silu",
         downsample_type="conv",
         upsample_type="conv",
-        resnet_time_scale_shift="default",
-        time_embedding_type="positional",
-        flip_sin_to_cos=False,
-        freq_shift=0,
     ),
 }
 
