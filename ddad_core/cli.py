@@ -14,6 +14,10 @@ Errors a user can fix (wrong folder layout, broken bundle, other backbone) print
 
 from __future__ import annotations
 
+from ddad_core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before torch (ddad_core/runtime.py)
+
 import argparse
 import json
 import sys
