@@ -21,6 +21,10 @@ Example (quick smoke run)::
 
 from __future__ import annotations
 
+from ddad_core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before torch (ddad_core/runtime.py)
+
 import argparse
 import json
 import time

@@ -10,6 +10,10 @@ steps (as the dynamic noise level produces). CPU: the ``cpu`` preset in float32.
 
 from __future__ import annotations
 
+from ddad_core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before torch (ddad_core/runtime.py)
+
 import argparse
 import time
 
