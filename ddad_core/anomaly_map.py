@@ -41,22 +41,29 @@ class MapNormalization:
     latent_max: float
     feature_min: float
     feature_max: float
+    knn_min: float = 0.0
+    knn_max: float = 1.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> MapNormalization:
-        return cls(**{k: float(data[k]) for k in ("latent_min", "latent_max", "feature_min", "feature_max")})
+        # Bundles from before the k-NN term have no knn_* entries: the defaults apply.
+        return cls(**{k: float(v) for k, v in data.items() if k in cls.__dataclass_fields__})
 
     @classmethod
-    def from_maps(cls, latent_maps: torch.Tensor, feature_maps: torch.Tensor) -> MapNormalization:
+    def from_maps(
+        cls, latent_maps: torch.Tensor, feature_maps: torch.Tensor, knn_maps: torch.Tensor | None = None
+    ) -> MapNormalization:
         """Min and max over all pixels of all given maps (``(N, S, S)`` each)."""
+        knn = {} if knn_maps is None else {"knn_min": float(knn_maps.min()), "knn_max": float(knn_maps.max())}
         return cls(
             latent_min=float(latent_maps.min()),
             latent_max=float(latent_maps.max()),
             feature_min=float(feature_maps.min()),
             feature_max=float(feature_maps.max()),
+            **knn,
         )
 
     def merge(self, other: MapNormalization) -> MapNormalization:
@@ -66,10 +73,16 @@ class MapNormalization:
             latent_max=max(self.latent_max, other.latent_max),
             feature_min=min(self.feature_min, other.feature_min),
             feature_max=max(self.feature_max, other.feature_max),
+            knn_min=min(self.knn_min, other.knn_min),
+            knn_max=max(self.knn_max, other.knn_max),
         )
 
+    def range_of(self, component: str) -> tuple[float, float]:
+        """``(min, max)`` of a component (``latent``, ``feature``, ``knn``)."""
+        return getattr(self, f"{component}_min"), getattr(self, f"{component}_max")
 
-def _upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+
+def upsample_map(maps: torch.Tensor, size: int) -> torch.Tensor:
     # (B, h, w) -> (B, S, S); the reference upsamples with align_corners=True.
     if maps.shape[-2:] == (size, size):
         return maps
@@ -92,11 +105,11 @@ def latent_distance_map(latents: torch.Tensor, recon_latents: torch.Tensor, size
         torch.Size([1, 8, 8])
     """
     diff = (recon_latents.float() - latents.float()).abs().mean(dim=1)
-    return _upsample(diff, size)
+    return upsample_map(diff, size)
 
 
 def feature_distance_map(
-    features: Sequence[torch.Tensor], recon_features: Sequence[torch.Tensor], size: int
+    features: Sequence[torch.Tensor], recon_features: Sequence[torch.Tensor], size: int, pool: int = 1
 ) -> torch.Tensor:
     """A_feat: sum over the given blocks of ``1 - cosine`` over channels at each position, upsampled.
 
@@ -104,6 +117,7 @@ def feature_distance_map(
         features: Blocks of the input, e.g. ``[(B, C2, S/8, S/8), (B, C3, S/16, S/16)]``.
         recon_features: The same blocks of the decoded reconstruction.
         size: Image side S.
+        pool: ``k x k`` local averaging of both before the cosine (``DDADConfig.feature_pool``; 1 = none, paper).
 
     Returns:
         ``(B, S, S)`` float32, each term in [0, 2].
@@ -115,8 +129,11 @@ def feature_distance_map(
     """
     total = None
     for feat, recon in zip(features, recon_features, strict=True):
-        distance = 1.0 - F.cosine_similarity(feat.float(), recon.float(), dim=1)
-        up = _upsample(distance, size)
+        feat, recon = feat.float(), recon.float()
+        if pool > 1:
+            feat, recon = (F.avg_pool2d(f, pool, stride=1, padding=pool // 2, count_include_pad=False) for f in (feat, recon))
+        distance = 1.0 - F.cosine_similarity(feat, recon, dim=1)
+        up = upsample_map(distance, size)
         total = up if total is None else total + up
     if total is None:
         raise ValueError("feature_distance_map needs at least one block")
@@ -173,6 +190,57 @@ def normalize_component(maps: torch.Tensor, low: float, high: float) -> torch.Te
     return (maps - low) / span if span > 0 else maps - low
 
 
+def component_weights(latent_weight: float, knn_weight: float = 0.0) -> dict[str, float]:
+    """Blend weights: ``(1 - k) * lambda`` latent, ``(1 - k) * (1 - lambda)`` feature, ``k`` k-NN (zeros dropped).
+
+    Example:
+        >>> component_weights(0.85)
+        {'latent': 0.85, 'feature': 0.15000000000000002}
+    """
+    weights = {
+        "latent": (1.0 - knn_weight) * latent_weight,
+        "feature": (1.0 - knn_weight) * (1.0 - latent_weight),
+        "knn": knn_weight,
+    }
+    return {k: w for k, w in weights.items() if w > 0}
+
+
+def combine_maps(
+    components: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    normalization: MapNormalization | None = None,
+    position_norm=None,
+    sigma: float = 4.0,
+) -> torch.Tensor:
+    """Normalise each weighted component, sum and blur: the final anomaly map A.
+
+    Args:
+        components: Name (``latent``, ``feature``, ``knn``) -> ``(B, S, S)`` raw map.
+        weights: Name -> weight (``component_weights``); every weighted component must be present.
+        normalization: Min-max statistics (the paper's normalisation) -- used when ``position_norm`` is None.
+        position_norm: A :class:`~ddad_core.position_norm.PositionNorm`: per-position z-scores instead.
+        sigma: Blur sigma.
+
+    Returns:
+        ``(B, S, S)``.
+    """
+    if position_norm is None and normalization is None:
+        raise ValueError("combine_maps needs min-max statistics or position statistics")
+    total = None
+    for name, weight in weights.items():
+        if name not in components or components[name] is None:
+            raise ValueError(f"the map component {name!r} has weight {weight} but was not computed")
+        raw = components[name]
+        if position_norm is not None:
+            part = position_norm.apply(name, raw)
+        else:
+            part = normalize_component(raw, *normalization.range_of(name))
+        total = weight * part if total is None else total + weight * part
+    if total is None:
+        raise ValueError("combine_maps got no component with a positive weight")
+    return gaussian_blur(total, sigma)
+
+
 def blend_maps(
     latent_map: torch.Tensor,
     feature_map: torch.Tensor,
@@ -198,9 +266,12 @@ def blend_maps(
         >>> round(float(a[0, 0, 0]), 3)
         0.925
     """
-    lat = normalize_component(latent_map, normalization.latent_min, normalization.latent_max)
-    feat = normalize_component(feature_map, normalization.feature_min, normalization.feature_max)
-    return gaussian_blur(latent_weight * lat + (1.0 - latent_weight) * feat, sigma)
+    return combine_maps(
+        {"latent": latent_map, "feature": feature_map},
+        {"latent": latent_weight, "feature": 1.0 - latent_weight},
+        normalization,
+        sigma=sigma,
+    )
 
 
 def image_scores(anomaly_maps: torch.Tensor) -> torch.Tensor:

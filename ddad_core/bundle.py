@@ -75,6 +75,8 @@ class BundleConfig(BaseModel):
         created_at: ISO-8601 UTC time of creation.
         model_version: Human-readable version; derived from the content hash when left empty.
         metadata: Free-form extra information (dataset, category, fit timings, metrics, ...).
+        recipe: Name, version and description of the recipe (``ddad_core.recipes``); None in bundles written
+            before recipes existed (paper map settings).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
@@ -92,6 +94,7 @@ class BundleConfig(BaseModel):
     created_at: str = Field(default_factory=_now)
     model_version: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    recipe: dict[str, Any] | None = None
 
     @field_validator("unet_config", mode="before")
     @classmethod

@@ -69,6 +69,20 @@ class DDADConfig(BaseModel):
     feature_reference: Literal["input", "reconstruction"] = Field(
         "input", description="Q7: compare features of the input x (reference) or of D(E(x)) with D(z_hat)."
     )
+    feature_pool: int = Field(
+        1, ge=1, description="k x k local averaging of the feature blocks before the cosine distance; 1 = none (paper)."
+    )
+
+    # -- departures of the production recipe (off by default, i.e. in the paper recipe; ddad_core/recipes.py)
+    knn_weight: float = Field(
+        0.0, ge=0, le=1, description="Weight of the patch k-NN term (patch_knn.py) in the map; 0 = the paper's map."
+    )
+    knn_bank_size: int = Field(16384, gt=0, description="Coreset size of the nominal patch bank of the k-NN term.")
+    component_norm: Literal["minmax", "position"] = Field(
+        "minmax",
+        description="How each map component is normalised before blending: 'minmax' (paper) or 'position', "
+        "per-position z-scores against held-out good images (position_norm.py).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DDADConfig:
@@ -80,6 +94,8 @@ class DDADConfig(BaseModel):
             raise ValueError(
                 f"max_noise_step ({self.max_noise_step}) must be a multiple of steps_per_image ({self.steps_per_image})"
             )
+        if self.feature_pool % 2 == 0:
+            raise ValueError(f"feature_pool ({self.feature_pool}) must be odd (a centred k x k window)")
         if self.image_size % 8:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of 8 (the autoencoder's downsampling)")
         return self
@@ -99,4 +115,14 @@ class TrainConfig(BaseModel):
     seed: int = 42
     holdout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of train/good held out for normalisation and calibration."
+    )
+    timestep_max: int | None = Field(
+        None,
+        gt=0,
+        description="Sample training timesteps t ~ U{0..timestep_max-1}, where the sampler queries; None = the full "
+        "range U{0..T-1} (paper).",
+    )
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the UNet weights (0 = off, paper); the EMA is saved.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="'constant' (paper) or 'cosine' decay to 0 over all steps of all epochs."
     )

@@ -10,14 +10,18 @@
 3. train the noise-prediction UNet on cached latents (``train.py``; resumable checkpoints in
    ``<out>/checkpoints``);
 4. domain-adapt the ImageNet backbone for gamma epochs (``adapt.py``);
-5. fit the dynamic noise level on the training images' block-2 features (``noise_level.py``);
+5. fit the dynamic noise level on the training images' block-2 features (``noise_level.py``) and, for recipes with
+   a k-NN term, the coreset bank of the training images' patch features (``patch_knn.py``);
 6. run the detector on the held-out good images: fix the component min/max of the anomaly map (``fixed``
-   normalisation), then choose the threshold at the target false-alarm rate (``calibration.py``);
+   normalisation) or, for ``component_norm="position"``, the per-position statistics from one half of them
+   (``position_norm.py``), then choose the threshold at the target false-alarm rate on the other half
+   (``calibration.py``), so the threshold is not set on the images the statistics came from;
 7. write the bundle (``bundle.py``): UNet, autoencoder, adapted backbone, noise-level state, configs, identities
    and calibration, with file hashes.
 
-``fit`` wraps it for an MVTec-layout folder. Presets (``FIT_PRESETS``) fix the UNet size, epochs and image size:
-``paper`` is the reference setting (GPU), ``cpu`` a reduced one that fits on a laptop CPU.
+``fit`` wraps it for an MVTec-layout folder. Presets (``FIT_PRESETS``) fix the UNet size and its learning rate:
+``paper`` is the reference size (GPU), ``cpu`` a reduced one that fits on a laptop CPU. Recipes
+(``ddad_core.recipes``: ``production`` by default, ``paper``) fix the method's settings on top of the preset.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 
 from ddad_core.adapt import domain_adapt
-from ddad_core.anomaly_map import MapNormalization, blend_maps
+from ddad_core.anomaly_map import MapNormalization
 from ddad_core.autoencoders import (
     ConvAutoencoder,
     DiffusersVAE,
@@ -59,8 +63,11 @@ from ddad_core.features import (
     parse_backbone_spec,
 )
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block
-from ddad_core.pipeline import DDADPipeline
+from ddad_core.patch_knn import PatchKNN, patch_features
+from ddad_core.pipeline import DDADPipeline, MapComponents
+from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
+from ddad_core.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.train import encode_dataset, train_unet
@@ -90,16 +97,18 @@ def make_configs(
     image_size: int | None = None,
     ddad_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
+    recipe: str | Recipe = "paper",
 ) -> tuple[DDADConfig, TrainConfig]:
-    """Build the two configs from a preset plus command-line style overrides.
+    """Build the two configs from a preset, a recipe and command-line style overrides (applied in that order).
 
     Raises:
-        KeyError: unknown preset.
+        KeyError: unknown preset or recipe (the valid names are in the message).
     """
     if preset not in FIT_PRESETS:
         raise KeyError(f"unknown fit preset {preset!r}; choose one of {sorted(FIT_PRESETS)}")
-    ddad = dict(FIT_PRESETS[preset]["ddad"])
-    train = dict(FIT_PRESETS[preset]["train"])
+    chosen = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    ddad = {**FIT_PRESETS[preset]["ddad"], **chosen.ddad}
+    train = {**FIT_PRESETS[preset]["train"], **chosen.train}
     if epochs is not None:
         train["epochs"] = epochs
     if da_epochs is not None:
@@ -197,13 +206,47 @@ def _preprocess_all(images: Sequence[np.ndarray] | torch.Tensor, size: int, chun
     return torch.cat([preprocess(list(images[i : i + chunk]), image_size=size) for i in range(0, len(images), chunk)])
 
 
-def _run_components(pipe: DDADPipeline, images: torch.Tensor, batch_size: int):
-    lat, feat = [], []
-    for start in range(0, len(images), batch_size):
-        comps = pipe.components(images[start : start + batch_size])
-        lat.append(comps.latent_map.cpu())
-        feat.append(comps.feature_map.cpu())
-    return torch.cat(lat), torch.cat(feat)
+def _run_components(pipe: DDADPipeline, images: torch.Tensor, batch_size: int, **kwargs: Any) -> MapComponents:
+    """Raw map components of many images, batch by batch, gathered on the CPU."""
+    parts = [pipe.components(images[s : s + batch_size], **kwargs) for s in range(0, len(images), batch_size)]
+    knn = [p.knn_map for p in parts]
+    return MapComponents(
+        latent_map=torch.cat([p.latent_map.cpu() for p in parts]),
+        feature_map=torch.cat([p.feature_map.cpu() for p in parts]),
+        noise_step=torch.cat([p.noise_step.cpu() for p in parts]),
+        knn_map=torch.cat([k.cpu() for k in knn]) if knn and knn[0] is not None else None,
+    )
+
+
+def _select(comps: MapComponents, index: np.ndarray) -> MapComponents:
+    idx = torch.as_tensor(index, dtype=torch.long)
+    return MapComponents(
+        latent_map=comps.latent_map[idx],
+        feature_map=comps.feature_map[idx],
+        noise_step=comps.noise_step[idx],
+        knn_map=comps.knn_map[idx] if comps.knn_map is not None else None,
+    )
+
+
+@torch.inference_mode()
+def _patch_features(features: FeatureExtractor, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    out = [patch_features(features(images[s : s + batch_size].to(device))).cpu() for s in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def split_position_holdout(n: int, component_norm: str) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out indices ``(statistics, threshold)``: with ``position`` normalisation the even-numbered images give
+    the per-position statistics and the odd-numbered ones the threshold (both halves are random already); with
+    fewer than 8 images, or ``minmax``, all images serve both.
+
+    Example:
+        >>> [a.tolist() for a in split_position_holdout(10, "position")]
+        [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    """
+    every = np.arange(n)
+    if component_norm != "position" or n < 8:
+        return every, every
+    return every[0::2], every[1::2]
 
 
 def _check_existing(out_dir: Path, backbone_name: str | None, overwrite: bool) -> None:
@@ -245,6 +288,8 @@ def fit_images(
     metadata: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     progress: bool = True,
+    recipe: str | Recipe | None = None,
+    image_names: Sequence[str] | None = None,
 ) -> Path:
     """Fit the detector on good images and write a bundle (steps 1-7 of the module docstring).
 
@@ -266,6 +311,9 @@ def fit_images(
         metadata: Extra entries for ``bundle.json["metadata"]``.
         log: Where progress lines go (None: silent).
         progress: Show progress bars.
+        recipe: The recipe ``config``/``train_config`` were made from (recorded in the bundle); None = the configs
+            were built by hand (recorded as ``custom``).
+        image_names: Names of the images (recorded for the held-out ones, so tools can find them again).
 
     Returns:
         The bundle directory.
@@ -278,6 +326,12 @@ def fit_images(
     timings: dict[str, float] = {}
     cfg = config or DDADConfig()
     tcfg = train_config or make_configs("cpu")[1]
+    recipe_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    recipe_info = (
+        recipe_obj.identity()
+        if recipe_obj is not None
+        else {"name": "custom", "version": 0, "description": "configs built by the caller"}
+    )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = Path(out_dir)
     if len(images) == 0:
@@ -313,8 +367,10 @@ def fit_images(
     else:
         if not isinstance(ae, DiffusersVAE) and not isinstance(ae, ConvAutoencoder):
             # TAE latents are raw: measure their spread on the training images, as SD's 0.18215 was measured.
-            ae.set_latent_scale(measure_latent_scale(ae, train_images))
-        ae_info["psnr_db"] = reconstruction_psnr(ae, train_images[:64])
+            # 64 evenly spaced images estimate the spread to well under 1 % (64 x C x h x w values).
+            sample = train_images[np.linspace(0, len(train_images) - 1, min(64, len(train_images))).astype(int)]
+            ae.set_latent_scale(measure_latent_scale(ae, sample))
+        ae_info["psnr_db"] = reconstruction_psnr(ae, train_images[:32])
         _say(
             log,
             f"[2/7] autoencoder {ae.kind} ({ae_spec}): latent scale {ae.latent_scale:.4f}, "
@@ -376,18 +432,32 @@ def fit_images(
         f"{sorted(set(train_steps.tolist()))}",
     )
     timings["noise_level"] = time.perf_counter() - t0
+    patch_knn = None
+    if cfg.knn_weight > 0:
+        t0 = time.perf_counter()
+        patch_knn = PatchKNN().fit(
+            _patch_features(features, train_images, batch_size, device), cfg.knn_bank_size, seed=tcfg.seed
+        )
+        _say(log, f"[5/7] patch k-NN bank: {patch_knn.bank.shape[0]} coreset patches of {patch_knn.bank.shape[1]} dims")
+        timings["patch_knn"] = time.perf_counter() - t0
 
     # 6. Calibration on the held-out good images: fixed map statistics, then the threshold.
     t0 = time.perf_counter()
-    pipe = DDADPipeline(cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed)
-    latent_maps, feature_maps = _run_components(pipe, holdout_images, batch_size)
-    normalization = MapNormalization.from_maps(latent_maps, feature_maps)
-    good_maps = blend_maps(latent_maps, feature_maps, normalization, cfg.latent_weight, cfg.blur_sigma)
+    pipe = DDADPipeline(
+        cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed, patch_knn=patch_knn
+    )
+    comps = _run_components(pipe, holdout_images, batch_size)
+    normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
+    stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
+    if cfg.component_norm == "position":
+        pipe.position_norm = PositionNorm.fit({k: v[stats_idx] for k, v in comps.maps().items()})
+    good_maps = pipe.blend(_select(comps, threshold_idx), normalization)
     calibration = fit_calibration(good_maps, normalization, target_fpr=target_fpr)
     _say(
         log,
-        f"[6/7] calibrated on {len(holdout_images)} good images: threshold {calibration.image_threshold:.4f} "
-        f"({calibration.method})",
+        f"[6/7] calibrated on {len(threshold_idx)} good images"
+        + (f" (position statistics from {len(stats_idx)} others)" if cfg.component_norm == "position" else "")
+        + f": threshold {calibration.image_threshold:.4f} ({calibration.method})",
     )
     timings["calibration"] = time.perf_counter() - t0
 
@@ -402,9 +472,11 @@ def fit_images(
         backbone={**features.identity(), "spec": backbone_spec, "da_epochs": cfg.da_epochs},
         latent_scale=ae.latent_scale,
         calibration=calibration.to_dict(),
+        recipe=recipe_info,
         metadata={
             "n_train": len(train_images),
             "n_holdout": int(len(hold_idx)),
+            "holdout_images": [str(image_names[i]) for i in hold_idx] if image_names is not None else None,
             "unet_losses": [float(v) for v in losses],
             "da_losses": [float(v) for v in da_losses],
             "autoencoder": ae_info,
@@ -419,13 +491,17 @@ def fit_images(
         "backbone": features.state_dict(),
         "noise_level": noise_level.tensors(),
     }
+    if patch_knn is not None:
+        tensors["patch_knn"] = patch_knn.tensors()
+    if pipe.position_norm is not None:
+        tensors["position_norm"] = pipe.position_norm.tensors()
     save_bundle(out_dir, bundle_cfg, tensors, overwrite=True)
     if not keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     final = read_bundle_config(out_dir)
     _say(
         log,
-        f"[7/7] fitted {len(train_images)} images (+{len(hold_idx)} held out) in {timings['total']:.0f} s: "
+        f"[7/7] recipe {recipe_info['name']} v{recipe_info['version']}: fitted {len(train_images)} images (+{len(hold_idx)} held out) in {timings['total']:.0f} s: "
         f"autoencoder {ae.kind}, backbone {features.name}, UNet {tcfg.preset} x {tcfg.epochs} epochs "
         f"(loss {losses[-1]:.4f}), threshold {calibration.image_threshold:.4f} -> {out_dir} ({final.model_version})",
     )
@@ -478,8 +554,16 @@ def fit(
         "skipped_images": [str(p) for p, _ in loaded.skipped],
         **kwargs.pop("metadata", {}),
     }
+    names = [str(Path(p).relative_to(folder.root)) for p in loaded.paths]
     return fit_images(
-        loaded.images, out_dir, config=config, train_config=train_config, metadata=meta, log=log, **kwargs
+        loaded.images,
+        out_dir,
+        config=config,
+        train_config=train_config,
+        metadata=meta,
+        log=log,
+        image_names=names,
+        **kwargs,
     )
 
 

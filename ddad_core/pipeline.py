@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddad_core.anomaly_map import MapNormalization, blend_maps, feature_distance_map, latent_distance_map
+from ddad_core.anomaly_map import (
+    MapNormalization,
+    upsample_map,
+    combine_maps,
+    component_weights,
+    feature_distance_map,
+    latent_distance_map,
+)
 from ddad_core.autoencoders import LatentAutoencoder, autoencoder_from_state
 from ddad_core.bundle import BundleConfig, BundleError, bundle_hash, load_bundle
 from ddad_core.config import DDADConfig
@@ -29,6 +36,8 @@ from ddad_core.denoise import reconstruct
 from ddad_core.features import DIC_BLOCK, MAP_BLOCKS, FeatureExtractor, backbone_from_state, check_backbone
 from ddad_core.noise_level import NoiseLevelEstimator
 from ddad_core.outputs import InspectionOutput
+from ddad_core.patch_knn import PatchKNN, patch_features
+from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.scoring import Calibration, check_sensitivity, score_maps
@@ -45,6 +54,7 @@ class MapComponents:
         noise_step: ``(B,)`` long start timesteps.
         timings_ms: Per-stage wall time.
         recon_images: ``(B, 3, S, S)`` decoded reconstructions in [-1, 1] if requested.
+        knn_map: ``(B, S, S)`` patch k-NN distances (production recipe), or None when not computed.
     """
 
     latent_map: torch.Tensor
@@ -52,6 +62,14 @@ class MapComponents:
     noise_step: torch.Tensor
     timings_ms: dict[str, float] = field(default_factory=dict)
     recon_images: torch.Tensor | None = None
+    knn_map: torch.Tensor | None = None
+
+    def maps(self) -> dict[str, torch.Tensor]:
+        """Component name -> raw map (the ones that were computed)."""
+        out = {"latent": self.latent_map, "feature": self.feature_map}
+        if self.knn_map is not None:
+            out["knn"] = self.knn_map
+        return out
 
 
 class _Timer:
@@ -82,6 +100,8 @@ class DDADPipeline:
         unet: Trained noise predictor.
         features: Domain-adapted feature extractor.
         noise_level: Fitted noise-level estimator.
+        patch_knn: Nominal patch bank of the k-NN term (recipes with ``knn_weight > 0``).
+        position_norm: Per-position statistics (recipes with ``component_norm="position"``).
         calibration: Normalisation and thresholds; required by ``__call__`` (``components`` works without).
         device: Where everything runs.
         dtype: Optional reduced precision for the networks (e.g. ``torch.bfloat16`` on a GPU); maps and scores are
@@ -109,6 +129,8 @@ class DDADPipeline:
         model_version: str = "",
         bundle_hash: str = "",
         seed: int = 0,
+        patch_knn: PatchKNN | None = None,
+        position_norm: PositionNorm | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -117,6 +139,8 @@ class DDADPipeline:
         self.unet = self._place(unet)
         self.features = self._place(features)
         self.noise_level = noise_level.to(self.device)
+        self.patch_knn = patch_knn.to(self.device) if patch_knn is not None else None
+        self.position_norm = position_norm.to(self.device) if position_norm is not None else None
         self.scheduler = DDADScheduler.from_config(config, device=self.device)
         self.calibration = calibration
         self.model_version = model_version
@@ -171,6 +195,10 @@ class DDADPipeline:
         unet.load_state_dict(tensors["unet"])
         features = backbone_from_state(config.backbone, tensors["backbone"])
         noise_level = NoiseLevelEstimator.from_tensors(config.ddad, tensors["noise_level"])
+        if config.ddad.knn_weight > 0 and "patch_knn" not in tensors:
+            raise BundleError(f"model bundle {path} uses the k-NN term but lacks the tensor group 'patch_knn'")
+        if config.ddad.component_norm == "position" and "position_norm" not in tensors:
+            raise BundleError(f"model bundle {path} uses position normalisation but lacks 'position_norm'")
         pipe = cls(
             config.ddad,
             autoencoder,
@@ -183,6 +211,8 @@ class DDADPipeline:
             model_version=config.model_version,
             bundle_hash=bundle_hash(path),
             seed=config.train.seed,
+            patch_knn=PatchKNN.from_tensors(tensors["patch_knn"]) if "patch_knn" in tensors else None,
+            position_norm=PositionNorm.from_tensors(tensors["position_norm"]) if "position_norm" in tensors else None,
         )
         pipe.bundle_config = config
         return pipe
@@ -236,13 +266,20 @@ class DDADPipeline:
         return None
 
     @torch.inference_mode()
-    def components(self, images: torch.Tensor, keep_recon: bool = False, timer: _Timer | None = None) -> MapComponents:
-        """Steps 2-7a: raw latent and feature maps of preprocessed images.
+    def components(
+        self,
+        images: torch.Tensor,
+        keep_recon: bool = False,
+        timer: _Timer | None = None,
+        knn: bool | None = None,
+    ) -> MapComponents:
+        """Steps 2-7a: raw latent, feature (and patch k-NN) maps of preprocessed images.
 
         Args:
             images: ``(B, 3, S, S)`` float in [-1, 1] (output of ``preprocess``).
             keep_recon: Also return the decoded reconstructions.
             timer: Internal stage timer.
+            knn: Compute the patch k-NN map (default: when the recipe weights it and a bank is loaded).
 
         Returns:
             MapComponents.
@@ -259,6 +296,15 @@ class DDADPipeline:
         feats = self.features(x.to(self.dtype))
         noise_steps = self.noise_level(feats[DIC_BLOCK])
         timer.lap("noise_level")
+        # 3b. Patch k-NN term (production recipe): the input's own features against the nominal patch bank.
+        if knn is None:
+            knn = cfg.knn_weight > 0 and self.patch_knn is not None
+        knn_map = None
+        if knn:
+            if self.patch_knn is None:
+                raise RuntimeError("the pipeline has no patch k-NN bank")
+            knn_map = upsample_map(self.patch_knn(patch_features(feats)), cfg.image_size)
+            timer.lap("patch_knn")
         # 4. Conditioned denoising, every image from its own start step, all in one batch.
         recon_latents = reconstruct(
             self.unet,
@@ -282,7 +328,9 @@ class DDADPipeline:
         # 7a. Raw component maps (normalised and blended by the caller).
         size = cfg.image_size
         latent_map = latent_distance_map(latents, recon_latents, size)
-        feature_map = feature_distance_map([feats[j] for j in MAP_BLOCKS], [recon_feats[j] for j in MAP_BLOCKS], size)
+        feature_map = feature_distance_map(
+            [feats[j] for j in MAP_BLOCKS], [recon_feats[j] for j in MAP_BLOCKS], size, pool=cfg.feature_pool
+        )
         timer.lap("anomaly_map")
         return MapComponents(
             latent_map=latent_map,
@@ -290,21 +338,23 @@ class DDADPipeline:
             noise_step=noise_steps,
             timings_ms=dict(timer.times),
             recon_images=recon if keep_recon else None,
+            knn_map=knn_map,
         )
 
     def blend(self, components: MapComponents, normalization: MapNormalization | None = None) -> torch.Tensor:
-        """Step 7b: normalise, blend and blur (fixed statistics unless ``normalization`` is given)."""
+        """Step 7b: normalise each component (per-position z-scores, or min-max with fixed statistics unless
+        ``normalization`` is given), blend with the recipe's weights and blur."""
+        cfg = self.config
+        weights = component_weights(cfg.latent_weight, cfg.knn_weight)
+        if cfg.component_norm == "position":
+            if self.position_norm is None:
+                raise RuntimeError("the recipe normalises per position but the pipeline has no position statistics")
+            return combine_maps(components.maps(), weights, position_norm=self.position_norm, sigma=cfg.blur_sigma)
         if normalization is None:
             if self.calibration is None:
                 raise RuntimeError("the pipeline has no calibration: pass a MapNormalization")
             normalization = self.calibration.normalization
-        return blend_maps(
-            components.latent_map,
-            components.feature_map,
-            normalization,
-            latent_weight=self.config.latent_weight,
-            sigma=self.config.blur_sigma,
-        )
+        return combine_maps(components.maps(), weights, normalization, sigma=cfg.blur_sigma)
 
     def run_tensor(self, images: torch.Tensor, sensitivity: float | None = None) -> InspectionOutput:
         """Steps 2-8 on already preprocessed images ``(B, 3, S, S)`` in [-1, 1]."""

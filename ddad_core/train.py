@@ -4,6 +4,12 @@ Recipe (as the reference): AdamW (lr 1e-4, weight decay 0.01), batch 30, shuffle
 t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = element-mean MSE between eps and eps_theta(z_t, t); no EMA, no LR
 schedule, no clipping.
 
+Settings of the production recipe (``TrainConfig``; the paper recipe leaves them off): ``timestep_max`` samples
+t ~ U{0..timestep_max-1}, where the sampler queries (D3AD never starts above T_max, so with the full range about
+92 % of the training signal lands on timesteps inference never uses); ``ema_decay`` keeps an exponential moving
+average of the weights (with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` after n updates) and the EMA
+weights are what training returns; ``lr_schedule="cosine"`` decays the learning rate to 0 over all steps.
+
 What we do differently, for speed and robustness (METHOD.md section 13.2, item 2): the autoencoder runs once
 (:func:`encode_dataset` caches the posterior mean and std of every training image) and each step samples
 ``z0 = mean + std * xi`` from the cache -- the same distribution as re-encoding, at a fraction of the cost.
@@ -120,6 +126,33 @@ def _generator_state(gen: torch.Generator) -> torch.Tensor:
     return gen.get_state().clone()
 
 
+class WeightEMA:
+    """Exponential moving average of a module's floating-point parameters and buffers, with warm-up."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1.0 - decay)
+
+    def copy_to(self, module: nn.Module) -> None:
+        module.load_state_dict({**module.state_dict(), **self.shadow})
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
 def train_unet(
     unet: nn.Module,
     cache: LatentCache,
@@ -174,6 +207,14 @@ def train_unet(
     steps_per_epoch = len(cache) // batch_size  # drop_last, as the reference DataLoader
 
     optimiser = torch.optim.AdamW(unet.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    total_steps = max(1, train_cfg.epochs * steps_per_epoch)
+    if train_cfg.lr_schedule == "cosine":
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+    else:
+        lr_sched = None
+    ema = WeightEMA(unet, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
     # Two explicit generators: shuffling/timesteps on the CPU (cheap, device independent) and noise on the device.
     cpu_gen = torch.Generator().manual_seed(train_cfg.seed)
     dev_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
@@ -193,6 +234,10 @@ def train_unet(
             dev_gen.set_state(state["device_generator"])
             losses = list(state["losses"])
             start_epoch = int(state["epoch"])
+            if lr_sched is not None and state.get("lr_scheduler") is not None:
+                lr_sched.load_state_dict(state["lr_scheduler"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
             saved_cfg = {k: v for k, v in state.get("train_config", {}).items() if k != "epochs"}
             current = {k: v for k, v in train_cfg.model_dump().items() if k != "epochs"}
             if saved_cfg != current:
@@ -216,6 +261,8 @@ def train_unet(
                 losses=losses,
                 epoch=epoch,
                 train_config=train_cfg.model_dump(),
+                lr_scheduler=lr_sched.state_dict() if lr_sched is not None else None,
+                ema=ema.state_dict() if ema is not None else None,
             ),
             ckpt_path,
         )
@@ -224,6 +271,7 @@ def train_unet(
     end_epoch = train_cfg.epochs if max_epochs is None else min(train_cfg.epochs, start_epoch + max_epochs)
     use_autocast = device.type == "cuda"
     T = schedule.num_train_timesteps
+    t_high = min(T, train_cfg.timestep_max) if train_cfg.timestep_max is not None else T
     bar = tqdm(
         range(start_epoch, end_epoch),
         desc="unet",
@@ -235,7 +283,7 @@ def train_unet(
     t0 = time.perf_counter()
     for epoch in bar:
         order = torch.randperm(len(cache), generator=cpu_gen)
-        timesteps = torch.randint(0, T, (steps_per_epoch, batch_size), generator=cpu_gen)
+        timesteps = torch.randint(0, t_high, (steps_per_epoch, batch_size), generator=cpu_gen)
         total = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size].to(device)
@@ -253,6 +301,10 @@ def train_unet(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if lr_sched is not None:
+                lr_sched.step()
+            if ema is not None:
+                ema.update(unet)
             total += loss.detach()
         losses.append(float(total) / steps_per_epoch)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -265,5 +317,7 @@ def train_unet(
             f"UNet: {end_epoch - start_epoch} epochs in {per_epoch * (end_epoch - start_epoch):.0f} s "
             f"({per_epoch:.2f} s/epoch), final loss {losses[-1]:.4f}"
         )
+    if ema is not None:
+        ema.copy_to(unet)  # the averaged weights are the trained model (checkpoints keep the raw ones to resume)
     unet.eval()
     return losses

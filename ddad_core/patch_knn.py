@@ -1,0 +1,148 @@
+"""Flow step 7 (production recipe), patch k-NN term: distance of every patch to a bank of nominal patches.
+
+A departure from D3AD, used only by recipes with ``DDADConfig.knn_weight > 0`` (the ``production`` recipe): the
+reconstruction terms miss defects that the small UNet "repairs" badly, while a PatchCore-style nearest-neighbour
+distance on the same backbone's features finds them (Roth et al., "Towards Total Recall in Industrial Anomaly
+Detection", CVPR 2022). The two are blended after per-position standardisation (``position_norm.py``).
+
+1. ``patch_features``: blocks 2 and 3 of the backbone (strides 8 and 16), each averaged over its 3 x 3
+   neighbourhood ("locally aware" patches), block 3 upsampled to block 2's grid, concatenated;
+2. ``greedy_coreset``: the bank of every training patch is reduced by greedy k-centre selection on a random
+   projection (PatchCore's coreset), so memory and query time stay bounded (``DDADConfig.knn_bank_size``);
+3. ``PatchKNN.forward``: L2 distance of every query patch to its nearest bank patch -> ``(B, S/8, S/8)`` map,
+   upsampled by the caller.
+
+The bank is built from the training images (never the held-out ones) and travels in the bundle as a tensor group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddad_core.features import MAP_BLOCKS
+
+__all__ = ["PatchKNN", "greedy_coreset", "patch_features"]
+
+#: Queries per ``cdist`` call (bounds the temporary ``queries x bank`` matrix).
+_QUERY_CHUNK = 4096
+
+
+def patch_features(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Locally aware patch features from the backbone's blocks 1-3 (``FeatureExtractor`` output).
+
+    Args:
+        blocks: ``[block1, block2, block3]``; blocks 2 and 3 are used.
+
+    Returns:
+        ``(B, C2 + C3, S/8, S/8)`` float32.
+
+    Example:
+        >>> b = [torch.zeros(1, 4, 16, 16), torch.ones(1, 2, 8, 8), torch.ones(1, 3, 4, 4)]
+        >>> patch_features(b).shape
+        torch.Size([1, 5, 8, 8])
+    """
+    b2, b3 = (F.avg_pool2d(blocks[j].float(), 3, stride=1, padding=1, count_include_pad=False) for j in MAP_BLOCKS)
+    b3 = F.interpolate(b3, size=b2.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([b2, b3], dim=1)
+
+
+def flatten_patches(features: torch.Tensor) -> torch.Tensor:
+    """``(B, C, h, w)`` -> ``(B * h * w, C)`` rows, image by image."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+def greedy_coreset(
+    patches: torch.Tensor, size: int, projection_dim: int = 64, seed: int = 0, chunk: int = 1 << 16
+) -> torch.Tensor:
+    """Indices of a greedy k-centre coreset: each new centre is the patch farthest from all chosen ones.
+
+    Distances are measured on a seeded Johnson-Lindenstrauss projection to ``projection_dim`` dimensions
+    (PatchCore's speed-up); the returned rows are indices into the full-dimensional ``patches``.
+
+    Args:
+        patches: ``(N, C)``.
+        size: Number of centres (``>= N`` returns every index).
+        projection_dim: Dimensions of the projection (``>= C``: no projection).
+        seed: Seed of the projection and of the first centre.
+        chunk: Rows per distance update (bounds temporary memory).
+
+    Returns:
+        ``(min(size, N),)`` long indices, in selection order.
+
+    Example:
+        >>> pts = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [10.0, 0.0]])
+        >>> sorted(greedy_coreset(pts, 3, seed=0).tolist()) in ([0, 2, 3], [1, 2, 3])
+        True
+    """
+    n = patches.shape[0]
+    if size >= n:
+        return torch.arange(n, device=patches.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = patches.float()
+    if projection_dim < x.shape[1]:
+        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / projection_dim**0.5
+        x = x @ proj.to(x.device)
+    first = int(torch.randint(n, (1,), generator=gen))
+    chosen = torch.empty(size, dtype=torch.long, device=x.device)
+    min_dist = torch.full((n,), float("inf"), device=x.device)
+    current = first
+    for i in range(size):
+        chosen[i] = current
+        centre = x[current : current + 1]
+        for start in range(0, n, chunk):
+            part = x[start : start + chunk]
+            d = (part - centre).pow_(2).sum(dim=1)
+            torch.minimum(min_dist[start : start + chunk], d, out=min_dist[start : start + chunk])
+        current = int(torch.argmax(min_dist))
+    return chosen
+
+
+class PatchKNN(nn.Module):
+    """Nearest-neighbour distance of every patch to a bank of nominal patches.
+
+    Args:
+        bank: ``(M, C)`` nominal patch features (fill with :meth:`fit`, or load with :meth:`from_tensors`).
+
+    Example:
+        >>> knn = PatchKNN().fit(torch.zeros(2, 5, 4, 4), bank_size=8)
+        >>> knn(torch.ones(1, 5, 4, 4)).shape
+        torch.Size([1, 4, 4])
+    """
+
+    def __init__(self, bank: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("bank", bank if bank is not None else torch.zeros(0, 0))
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.bank.numel() > 0
+
+    def fit(self, features: torch.Tensor, bank_size: int, seed: int = 0) -> PatchKNN:
+        """Build the bank from training patch features ``(N, C, h, w)`` (coreset-reduced to ``bank_size``)."""
+        patches = flatten_patches(features.float())
+        keep = greedy_coreset(patches, bank_size, seed=seed)
+        self.bank = patches[keep].contiguous()
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Distance map ``(B, h, w)`` of patch features ``(B, C, h, w)`` (from :func:`patch_features`)."""
+        if not self.is_fitted:
+            raise RuntimeError("PatchKNN has no bank: fit it or load it from a bundle")
+        b, c, h, w = features.shape
+        if c != self.bank.shape[1]:
+            raise ValueError(f"patch features have {c} channels, the bank {self.bank.shape[1]}")
+        queries = flatten_patches(features.float())
+        bank = self.bank.to(queries.device)
+        best = torch.cat(
+            [torch.cdist(queries[s : s + _QUERY_CHUNK], bank).amin(dim=1) for s in range(0, len(queries), _QUERY_CHUNK)]
+        )
+        return best.view(b, h, w)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank.detach().cpu().contiguous()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> PatchKNN:
+        return cls(tensors["bank"].float())

@@ -1,0 +1,93 @@
+"""Flow step 7 (production recipe), per-position normalisation: each map component standardised by where it is.
+
+A fixed camera sees the same part at the same place, and every map component has a fixed pattern on good parts:
+the autoencoder, the UNet and the CNN respond at image borders (zero padding), on specular or textured regions and
+on static background. Min-max normalisation (the paper's) keeps that pattern, so a bright border of a good part can
+outscore a small defect. Here each component ``A_c`` is replaced by a z-score against the held-out good images at
+the same position::
+
+    z_c(p) = (A_c(p) - mean_c(p)) / sd_c(p)
+
+1. ``fit``: the maps of held-out good images are average-pooled into cells of ``cell`` x ``cell`` pixels; per cell,
+   the mean and the variance over all its pixels of all images (many samples per cell, so a few dozen images
+   suffice);
+2. the spread is floored by ``floor`` times the component's global spread, so a cell that happened to be flat on
+   the good images cannot blow a tiny difference up;
+3. both are upsampled bilinearly to the map size and stored in the bundle (tensor group ``position_norm``);
+4. ``apply``: ``(A - mean) / sd``; a good image's map then has mean about 0 everywhere, borders included.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PositionNorm"]
+
+
+class PositionNorm(nn.Module):
+    """Per-position mean and spread of named map components.
+
+    Args:
+        means: Component name -> ``(S, S)`` mean map.
+        sds: Component name -> ``(S, S)`` spread map (strictly positive).
+
+    Example:
+        >>> maps = torch.rand(20, 32, 32) + torch.linspace(0, 1, 32)  # a left-to-right fixed pattern
+        >>> norm = PositionNorm.fit({"latent": maps}, cell=8)
+        >>> z = norm.apply("latent", maps)
+        >>> abs(float(z[..., :8].mean() - z[..., -8:].mean())) < 0.2
+        True
+    """
+
+    def __init__(self, means: dict[str, torch.Tensor], sds: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        if set(means) != set(sds):
+            raise ValueError(f"means {sorted(means)} and sds {sorted(sds)} name different components")
+        self.names = sorted(means)
+        for name in self.names:
+            self.register_buffer(f"mean_{name}", means[name].float())
+            self.register_buffer(f"sd_{name}", sds[name].float())
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, maps: dict[str, torch.Tensor], cell: int = 8, floor: float = 0.25) -> PositionNorm:
+        """Statistics from good images' raw component maps (each ``(N, S, S)``)."""
+        means, sds = {}, {}
+        for name, m in maps.items():
+            m = m.float()
+            if m.ndim != 3 or m.shape[0] == 0:
+                raise ValueError(f"component {name!r}: need (N, S, S) maps of at least one image, got {tuple(m.shape)}")
+            size = m.shape[-2:]
+            k = max(1, min(cell, size[0], size[1]))
+            x = m.unsqueeze(1)
+            mean = F.avg_pool2d(x, k, ceil_mode=True).mean(dim=0, keepdim=True)
+            sq = F.avg_pool2d(x * x, k, ceil_mode=True).mean(dim=0, keepdim=True)
+            var = (sq - mean * mean).clamp_min(0)
+            global_sd = float(m.std()) if m.numel() > 1 else 0.0
+            sd = (var + (floor * global_sd) ** 2).sqrt().clamp_min(1e-6)
+            means[name] = F.interpolate(mean, size=size, mode="bilinear", align_corners=False)[0, 0]
+            sds[name] = F.interpolate(sd, size=size, mode="bilinear", align_corners=False)[0, 0]
+        return cls(means, sds)
+
+    def apply(self, name: str, maps: torch.Tensor) -> torch.Tensor:
+        """Z-scores of ``(B, S, S)`` maps of component ``name``."""
+        if name not in self.names:
+            raise KeyError(f"no position statistics for component {name!r}; have {self.names}")
+        mean, sd = getattr(self, f"mean_{name}"), getattr(self, f"sd_{name}")
+        if maps.shape[-2:] != mean.shape:
+            raise ValueError(f"maps of size {tuple(maps.shape[-2:])}, statistics of size {tuple(mean.shape)}")
+        return (maps.float() - mean.to(maps.device)) / sd.to(maps.device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.names:
+            out[f"mean_{name}"] = getattr(self, f"mean_{name}").detach().cpu().contiguous()
+            out[f"sd_{name}"] = getattr(self, f"sd_{name}").detach().cpu().contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> PositionNorm:
+        names = [k[len("mean_") :] for k in tensors if k.startswith("mean_")]
+        return cls({n: tensors[f"mean_{n}"] for n in names}, {n: tensors[f"sd_{n}"] for n in names})

@@ -1,0 +1,94 @@
+"""Named recipes: the settings of the method that a bundle is fitted and scored with, stored in the bundle.
+
+* ``paper``: the reference defaults of D3AD (METHOD.md section 9) with its faithful quirks: minmax-normalised
+  latent + feature map, dynamic T-hat up to 80, w = 4, one epoch of domain adaptation, UNet trained on the whole
+  timestep range without EMA or learning-rate decay.
+* ``production``: a clearly labelled variant chosen from the ablations on real data (``bench/ablations.py``;
+  tables in the README): the same reconstruction, plus a PatchCore-style patch k-NN term on the nominal feature
+  bank (``patch_knn.py``), each component standardised per position against held-out good images
+  (``position_norm.py``) so fixed patterns (borders, texture, background) cannot outscore defects, and a UNet trained
+  where the sampler queries (t < ``timestep_max``) with EMA and cosine decay.
+
+A recipe is a set of overrides of ``DDADConfig`` and ``TrainConfig``; command-line options still override single
+fields on top of it. ``bundle.json["recipe"]`` records the name and version; bundles from before recipes existed
+carry none and are reported as ``pre-recipe`` (they were fitted with the paper's map settings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_RECIPE", "RECIPES", "Recipe", "get_recipe", "recipe_label"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of config overrides.
+
+    Attributes:
+        name: Recipe name.
+        version: Bumped whenever the overrides change.
+        description: One line for logs and reports.
+        ddad: ``DDADConfig`` overrides.
+        train: ``TrainConfig`` overrides.
+    """
+
+    name: str
+    version: int
+    description: str
+    ddad: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What the bundle records."""
+        return {"name": self.name, "version": self.version, "description": self.description}
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(
+        name="paper",
+        version=1,
+        description="D3AD reference defaults: minmax latent + feature map, dynamic T-hat <= 80, w 4, 1 DA epoch",
+    ),
+    "production": Recipe(
+        name="production",
+        version=1,
+        description="D3AD reconstruction + patch k-NN term, per-position z-scores from held-out good images, "
+        "UNet trained on t < 160 with EMA and cosine decay",
+        ddad={
+            "knn_weight": 0.5,
+            "component_norm": "position",
+            "feature_pool": 3,
+            "da_epochs": 0,
+        },
+        train={
+            "timestep_max": 160,
+            "ema_decay": 0.995,
+            "lr_schedule": "cosine",
+            "holdout_fraction": 0.2,
+            "epochs": 100,
+        },
+    ),
+}
+
+#: What ``ddad fit`` uses without ``--recipe``.
+DEFAULT_RECIPE = "production"
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``.
+
+    Raises:
+        KeyError: unknown name (the message lists the valid ones).
+    """
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipe_label(recipe: dict | None) -> str:
+    """``"production v1"`` for a bundle's recipe record; ``"pre-recipe (paper map settings)"`` for old bundles."""
+    if not recipe:
+        return "pre-recipe (paper map settings)"
+    return f"{recipe.get('name')} v{recipe.get('version')}"
