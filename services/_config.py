@@ -1,9 +1,15 @@
-"""Settings plumbing shared by the services: common fields, strict env parsing, ``--print-config`` and ``--check``.
+"""Settings and start-up plumbing shared by the services: common fields, strict env parsing, ``--print-config``,
+``--check`` and the one-line start-up errors.
 
 Flow step: none (start-up). Each service has one ``pydantic_settings.BaseSettings`` subclass in its ``config.py``
 with ``env_prefix`` ``<SERVICE>_``; services read settings only from the environment (no YAML merging, no exec).
 A bad value, and also an unknown ``<SERVICE>_*`` variable (a typo would otherwise be ignored silently), stops the
 service at start with the variable named and exit status 2.
+
+Start-up steps (connect to Kafka, Redis, the object store; load the bundle; open the source) run through
+``StartupChecks``: a failure the user can fix raises ``StartupError``, which ``run_main`` prints as one line naming
+the dependency and the setting, and exits with status 2. ``--check`` runs every step, prints one ``ok`` / ``FAILED``
+line per dependency, and exits 0 only when all passed.
 """
 
 from __future__ import annotations
@@ -14,12 +20,16 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TextIO, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-EXIT_BAD_CONFIG = 2
+EXIT_BAD_CONFIG = 2  # a setting, or the dependency it points at, is wrong: one line on stderr
+
+
+class StartupError(RuntimeError):
+    """A start-up failure the user can fix (bundle, server address, credentials, source, port): one line, exit 2."""
 
 
 class CommonSettings(BaseSettings):
@@ -45,6 +55,9 @@ class CommonSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     http_port: int = Field(8080, ge=-1, le=65535, description="Health/metrics port; 0 = any free port, -1 = off.")
+    connect_timeout_s: float = Field(10.0, gt=0, le=300,
+                                     description="Longest wait for Kafka, Redis or the object store to answer at "
+                                                 "start-up (and for each later connection attempt).")
 
     @model_validator(mode="after")
     def _sasl(self) -> CommonSettings:
@@ -59,6 +72,8 @@ class CommonSettings(BaseSettings):
             "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()],
             "security_protocol": self.kafka_security_protocol,
             "client_id": self.kafka_client_id or f"{service}-{os.uname().nodename}",
+            # kafka-python blocks in every client's constructor until the cluster answers (30 s by default).
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
         }
         if self.kafka_sasl_mechanism:
             kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
@@ -83,6 +98,11 @@ S = TypeVar("S", bound=BaseSettings)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]+)@", re.I)
 
 
+def mask_url(url: str) -> str:
+    """The URL with its password, if any, replaced by asterisks (for logs and error lines)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:**********@", url)
+
+
 def masked_config(settings: BaseSettings) -> dict[str, Any]:
     """Resolved settings as JSON-able values with secrets (SecretStr fields, URL passwords) masked."""
     out = {}
@@ -90,7 +110,7 @@ def masked_config(settings: BaseSettings) -> dict[str, Any]:
         if isinstance(getattr(settings, name), SecretStr):
             value = "**********"
         elif isinstance(value, str):
-            value = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:**********@", value)
+            value = mask_url(value)
         out[name] = value
     return out
 
@@ -125,15 +145,76 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
         raise ValueError("invalid setting(s): " + "; ".join(problems)) from None
 
 
-def run_main(settings_cls: type[S], run: Callable[[S, bool], int], argv: list[str] | None, description: str) -> int:
+T = TypeVar("T")
+
+
+class StartupChecks:
+    """Runs a service's start-up steps; each connects to (or loads) one dependency and names it.
+
+    A step returns ``(value, detail)`` or raises ``StartupError``. Normally the first failure stops the start-up
+    with one line: ``<dependency>: <what went wrong>; check <PREFIX>_<SETTING> (now <value>)``. With ``report``
+    (``--check``) every step runs and prints one line on stdout, ``ok`` with the detail or ``FAILED`` with the
+    reason, and ``finish()`` raises when any failed.
+
+    Example:
+        >>> import io; out = io.StringIO()
+        >>> checks = StartupChecks("demo", CommonSettings(), report=True, out=out)
+        >>> checks.run("redis", "redis_url", lambda: (None, "PONG"))
+        >>> print(out.getvalue().strip())
+        demo check: redis        ok      PONG
+    """
+
+    def __init__(self, service: str, settings: BaseSettings, report: bool = False, out: TextIO | None = None) -> None:
+        self.service = service
+        self.settings = settings
+        self.report = report
+        self.out = out
+        self.passed: list[str] = []
+        self.failed: list[str] = []
+
+    def _setting(self, name: str) -> str:
+        prefix = (self.settings.model_config.get("env_prefix") or "").upper()
+        value = masked_config(self.settings).get(name)
+        is_default = name not in self.settings.model_fields_set
+        return f"{prefix}{name.upper()} ({'default ' if is_default else 'now '}{value})"
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out or sys.stdout, flush=True)
+
+    def run(self, name: str, setting: str, step: Callable[[], tuple[T, str]]) -> T | None:
+        """Run one step; ``setting`` is the field that points at the dependency (named in a failure)."""
+        try:
+            value, detail = step()
+        except StartupError as exc:
+            if not self.report:
+                raise StartupError(f"{name}: {exc}; check {self._setting(setting)}") from None
+            self.failed.append(name)
+            self._print(f"{self.service} check: {name:<12} FAILED  {exc}; check {self._setting(setting)}")
+            return None
+        self.passed.append(name)
+        if self.report:
+            self._print(f"{self.service} check: {name:<12} ok      {detail}")
+        return value
+
+    def finish(self) -> None:
+        """Raise ``StartupError`` if any step failed (only reachable with ``report``)."""
+        if self.failed:
+            total = len(self.failed) + len(self.passed)
+            raise StartupError(f"{len(self.failed)} of {total} start-up checks failed: {', '.join(self.failed)}")
+
+
+def run_main(settings_cls: type[S], run: Callable[[S, bool], int], argv: list[str] | None, description: str,
+             service: str) -> int:
     """The shared ``main()`` of a service: parse flags, load settings, then ``run(settings, check_only)``.
 
     ``--print-config`` prints the resolved settings (secrets masked) and exits 0; ``--check`` asks the service to
-    do its start-up work (connect, load and warm up the model) and exit 0 instead of serving.
+    connect to every dependency and load what it serves with (model, bundle, source), report each, and exit 0 only
+    if all passed. A ``StartupError`` becomes one line on stderr and exit status 2.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--print-config", action="store_true", help="print resolved settings (secrets masked)")
-    parser.add_argument("--check", action="store_true", help="start up, verify, and exit 0 instead of serving")
+    parser.add_argument("--check", action="store_true",
+                        help="connect to every dependency, report each, and exit (0 = all passed) instead of serving")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(settings_cls)
@@ -143,4 +224,8 @@ def run_main(settings_cls: type[S], run: Callable[[S, bool], int], argv: list[st
     if args.print_config:
         print(json.dumps(masked_config(settings), indent=2, sort_keys=True))
         return 0
-    return run(settings, args.check)
+    try:
+        return run(settings, args.check)
+    except StartupError as exc:
+        print(f"{service}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_CONFIG

@@ -10,6 +10,7 @@ Flow step: the transport between every stage. Conventions (ECOSYSTEM.md sections
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
+from services._config import StartupError
 from services.contracts.topics import (
     HEADER_DLQ_DETAIL,
     HEADER_DLQ_REASON,
@@ -83,6 +85,65 @@ def ensure_topics(kafka_kwargs: dict[str, Any], specs: dict[str, TopicSpec]) -> 
         return sorted(todo)
     finally:
         admin.close()
+
+
+class _LastWarning(logging.Handler):
+    """Keeps the last warning kafka-python logged (the real cause: refused, DNS, TLS, SASL) instead of printing it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # e.g. "Bootstrap connection to bootstrap-0 failed: KafkaConnectionError: 111 ECONNREFUSED (backoff 0.3 secs)"
+        message = record.getMessage()
+        if "failed: " in message and not message.startswith("Bootstrap failed"):
+            self.last = message.rsplit("failed: ", 1)[1].split(" (backoff")[0]
+
+
+def check_kafka(kafka_kwargs: dict[str, Any], timeout_s: float, topics: Iterable[str] = ()) -> tuple[None, str]:
+    """Connect to the cluster within ``timeout_s`` and describe it (the ``kafka`` start-up step).
+
+    kafka-python retries and logs every failed attempt (dozens of lines for a wrong address); here its log is
+    held back and only the last cause ends up in the one-line error.
+
+    Returns:
+        ``(None, detail)``: brokers, and which of ``topics`` exist (a missing topic is reported, not refused:
+        brokers that auto-create topics create it on first use).
+
+    Raises:
+        StartupError: no answer within the timeout, or the connection was refused by TLS or SASL.
+    """
+    servers = ",".join(kafka_kwargs.get("bootstrap_servers") or [])
+    kafka_log = logging.getLogger("kafka")
+    capture = _LastWarning()
+    propagate = kafka_log.propagate
+    kafka_log.addHandler(capture)
+    kafka_log.propagate = False
+    try:
+        admin = KafkaAdminClient(**{**{k: v for k, v in kafka_kwargs.items() if k != "client_id"},
+                                    "bootstrap_timeout_ms": int(timeout_s * 1000),
+                                    "request_timeout_ms": int(max(timeout_s, 1.0) * 1000)},
+                                 client_id="inspection-check")
+        try:
+            brokers = admin.describe_cluster().get("brokers") or []
+            existing = set(admin.list_topics())
+        finally:
+            admin.close()
+    except (KafkaError, OSError, ValueError) as exc:
+        cause = capture.last or f"{type(exc).__name__}: {exc}"
+        raise StartupError(f"no answer from Kafka at {servers} within {timeout_s:g} s ({cause})") from None
+    finally:
+        kafka_log.removeHandler(capture)
+        kafka_log.propagate = propagate
+    topics = list(topics)
+    missing = [t for t in topics if t not in existing]
+    detail = f"{servers}: {len(brokers)} broker(s)"
+    if topics:
+        detail += (f"; topics missing: {', '.join(missing)} (create them with `inspection-stack` or "
+                   "services._kafka.ensure_topics, or let the broker auto-create them)") if missing else \
+            f"; topics {', '.join(topics)} exist"
+    return None, detail
 
 
 def make_consumer(kafka_kwargs: dict[str, Any], group_id: str, *, assignor: Assignor = "cooperative-sticky",

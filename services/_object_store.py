@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from services._config import StartupError
+
 
 class ObjectNotFoundError(KeyError):
     """The URI points at nothing."""
@@ -29,6 +31,9 @@ class ObjectStore(Protocol):
 
     def uri_for(self, key: str) -> str:
         """The URI ``put(key, ...)`` returns, without writing."""
+
+    def check(self) -> str:
+        """Prove the store is usable now (one line describing it), or raise ``StartupError``."""
 
 
 def _check_key(key: str) -> str:
@@ -52,6 +57,11 @@ class LocalObjectStore:
 
     def uri_for(self, key: str) -> str:
         return (self.root / _check_key(key)).as_uri()
+
+    def check(self) -> str:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StartupError(f"local object store {self.root} is not writable")
+        return f"local folder {self.root.as_uri()}"
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         path = self.root / _check_key(key)
@@ -89,15 +99,15 @@ class S3ObjectStore:
     """
 
     def __init__(self, bucket: str, prefix: str = "", client_kwargs: dict[str, Any] | None = None,
-                 create_bucket: bool = False) -> None:
+                 create_bucket: bool = False, connect_timeout_s: float = 5.0) -> None:
         import boto3  # imported here so the local store works without touching botocore's slow import
         from botocore.config import Config
 
         kwargs = dict(client_kwargs or {})
         # Masks are small and writes are retried by the worker's at-least-once loop; bound boto's own retries so a
         # dead S3 endpoint fails a batch in seconds, not minutes.
-        kwargs.setdefault("config", Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
-                                            read_timeout=30))
+        kwargs.setdefault("config", Config(retries={"max_attempts": 3, "mode": "standard"},
+                                            connect_timeout=connect_timeout_s, read_timeout=30))
         self.client = boto3.client("s3", **kwargs)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -111,6 +121,22 @@ class S3ObjectStore:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
+
+    def check(self) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        endpoint = self.client.meta.endpoint_url
+        where = f"bucket {self.bucket!r} at {endpoint}"
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            why = {"403": "access denied: wrong or missing S3 access key / secret",
+                   "404": "no such bucket", "NoSuchBucket": "no such bucket"}.get(code, f"error {code}")
+            raise StartupError(f"S3 {where}: {why}") from None
+        except BotoCoreError as exc:  # unreachable endpoint, no credentials at all, bad endpoint URL
+            raise StartupError(f"S3 {where}: {exc}") from None
+        return f"s3://{self.bucket}/{self.prefix} at {endpoint}"
 
     def _full_key(self, key: str) -> str:
         key = _check_key(key)
@@ -134,8 +160,8 @@ class S3ObjectStore:
             raise ObjectNotFoundError(uri) from exc
 
 
-def open_object_store(url: str, s3_client_kwargs: dict[str, Any] | None = None,
-                      create_bucket: bool = False) -> LocalObjectStore | S3ObjectStore:
+def open_object_store(url: str, s3_client_kwargs: dict[str, Any] | None = None, create_bucket: bool = False,
+                      connect_timeout_s: float = 5.0) -> LocalObjectStore | S3ObjectStore:
     """Open the store a settings URL names: ``file:///dir``, a plain path, or ``s3://bucket[/prefix]``.
 
     Example:
@@ -148,9 +174,25 @@ def open_object_store(url: str, s3_client_kwargs: dict[str, Any] | None = None,
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"object store URL {url!r} names no bucket")
-        return S3ObjectStore(parsed.netloc, parsed.path, s3_client_kwargs, create_bucket=create_bucket)
+        return S3ObjectStore(parsed.netloc, parsed.path, s3_client_kwargs, create_bucket=create_bucket,
+                             connect_timeout_s=connect_timeout_s)
     if parsed.scheme == "file":
         return LocalObjectStore(unquote(parsed.path))
     if parsed.scheme == "":
         return LocalObjectStore(url)
     raise ValueError(f"unsupported object store URL {url!r} (use file:///dir or s3://bucket/prefix)")
+
+
+def open_checked(url: str, s3_client_kwargs: dict[str, Any] | None = None,
+                 connect_timeout_s: float = 5.0) -> tuple[LocalObjectStore | S3ObjectStore, str]:
+    """The ``object store`` start-up step: open the store a URL names and ``check()`` it.
+
+    Raises:
+        StartupError: unsupported URL, a local folder that cannot be created or written, an S3 bucket that does not
+            answer, does not exist, or refuses the credentials.
+    """
+    try:
+        store = open_object_store(url, s3_client_kwargs, connect_timeout_s=connect_timeout_s)
+    except (ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+    return store, store.check()

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from services._config import StartupError
+
 # ----------------------------------------------------------------------------------------------- metrics
 # Defined once at import: a second definition of the same name in the default registry raises, and the demo and
 # tests run several services in one process.
@@ -28,6 +30,8 @@ FRAMES_IN = Counter("inspection_frames_consumed_total", "Frames read from Kafka 
 FRAMES_PUBLISHED = Counter("inspection_frames_published_total", "Frames produced to the frames topic.",
                            ["camera_id"])
 FRAMES_DROPPED = Counter("inspection_frames_dropped_total", "Frames not inferred, by reason.", ["service", "reason"])
+MAX_FRAME_AGE = Gauge("inspection_max_frame_age_seconds",
+                      "Age limit in force: older frames are dropped as stale, not inferred (0 = off).", ["service"])
 DLQ_RECORDS = Counter("inspection_dlq_records_total", "Records sent to a dead-letter topic, by reason.",
                       ["service", "reason"])
 RESULTS_OUT = Counter("inspection_results_produced_total", "Inspection results produced.", ["service"])
@@ -134,6 +138,9 @@ def start_http_server(health: Health, port: int, host: str = "0.0.0.0") -> Threa
 
     Returns:
         The server (its ``server_address`` has the real port), or None when disabled.
+
+    Raises:
+        StartupError: the port is taken (or not ours to bind).
     """
     if port < 0:
         return None
@@ -161,7 +168,10 @@ def start_http_server(health: Health, port: int, host: str = "0.0.0.0") -> Threa
         def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: keep logs quiet
             return
 
-    server = ThreadingHTTPServer((host, port), _Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), _Handler)
+    except OSError as exc:
+        raise StartupError(f"cannot serve health and metrics on {host}:{port}: {exc.strerror or exc}") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="health-http", daemon=True).start()
     return server

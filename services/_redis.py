@@ -23,7 +23,10 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from services._config import StartupError, mask_url
 from services.contracts.defects import DefectAlert
 from services.contracts.results import InspectionResult
 
@@ -38,10 +41,35 @@ return 1
 """
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, connect_timeout_s: float = 5.0) -> redis.Redis:
     """A client with string responses and bounded timeouts (a hung Redis must not hang a batch forever)."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=connect_timeout_s,
                                 health_check_interval=30)
+
+
+def connect_checked(url: str, connect_timeout_s: float) -> tuple[redis.Redis, str]:
+    """The ``redis`` start-up step: a client (see ``connect``) after one PING has answered.
+
+    The PING runs on a separate client without retries, so an unreachable server fails once, within
+    ``connect_timeout_s``, instead of after the client's retry schedule.
+
+    Raises:
+        StartupError: unparseable URL, no answer, or refused credentials.
+    """
+    shown = mask_url(url)
+    try:
+        probe = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s,
+                                     retry=Retry(NoBackoff(), 0), decode_responses=True)
+    except ValueError as exc:
+        raise StartupError(f"bad Redis URL {shown}: {exc}") from None
+    try:
+        probe.ping()
+        version = probe.info("server").get("redis_version", "?")
+    except redis.RedisError as exc:
+        raise StartupError(f"Redis at {shown} did not answer PING ({type(exc).__name__}: {exc})") from None
+    finally:
+        probe.close()
+    return connect(url, connect_timeout_s), f"{shown}: redis {version}"
 
 
 def _flat(result: InspectionResult) -> dict[str, str]:

@@ -6,10 +6,14 @@ Flow step: process lifecycle around ``services.alerter.loop``. The ``override`` 
     python -m services.alerter override --camera cam1 --clear --actor alice
 
 It writes the Redis override and an audit entry in one transaction; running alerters pick it up within
-``ALERTER_OVERRIDES_REFRESH_S``.
+``ALERTER_OVERRIDES_REFRESH_S``. Start-up (bundle calibration, Redis, Kafka) fails with one line and exit status 2.
 """
 
 from __future__ import annotations
+
+from ddad_core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before numpy loads
 
 import argparse
 import os
@@ -18,9 +22,9 @@ import sys
 import threading
 
 from services import _observability as obs
-from services._config import EXIT_BAD_CONFIG, load_settings, run_main
-from services._kafka import make_consumer, make_producer
-from services._redis import AlertStore, OverrideStore, connect
+from services._config import EXIT_BAD_CONFIG, StartupChecks, StartupError, load_settings, run_main
+from services._kafka import check_kafka, make_consumer, make_producer
+from services._redis import AlertStore, OverrideStore, connect_checked
 from services.alerter.config import AlerterSettings
 from services.alerter.loop import SERVICE, AlerterLoop, calibration_rules
 from services.alerter.rules import AlertRules, Rule, RuleBook
@@ -28,7 +32,11 @@ from services.contracts.topics import Topics
 
 
 def build_rulebook(settings: AlerterSettings) -> RuleBook:
-    """Service defaults, then the bundle calibration's defaults and rules, then the configured camera rules."""
+    """Service defaults, then the bundle calibration's defaults and rules, then the configured camera rules.
+
+    Raises:
+        StartupError: ``bundle_path`` is set but holds no readable ``bundle.json``.
+    """
     defaults = settings.default_rule()
     calib_sens, calib_rules = calibration_rules(settings.bundle_path)
     if calib_sens is not None and "ALERTER_SENSITIVITY" not in os.environ:
@@ -36,28 +44,45 @@ def build_rulebook(settings: AlerterSettings) -> RuleBook:
     return RuleBook(defaults, configured={**calib_rules, **settings.camera_rules})
 
 
+def _rules_step(settings: AlerterSettings) -> tuple[RuleBook, str]:
+    book = build_rulebook(settings)
+    source = f"calibration of {settings.bundle_path}" if settings.bundle_path else "service defaults (no bundle)"
+    return book, f"{source}: default threshold {book.defaults.threshold:g}, {len(book.configured)} camera rule(s)"
+
+
 def serve(settings: AlerterSettings, check_only: bool = False, stop: threading.Event | None = None) -> int:
-    """Run the alerter until ``stop`` is set (or SIGTERM/SIGINT in the main thread)."""
+    """Run the alerter until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
+
+    Raises:
+        StartupError: unreadable bundle, Redis or Kafka unreachable (one line, see run_main).
+    """
     log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json)
     health = obs.Health()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    redis_client = connect(settings.redis_url)
-    redis_client.ping()
-    book = build_rulebook(settings)
+    topics = Topics(settings.topic_prefix)
+    kafka = settings.kafka_kwargs(SERVICE)
+    checks = StartupChecks(SERVICE, settings, report=check_only)
+    book = checks.run("rules", "bundle_path", lambda: _rules_step(settings))
+    redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url,
+                                                                            settings.connect_timeout_s))
+    checks.run("kafka", "kafka_bootstrap_servers",
+               lambda: check_kafka(kafka, settings.connect_timeout_s, [topics.results, topics.defects]))
+    server = None if check_only else checks.run(
+        "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
+    checks.finish()
     if check_only:
         return 0
-    server = obs.start_http_server(health, settings.http_port)
-    consumer = make_consumer(settings.kafka_kwargs(SERVICE), settings.group_id, assignor=settings.kafka_assignor,
+    consumer = make_consumer(kafka, settings.group_id, assignor=settings.kafka_assignor,
                              group_instance_id=settings.group_instance_id, max_poll_records=settings.max_poll_records,
                              session_timeout_ms=settings.session_timeout_ms,
                              heartbeat_interval_ms=settings.heartbeat_interval_ms)
-    producer = make_producer(settings.kafka_kwargs(SERVICE))
+    producer = make_producer(kafka)
     loop = AlerterLoop(consumer, producer, AlertRules(book),
                        AlertStore(redis_client, settings.alert_ttl_s, settings.redis_key_prefix),
-                       OverrideStore(redis_client, settings.redis_key_prefix), Topics(settings.topic_prefix), log,
+                       OverrideStore(redis_client, settings.redis_key_prefix), topics, log,
                        health, settings.overrides_refresh_s, settings.max_poll_records)
     loop.subscribe()
     health.set_ready(True)
@@ -88,7 +113,12 @@ def override(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"AlerterSettings: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    store = OverrideStore(connect(settings.redis_url), settings.redis_key_prefix)
+    try:
+        client, _ = connect_checked(settings.redis_url, settings.connect_timeout_s)
+    except StartupError as exc:
+        print(f"{SERVICE} override: redis: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    store = OverrideStore(client, settings.redis_key_prefix)
     values = ({f: None for f in OverrideStore.FIELDS} if args.clear else
               {k: v for k, v in (("sensitivity", args.sensitivity), ("min_score", args.min_score)) if v is not None})
     if not values:
@@ -108,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "override":
         return override(argv[1:])
     return run_main(AlerterSettings, lambda s, check: serve(s, check), argv,
-                    "Inspection alerter: results -> per-camera rules -> defects")
+                    "Inspection alerter: results -> per-camera rules -> defects", SERVICE)
 
 
 if __name__ == "__main__":

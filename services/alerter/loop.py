@@ -25,12 +25,13 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from services import _observability as obs
+from services._config import StartupError
 from services._kafka import commit_offsets
 from services._redis import AlertStore, OverrideStore
 from services.alerter.rules import AlertRules
 from services.contracts.defects import DefectAlert, alert_id_for
-from services.contracts.results import InspectionResult
-from services.contracts.topics import HEADER_SCHEMA, Topics, record_key
+from services.contracts.results import DroppedFrame, parse_results_record
+from services.contracts.topics import DEFECTS_SCHEMA_VERSION, HEADER_SCHEMA, Topics, record_key
 
 SERVICE = "alerter"
 
@@ -40,10 +41,21 @@ def calibration_rules(bundle_path: str | None) -> tuple[float | None, dict[str, 
 
     Reads ``bundle.json`` directly (no torch import in the alerter). Recognised keys of ``calibration``:
     ``sensitivity`` (float) and ``camera_rules`` / ``per_camera`` (``{scope: {field: value}}``).
+
+    Raises:
+        StartupError: the bundle's ``bundle.json`` is missing or not a JSON object.
     """
     if not bundle_path:
         return None, {}
-    data = json.loads((Path(bundle_path) / "bundle.json").read_text())
+    path = Path(bundle_path) / "bundle.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StartupError(f"model bundle {bundle_path} not found (no {path})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StartupError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise StartupError(f"{path} must hold a JSON object")
     calib = data.get("calibration") or {}
     sens = calib.get("sensitivity")
     rules = calib.get("camera_rules") or calib.get("per_camera") or {}
@@ -136,13 +148,15 @@ class AlerterLoop:
             offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
             obs.FRAMES_IN.labels(SERVICE).inc()
             try:
-                result = InspectionResult.from_bytes(rec.value)
+                result = parse_results_record(rec.value)
             except ValidationError as exc:
                 # A malformed result is a worker bug; alerting on guesses would be worse than skipping it.
                 obs.FRAMES_DROPPED.labels(SERVICE, "invalid_result").inc()
                 self.log.error("invalid_result", source=f"{rec.topic}/{rec.partition}/{rec.offset}",
                                error=str(exc)[:300])
                 continue
+            if isinstance(result, DroppedFrame):
+                continue  # not inspected: no verdict to alert on, and no say in the debounce window (worker logs it)
             decision = self.rules.evaluate(result)
             if not decision.alert:
                 continue
@@ -159,8 +173,9 @@ class AlerterLoop:
         # 2. record in Redis (idempotent by alert id)
         self.alert_store.record(alerts)
         # 3. produce (key camera id)
+        headers = [(HEADER_SCHEMA, f"defects/{DEFECTS_SCHEMA_VERSION}".encode())]
         futures = [self.producer.send(self.topics.defects, key=record_key(a.camera_id), value=a.to_bytes(),
-                                      headers=[(HEADER_SCHEMA, b"defects/1")]) for a in alerts]
+                                      headers=headers) for a in alerts]
         # 4. flush: alerts are acknowledged before their results are marked consumed
         if futures:
             self.producer.flush(timeout=60)

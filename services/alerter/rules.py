@@ -121,8 +121,8 @@ class AlertRules:
         >>> def res(i, score):
         ...     return InspectionResult(frame_id=f"f{i}", camera_id="c", line_id="l", sequence=i,
         ...         captured_at=t0 + timedelta(seconds=i), processed_at=t0 + timedelta(seconds=i), pred_score=score,
-        ...         pred_score_raw=score, pred_label=score >= 0.5, noise_step=0, threshold=0.5, model_version="m",
-        ...         bundle_hash="h", batch_id="b", batch_size=1, queue_wait_ms=0)
+        ...         pred_score_raw=score, pred_label=score > 0.5, noise_step=0, threshold=0.5, threshold_raw=0.5,
+        ...         model_version="m", bundle_hash="h", batch_id="b", batch_size=1, queue_wait_ms=0)
         >>> [rules.evaluate(res(i, s)).reason for i, s in enumerate([0.9, 0.1, 0.8, 0.9])]
         ['debounce', 'normal', 'alert', 'alert']
     """

@@ -2,7 +2,13 @@
 
 from services.contracts.defects import DefectAlert
 from services.contracts.frames import Frame, FrameDecodeError
-from services.contracts.results import BoundingBox, InspectionResult
-from services.contracts.topics import SCHEMA_VERSION, Topics
+from services.contracts.results import BoundingBox, DroppedFrame, InspectionResult, parse_results_record
+from services.contracts.topics import (
+    DEFECTS_SCHEMA_VERSION,
+    FRAMES_SCHEMA_VERSION,
+    RESULTS_SCHEMA_VERSION,
+    Topics,
+)
 
-__all__ = ["SCHEMA_VERSION", "BoundingBox", "DefectAlert", "Frame", "FrameDecodeError", "InspectionResult", "Topics"]
+__all__ = ["DEFECTS_SCHEMA_VERSION", "FRAMES_SCHEMA_VERSION", "RESULTS_SCHEMA_VERSION", "BoundingBox", "DefectAlert",
+           "DroppedFrame", "Frame", "FrameDecodeError", "InspectionResult", "Topics", "parse_results_record"]

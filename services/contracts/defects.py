@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field
 
 from services.contracts.frames import Identifier, JsonRecord, UtcDatetime
 from services.contracts.results import BoundingBox
-from services.contracts.topics import SCHEMA_VERSION
+from services.contracts.topics import DEFECTS_SCHEMA_VERSION
 
 _ALERT_NAMESPACE = uuid.UUID("8f6a1f3e-6a43-4e53-9d3b-2f0d1c7e5a11")
 
@@ -31,7 +31,7 @@ class DefectAlert(JsonRecord):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = DEFECTS_SCHEMA_VERSION
     alert_id: str
     frame_id: Identifier
     camera_id: Identifier
@@ -42,7 +42,8 @@ class DefectAlert(JsonRecord):
     raised_at: UtcDatetime
     pred_score: float
     pred_score_raw: float
-    threshold: float = Field(description="Normalised-score threshold applied (0.5 = calibrated; 1 - sensitivity).")
+    threshold: float = Field(description="Normalised-score threshold the alert rule applied to pred_score "
+                                         "(1 - sensitivity, or min_score; 0.5 = the calibrated threshold).")
     sensitivity: float = Field(ge=0, le=1)
     severity: Severity
     debounce: str = Field(description="'hits/window' of the N-of-M rule when the alert fired, e.g. '2/3'.")

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.contracts.topics import SCHEMA_VERSION
+from services.contracts.topics import FRAMES_SCHEMA_VERSION
 
 _MAGIC = b"DDF"
 _HEADER_LEN = struct.Struct(">I")
@@ -75,7 +75,7 @@ class Frame(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = FRAMES_SCHEMA_VERSION
     frame_id: Identifier = Field(description="Unique id of this frame; every downstream write is keyed by it.")
     camera_id: Identifier = Field(description="Source camera; also the Kafka key.")
     line_id: Identifier = Field("line-1", description="Production line the camera watches.")
@@ -100,7 +100,8 @@ class Frame(BaseModel):
     def to_bytes(self) -> bytes:
         """Encode as the binary envelope described in the module docstring."""
         header = self.model_dump_json(exclude={"image"}).encode("utf-8")
-        return b"".join((_MAGIC, bytes([SCHEMA_VERSION]), _HEADER_LEN.pack(len(header)), header, self.image or b""))
+        version = bytes([FRAMES_SCHEMA_VERSION])
+        return b"".join((_MAGIC, version, _HEADER_LEN.pack(len(header)), header, self.image or b""))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Frame:
@@ -111,9 +112,9 @@ class Frame(BaseModel):
         """
         if data is None or len(data) < 8 or data[:3] != _MAGIC:
             raise FrameDecodeError("bad_envelope", "value does not start with the DDF frame magic")
-        if data[3] != SCHEMA_VERSION:
+        if data[3] != FRAMES_SCHEMA_VERSION:
             raise FrameDecodeError("unsupported_schema",
-                                   f"frame schema version {data[3]} (supported: {SCHEMA_VERSION})")
+                                   f"frame schema version {data[3]} (supported: {FRAMES_SCHEMA_VERSION})")
         (header_len,) = _HEADER_LEN.unpack_from(data, 4)
         if header_len > _MAX_HEADER_BYTES or 8 + header_len > len(data):
             raise FrameDecodeError("bad_envelope", f"header length {header_len} exceeds the record ({len(data)} bytes)")

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+# One version per contract; a record's ``schema_version`` changes whenever one of its fields changes meaning.
+FRAMES_SCHEMA_VERSION = 1  # also the byte after b"DDF" in the binary envelope
+# 2: `threshold` is the normalised decision threshold (it was the raw one), the raw one is `threshold_raw`, and the
+# topic also carries `kind: "dropped"` records for frames that were not inspected.
+RESULTS_SCHEMA_VERSION = 2
+DEFECTS_SCHEMA_VERSION = 1
 
 # Headers are bytes on the wire; these names are shared by the worker's DLQ and whoever inspects it.
 HEADER_SCHEMA = "schema"

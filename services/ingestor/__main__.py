@@ -2,10 +2,15 @@
 
 Flow step: process lifecycle around camera -> frame -> ``frames``. The capture loop runs on the main thread at the
 capped frame rate; a sender thread drains the bounded buffer into the producer (``publish.py``). SIGTERM stops the
-capture, lets the sender empty the buffer, and flushes the producer.
+capture, lets the sender empty the buffer, and flushes the producer. Start-up (source, object store, Kafka) fails with
+one line and exit status 2.
 """
 
 from __future__ import annotations
+
+from ddad_core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before numpy and OpenCV load
 
 import signal
 import sys
@@ -14,35 +19,67 @@ import time
 from datetime import UTC, datetime
 
 from services import _observability as obs
-from services._config import run_main
-from services._kafka import make_producer
-from services._object_store import open_object_store
+from services._config import StartupChecks, StartupError, run_main
+from services._kafka import check_kafka, make_producer
+from services._object_store import open_checked
 from services.contracts.topics import Topics
-from services.ingestor.camera import RateLimiter, open_source
+from services.ingestor.camera import CameraSource, FrameSource, RateLimiter, open_source
 from services.ingestor.config import IngestorSettings
 from services.ingestor.publish import SERVICE, Captured, FrameBuffer, FramePublisher, encode_image, sender_loop
 
 
+def _open_source_step(settings: IngestorSettings, log, check_only: bool) -> tuple[FrameSource, str]:
+    """The ``source`` start-up step. A camera that does not answer yet is retried while serving (cameras reboot),
+    but fails ``--check``."""
+    try:
+        source = open_source(settings.source, settings.source_kind, settings.loop, settings.camera_id,
+                             settings.reconnect_initial_s, settings.reconnect_max_s, log)
+    except (OSError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+    if isinstance(source, CameraSource) and not (source.cap is not None and source.cap.isOpened()):
+        if check_only:
+            source.close()
+            raise StartupError(f"camera or stream {settings.source!r} does not open")
+        return source, f"camera {settings.source} (not open yet; retried with backoff)"
+    return source, f"{type(source).__name__.removesuffix('Source').lower()} {settings.source}"
+
+
 def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.Event | None = None,
           clock_wall=time.time) -> int:
-    """Capture and publish until the source ends, ``max_frames`` is reached, or ``stop`` is set."""
+    """Capture and publish until the source ends, ``max_frames`` is reached, or ``stop`` is set.
+
+    Raises:
+        StartupError: bad source, object store or Kafka unreachable (one line, see run_main).
+    """
     log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json).bind(camera_id=settings.camera_id)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    source = open_source(settings.source, settings.source_kind, settings.loop, settings.camera_id,
-                         settings.reconnect_initial_s, settings.reconnect_max_s, log)
-    store = open_object_store(settings.object_store_url, settings.s3_client_kwargs())
+    topics = Topics(settings.topic_prefix)
+    kafka = settings.kafka_kwargs(SERVICE)
+    checks = StartupChecks(SERVICE, settings, report=check_only)
+    source = checks.run("source", "source", lambda: _open_source_step(settings, log, check_only))
+    try:
+        store = checks.run("object store", "object_store_url", lambda: open_checked(
+            settings.object_store_url, settings.s3_client_kwargs(), settings.connect_timeout_s))
+        checks.run("kafka", "kafka_bootstrap_servers",
+                   lambda: check_kafka(kafka, settings.connect_timeout_s, [topics.frames]))
+        health = obs.Health()
+        server = None if check_only else checks.run(
+            "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
+        checks.finish()
+    except StartupError:
+        if source is not None:
+            source.close()
+        raise
     if check_only:
         source.close()
         return 0
-    health = obs.Health()
-    server = obs.start_http_server(health, settings.http_port)
-    producer = make_producer(settings.kafka_kwargs(SERVICE), linger_ms=10,
+    producer = make_producer(kafka, linger_ms=10,
                              max_request_size=settings.inline_limit_bytes + 64 * 1024,
                              max_block_ms=settings.send_timeout_ms)
-    publisher = FramePublisher(producer, Topics(settings.topic_prefix).frames, store, settings.camera_id,
+    publisher = FramePublisher(producer, topics.frames, store, settings.camera_id,
                                settings.line_id, settings.product_id, settings.inline_limit_bytes, log)
     buffer = FrameBuffer(settings.buffer_frames, settings.drop_policy)
     sender_stop = threading.Event()
@@ -84,7 +121,7 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     return run_main(IngestorSettings, lambda s, check: serve(s, check), argv,
-                    "Inspection ingestor: camera/video/folder -> frames topic")
+                    "Inspection ingestor: camera/video/folder -> frames topic", SERVICE)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from kafka.errors import KafkaError
 from services import _observability as obs
 from services._object_store import ObjectStore
 from services.contracts.frames import Frame
-from services.contracts.topics import HEADER_SCHEMA, record_key
+from services.contracts.topics import FRAMES_SCHEMA_VERSION, HEADER_SCHEMA, record_key
 
 SERVICE = "ingestor"
 
@@ -151,7 +151,7 @@ class FramePublisher:
             self.log.warning("frame_not_staged", frame_id=c.frame_id, error=repr(exc))
             return
         fut = self.producer.send(self.topic, key=record_key(self.camera_id), value=frame.to_bytes(),
-                                 headers=[(HEADER_SCHEMA, b"frames/1")])
+                                 headers=[(HEADER_SCHEMA, f"frames/{FRAMES_SCHEMA_VERSION}".encode())])
         fut.add_callback(self._ok).add_errback(self._err, c.frame_id)
 
     def _ok(self, _meta: Any) -> None:

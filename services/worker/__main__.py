@@ -1,25 +1,43 @@
 """``python -m services.worker`` / ``inspection-worker``: start-up and shutdown of one worker process.
 
 Flow step: process lifecycle around ``services.worker.loop``. Order matters: the health server starts first (so a
-startup probe can see "loading"), readiness is reported only after the model is loaded and warmed up at
-``max_batch_size``, and SIGTERM starts a drain (finish queued frames, flush, commit, leave the group).
+startup probe can see "loading"), then Kafka, Redis and the object store are checked (each bounded by
+``WORKER_CONNECT_TIMEOUT_S``), then the model is loaded and warmed up at ``max_batch_size``; readiness is reported
+only after that, and SIGTERM starts a drain (finish queued frames, flush, commit, leave the group). A start-up
+failure is one line on stderr and exit status 2 (``services._config.StartupChecks``).
 """
 
 from __future__ import annotations
 
+from ddad_core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before numpy and torch load
+
+import os
 import signal
 import sys
 import threading
 from typing import Any
 
 from services import _observability as obs
-from services._config import run_main
-from services._kafka import make_consumer, make_producer
-from services._object_store import open_object_store
-from services._redis import InspectionStore, connect
+from services._config import StartupChecks, run_main
+from services._kafka import check_kafka, make_consumer, make_producer
+from services._object_store import open_checked
+from services._redis import InspectionStore, connect_checked
+from services.contracts.topics import Topics
 from services.worker.config import WorkerSettings
 from services.worker.inference import load_detector, warm_up
 from services.worker.loop import SERVICE, WorkerLoop
+
+
+def _load_model(settings: WorkerSettings, detector: Any) -> tuple[tuple[Any, float | None], str]:
+    """The ``model`` start-up step: load the bundle (unless given) and warm up; returns the warm-up time too."""
+    detector = detector or load_detector(settings.bundle_path, settings.device, settings.dtype)
+    warmup_s = warm_up(detector, settings.max_batch_size) if settings.warmup else None
+    detail = f"{settings.bundle_path}: model {detector.model_version}"
+    if warmup_s is not None:
+        detail += f", warm-up batch of {settings.max_batch_size} in {warmup_s:.2f} s"
+    return (detector, warmup_s), detail
 
 
 def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Event | None = None,
@@ -28,36 +46,48 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
 
     Args:
         settings: Resolved settings.
-        check_only: Load, warm up and connect, then return 0 (``--check``).
+        check_only: Connect to Kafka, Redis and the object store, load and warm up the model, report each, return 0
+            (``--check``).
         stop: Set it to drain and stop (signals set it when running in the main thread).
         detector: An already loaded pipeline (tests and the demo share one between in-process workers).
         health: Health state to report into (default: a new one).
         on_loop: Called with the ``WorkerLoop`` before it runs (tests inspect it).
+
+    Raises:
+        StartupError: a dependency is unreachable or the bundle is missing or broken (one line, see run_main).
     """
     log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json)
     health = health or obs.Health()
-    server = None if check_only else obs.start_http_server(health, settings.http_port)
+    checks = StartupChecks(SERVICE, settings, report=check_only)
+    server = None if check_only else checks.run(
+        "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
 
+    topics = Topics(settings.topic_prefix)
+    kafka = settings.kafka_kwargs(SERVICE)
+    timeout = settings.connect_timeout_s
+    checks.run("kafka", "kafka_bootstrap_servers",
+               lambda: check_kafka(kafka, timeout, [topics.frames, topics.results, topics.frames_dlq]))
+    redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url, timeout))
+    store = checks.run("object store", "object_store_url",
+                       lambda: open_checked(settings.object_store_url, settings.s3_client_kwargs(), timeout))
     health.set_ready(False, "loading model")
-    detector = detector or load_detector(settings.bundle_path, settings.device, settings.dtype)
-    log = log.bind(model_version=detector.model_version)
-    obs.MODEL_INFO.labels(detector.model_version, detector.bundle_hash).set(1)
-    if settings.warmup:
-        health.set_ready(False, "warming up")
-        warm_up(detector, settings.max_batch_size)
-    redis_client = connect(settings.redis_url)
-    redis_client.ping()
-    store = open_object_store(settings.object_store_url, settings.s3_client_kwargs())
-    log.info("model_ready", bundle=settings.bundle_path, bundle_hash=detector.bundle_hash,
-             max_batch_size=settings.max_batch_size)
+    model = checks.run("model", "bundle_path", lambda: _load_model(settings, detector))
+    checks.finish()
     if check_only:
         return 0
+    detector, warmup_s = model
+    max_frame_age_ms = settings.frame_age_limit_ms(warmup_s)
+    log = log.bind(model_version=detector.model_version)
+    obs.MODEL_INFO.labels(detector.model_version, detector.bundle_hash).set(1)
+    log.info("model_ready", bundle=settings.bundle_path, bundle_hash=detector.bundle_hash,
+             max_batch_size=settings.max_batch_size,
+             warmup_ms=None if warmup_s is None else round(warmup_s * 1000.0, 1), max_frame_age_ms=max_frame_age_ms,
+             threads={k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")})
 
-    kafka = settings.kafka_kwargs(SERVICE)
     consumer = make_consumer(kafka, settings.group_id, assignor=settings.kafka_assignor,
                              group_instance_id=settings.group_instance_id,
                              max_poll_records=2 * settings.max_batch_size,
@@ -67,7 +97,7 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     producer = make_producer(kafka)
     loop = WorkerLoop(settings, consumer, producer, detector, store,
                       InspectionStore(redis_client, settings.result_ttl_s, settings.stream_maxlen,
-                                      settings.redis_key_prefix), log, health)
+                                      settings.redis_key_prefix), log, health, max_frame_age_ms=max_frame_age_ms)
     loop.subscribe()
     if on_loop is not None:
         on_loop(loop)
@@ -79,14 +109,14 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
         producer.close(timeout=10)
         if server is not None:
             server.shutdown()
-    log.info("stopped", batches=loop.batches_run)
+    log.info("stopped", batches=loop.batches_run, frames_inferred=loop.frames_inferred, frames_stale=loop.frames_stale)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     return run_main(WorkerSettings, lambda s, check: serve(s, check), argv,
-                    "Inspection worker: frames -> micro-batched D3AD -> results")
+                    "Inspection worker: frames -> micro-batched D3AD -> results", SERVICE)
 
 
 if __name__ == "__main__":

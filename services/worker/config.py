@@ -6,13 +6,18 @@ their units in the name (Triton's ``max_batch_size`` / ``max_queue_delay``; quix
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services._config import CommonSettings
 from services._kafka import Assignor
+
+# "auto" frame-age limit: the queue delay plus this many full batches at the measured warm-up batch time, and never
+# below AUTO_FRAME_AGE_FLOOR_MS (a rebalance or a GC pause must not drop a healthy stream).
+AUTO_FRAME_AGE_BATCHES = 10
+AUTO_FRAME_AGE_FLOOR_MS = 1000.0
 
 
 class WorkerSettings(CommonSettings):
@@ -33,7 +38,16 @@ class WorkerSettings(CommonSettings):
     processing_guarantee: Literal["at-least-once"] = "at-least-once"
     max_batch_size: int = Field(8, ge=1, le=1024, description="Hard cap of a micro-batch.")
     max_queue_delay_ms: float = Field(50.0, ge=0, description="Longest wait of the oldest frame for company.")
-    max_frame_age_ms: float = Field(10000.0, ge=0, description="Older frames are dropped as stale (0 = never).")
+    max_frame_age_ms: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Frames captured longer ago than this when their batch forms are not inspected: a "
+        "'dropped' record goes to results instead (0 = never drop). 'auto': max_queue_delay_ms + "
+        f"{AUTO_FRAME_AGE_BATCHES} x the warm-up batch time, at least {AUTO_FRAME_AGE_FLOOR_MS:.0f} ms; off without "
+        "warm-up.")
+    stale_log_interval_s: float = Field(10.0, gt=0, description="Stale drops are logged (warning) at most this "
+                                                                "often, with the counts since the last line.")
+    min_box_area_fraction: float = Field(
+        0.001, ge=0, le=1, description="Connected mask regions smaller than this share of the frame get no "
+        "bounding box (0.001 = 4 pixels of a 64x64 mask, 66 of 256x256).")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Larger frames go to the DLQ (decompression bombs).")
     decode_threads: int = Field(4, ge=1, le=64)
     sink_threads: int = Field(8, ge=1, le=64)
@@ -51,6 +65,24 @@ class WorkerSettings(CommonSettings):
         if value not in ("auto", "cpu", "cuda", "mps") and not (value.startswith("cuda:") and value[5:].isdigit()):
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return value
+
+    def frame_age_limit_ms(self, warmup_batch_s: float | None) -> float:
+        """The stale-drop limit in force (0 = off): the configured one, or "auto" from the warm-up batch time.
+
+        The warm-up batch is the slowest one a process runs (lazy initialisation), so "auto" errs towards keeping
+        frames.
+
+        Example:
+            >>> s = WorkerSettings(max_queue_delay_ms=50)
+            >>> s.frame_age_limit_ms(0.45), s.frame_age_limit_ms(0.02), s.frame_age_limit_ms(None)
+            (4550.0, 1000.0, 0.0)
+        """
+        if self.max_frame_age_ms != "auto":
+            return float(self.max_frame_age_ms)
+        if warmup_batch_s is None:
+            return 0.0
+        return round(max(AUTO_FRAME_AGE_FLOOR_MS,
+                         self.max_queue_delay_ms + AUTO_FRAME_AGE_BATCHES * warmup_batch_s * 1000.0), 1)
 
     @model_validator(mode="after")
     def _poll_interval(self) -> WorkerSettings:

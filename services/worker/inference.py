@@ -1,19 +1,22 @@
 """Frames -> pixels -> one batched ddad_core call -> per-frame values the sinks write.
 
 Flow step: batch -> tensor (decode here, resize/normalise only in ``ddad_core.preprocess``) and the per-frame
-post-processing the services need: PNG masks/heatmaps and bounding boxes of the defect regions.
+post-processing the services need: PNG masks/heatmaps and bounding boxes of the defect regions (connected
+components of the mask above a minimum area).
 Decoding uses ``ddad_core.preprocess.decode_image``, the same decoder as fitting, so train and serve see the same
 pixels (ECOSYSTEM.md: preprocessing parity bugs are the classic failure).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from services._config import StartupError
 from services._object_store import ObjectStore
 from services.contracts.frames import Frame
 from services.contracts.results import BoundingBox
@@ -38,30 +41,46 @@ class Detector(Protocol):
 
 
 def load_detector(bundle_path: str, device: str = "auto", dtype: str | None = None) -> Any:
-    """Load the pipeline from a bundle (imported lazily: the ingestor and alerter never import torch)."""
+    """Load the pipeline from a bundle (imported lazily: the ingestor and alerter never import torch).
+
+    Raises:
+        StartupError: the bundle is missing or broken, or the device is not there.
+    """
     import torch
 
+    from ddad_core.bundle import BundleError
     from ddad_core.pipeline import DDADPipeline
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise StartupError(f"device {device!r} asked for, but torch sees no CUDA device here")
     kwargs: dict[str, Any] = {"device": device}
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
-    return DDADPipeline.from_bundle(bundle_path, **kwargs)
+    try:
+        return DDADPipeline.from_bundle(bundle_path, **kwargs)
+    except (BundleError, OSError) as exc:
+        raise StartupError(str(exc)) from None
 
 
-def warm_up(detector: Any, batch_size: int, image_size: int | None = None) -> None:
-    """Run one batch at ``batch_size`` so kernels, allocator pools and lazy init are paid before readiness."""
+def warm_up(detector: Any, batch_size: int, image_size: int | None = None) -> float:
+    """Run one batch at ``batch_size`` so kernels, allocator pools and lazy init are paid before readiness.
+
+    Returns:
+        Its wall time in seconds (the worker derives the "auto" frame-age limit from it).
+    """
+    start = time.perf_counter()
     if hasattr(detector, "warmup"):
         detector.warmup(batch_size)
-        return
-    size = image_size or int(getattr(detector, "image_size", 64))
-    detector([np.zeros((size, size, 3), np.uint8)] * batch_size)
+    else:
+        size = image_size or int(getattr(detector, "image_size", 64))
+        detector([np.zeros((size, size, 3), np.uint8)] * batch_size)
+    return time.perf_counter() - start
 
 
 def raw_threshold(detector: Any) -> float:
-    """The raw image-score threshold of the loaded calibration (``pred_score_raw > threshold`` is anomalous)."""
+    """The calibrated raw image-score threshold (the raw score that normalises to 0.5; the heatmaps' mid-scale)."""
     thr = getattr(detector, "threshold", None)
     for candidate in (thr, getattr(thr, "image", None), getattr(thr, "image_threshold", None),
                       thr.get("image") if isinstance(thr, dict) else None,
@@ -72,6 +91,22 @@ def raw_threshold(detector: Any) -> float:
         if hasattr(candidate, "item") and getattr(candidate, "numel", lambda: 1)() == 1:
             return float(candidate.item())
     return float("nan")
+
+
+def decision_thresholds(detector: Any) -> tuple[float, float]:
+    """``(threshold, threshold_raw)``: where the model's ``pred_label`` flips, on the normalised and the raw score.
+
+    ``threshold`` is ``1 - sensitivity`` of the calibration (0.5 unless the bundle was calibrated at another
+    sensitivity); ``threshold_raw`` is the same point on the raw scale (ddad_core.scoring.decision_threshold).
+    """
+    thr = getattr(detector, "threshold", None)
+    if isinstance(thr, dict) and {"image_threshold", "image_min", "image_max"} <= thr.keys():
+        from ddad_core.scoring import decision_threshold
+
+        sensitivity = float(thr.get("sensitivity", 0.5))
+        raw = decision_threshold(thr["image_threshold"], thr["image_min"], thr["image_max"], sensitivity)
+        return round(1.0 - sensitivity, 6), float(raw)
+    return 0.5, raw_threshold(detector)
 
 
 def decode_frame(frame: Frame, store: ObjectStore | None, max_pixels: int) -> np.ndarray:
@@ -145,24 +180,30 @@ def encode_heatmap_png(anomaly_map: np.ndarray, threshold: float) -> bytes:
     return buf.tobytes()
 
 
-def regions_from_mask(mask: np.ndarray, width: int, height: int, max_regions: int = 16) -> list[BoundingBox]:
-    """Bounding boxes of the connected regions of a ``(S, S)`` mask, scaled to the frame's ``width x height``.
+def mask_to_boxes(mask: np.ndarray, width: int, height: int, min_area_fraction: float = 0.001,
+                  max_regions: int = 16) -> list[BoundingBox]:
+    """Bounding boxes of the connected regions (8-connectivity) of a ``(S, S)`` mask, in the frame's pixels.
 
-    Largest regions first; at most ``max_regions`` (a speckled mask must not produce a huge message).
+    Regions covering less than ``min_area_fraction`` of the mask (specks of a noisy map) get no box; the rest,
+    largest first and at most ``max_regions`` (a speckled mask must not produce a huge message), are scaled to
+    ``width x height``.
 
     Example:
-        >>> m = np.zeros((8, 8), bool); m[2:4, 4:8] = True
-        >>> regions_from_mask(m, 16, 16)[0].model_dump()
-        {'x': 8, 'y': 4, 'width': 8, 'height': 4, 'area_fraction': 0.125}
+        >>> m = np.zeros((8, 8), bool); m[2:4, 4:8] = True; m[7, 0] = True
+        >>> [b.model_dump() for b in mask_to_boxes(m, 16, 16, min_area_fraction=0.05)]
+        [{'x': 8, 'y': 4, 'width': 8, 'height': 4, 'area_fraction': 0.125}]
     """
     if not mask.any():
         return []
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     sy, sx = height / mask.shape[0], width / mask.shape[1]
     total = float(mask.size)
+    min_area = max(1.0, min_area_fraction * total)
     boxes = []
-    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:max_regions] + 1:
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
         x, y, w, h, area = (int(v) for v in stats[i, :5])
+        if area < min_area or len(boxes) == max_regions:
+            break  # sorted by area: every later region is smaller
         x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
         x1, y1 = min(width, int(np.ceil((x + w) * sx))), min(height, int(np.ceil((y + h) * sy)))
         boxes.append(BoundingBox(x=x0, y=y0, width=max(1, x1 - x0), height=max(1, y1 - y0),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,16 +35,17 @@ from services._kafka import DeadLetterPublisher, OffsetTracker, commit_offsets, 
 from services._object_store import ObjectStore
 from services._redis import InspectionStore
 from services.contracts.frames import Frame, FrameDecodeError
-from services.contracts.results import InspectionResult
+from services.contracts.results import DroppedFrame, InspectionResult
 from services.contracts.topics import Topics
-from services.worker.batcher import Batch, MicroBatcher
+from services.worker.batcher import Batch, MicroBatcher, Pending
 from services.worker.config import WorkerSettings
 from services.worker.inference import (
     FrameOutput,
     InvalidFrameError,
+    decision_thresholds,
     decode_frame,
+    mask_to_boxes,
     raw_threshold,
-    regions_from_mask,
     split_output,
 )
 from services.worker.sinks import MaskSink, ResultsProducer
@@ -90,11 +92,14 @@ class WorkerLoop:
         inspection_store: Redis result store.
         log: A structlog logger.
         health: Liveness/readiness state (``beat`` per iteration).
+        max_frame_age_ms: The stale-drop limit in force (``WorkerSettings.frame_age_limit_ms``; default: the
+            configured one, off for "auto" without a measured batch time).
         clock / wall_clock: Injectable clocks (monotonic / POSIX seconds).
     """
 
     def __init__(self, settings: WorkerSettings, consumer: Any, producer: Any, detector: Any, store: ObjectStore,
                  inspection_store: InspectionStore, log: Any, health: obs.Health | None = None,
+                 max_frame_age_ms: float | None = None,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -107,15 +112,23 @@ class WorkerLoop:
         self.health = health or obs.Health()
         self._clock = clock
         self._wall = wall_clock
+        self.max_frame_age_ms = settings.frame_age_limit_ms(None) if max_frame_age_ms is None else max_frame_age_ms
+        obs.MAX_FRAME_AGE.labels(SERVICE).set(self.max_frame_age_ms / 1000.0)
         self.batcher: MicroBatcher[_Item] = MicroBatcher(settings.max_batch_size, settings.max_queue_delay_ms,
-                                                         settings.max_frame_age_ms, clock=clock, wall_clock=wall_clock)
+                                                         self.max_frame_age_ms, clock=clock, wall_clock=wall_clock)
         self.tracker = OffsetTracker()
         self.dlq = DeadLetterPublisher(producer, self.topics.frames_dlq, SERVICE)
         self.results = ResultsProducer(producer, self.topics.results)
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._sink_pool = ThreadPoolExecutor(settings.sink_threads, thread_name_prefix="sink")
         self.masks = MaskSink(store, self._sink_pool, settings.write_heatmaps)
-        self.threshold = raw_threshold(detector)
+        self.threshold, self.threshold_raw = decision_thresholds(detector)
+        self.heatmap_threshold = raw_threshold(detector)  # the heatmaps' mid-scale
+        self.model_version = str(getattr(detector, "model_version", "unknown"))
+        self._stale = Counter()  # stale drops per camera since the last warning line
+        self._stale_oldest_ms = 0.0
+        self._next_stale_log = 0.0
+        self.frames_stale = 0
         self._lock = threading.Lock()  # batcher + tracker vs. the rebalance listener (IO thread)
         self._dlq_done: list[tuple[TopicPartition, int]] = []  # DLQ'd at parse time, done after the next flush
         self._consecutive_frame_failures = 0
@@ -153,6 +166,7 @@ class WorkerLoop:
             self.run_batch(batch)
         if self._dlq_done:
             self._finish([])
+        self._log_stale()
         if self._clock() >= self._next_lag:
             self._next_lag = self._clock() + self.settings.lag_interval_s
             self._update_lag()
@@ -213,8 +227,8 @@ class WorkerLoop:
         2. infer: one batched pipeline call for all good frames (mixed noise levels in one batch);
         3. write masks and heatmaps to the object store;
         4. write the Redis result hashes and per-camera streams (one transaction);
-        5. produce the results;
-        6. flush the producer (results and DLQ records acknowledged by the brokers);
+        5. produce the results (and a ``dropped`` record per stale frame);
+        6. flush the producer (results, dropped and DLQ records acknowledged by the brokers);
         7. commit offsets (only of frames that are finished; stale drops count as finished).
         """
         batch_id = uuid.uuid4().hex[:12]
@@ -222,8 +236,9 @@ class WorkerLoop:
         started = self._clock()
         done: list[tuple[TopicPartition, int]] = []
         for p in batch.stale:
-            # A verdict on a part that already left the camera is worthless; counted, committed, not inferred.
-            obs.FRAMES_DROPPED.labels(SERVICE, "stale").inc()
+            # A verdict on a part that already left the camera is worthless: not inferred, but never silent either
+            # (a `dropped` record on results, the metric, a warning line per interval), and committed.
+            self._drop_stale(p)
             done.append((p.item.tp, p.item.record.offset))
         items = batch.items
         timings: dict[str, float] = {}
@@ -277,7 +292,7 @@ class WorkerLoop:
             done.extend((p.item.tp, p.item.record.offset) for p, _ in inferred)
             n_inferred = len(inferred)
         else:
-            # Only stale drops: nothing was produced, nothing to flush but DLQ records from earlier steps.
+            # Only stale drops: flush their `dropped` records (and DLQ records from earlier steps).
             self._flush()
 
         # 7. commit offsets (everything above is durable now)
@@ -290,12 +305,39 @@ class WorkerLoop:
                  ms=round((self._clock() - started) * 1000.0, 1),
                  infer_ms=round(timings.get("infer", 0.0), 1))
 
+    def _drop_stale(self, p: Pending[_Item]) -> None:
+        f = p.item.frame
+        now = self._wall()
+        age_ms = max(0.0, (now - f.captured_ts) * 1000.0)
+        self.results.add(DroppedFrame(
+            frame_id=f.frame_id, camera_id=f.camera_id, line_id=f.line_id, product_id=f.product_id,
+            sequence=f.sequence, source=f.source, captured_at=f.captured_at,
+            dropped_at=datetime.fromtimestamp(now, UTC), reason="stale", age_ms=round(age_ms, 3),
+            max_frame_age_ms=self.max_frame_age_ms, model_version=self.model_version))
+        obs.FRAMES_DROPPED.labels(SERVICE, "stale").inc()
+        self._stale[f.camera_id] += 1
+        self._stale_oldest_ms = max(self._stale_oldest_ms, age_ms)
+        self.frames_stale += 1
+
+    def _log_stale(self, force: bool = False) -> None:
+        """One warning line per ``stale_log_interval_s`` with the stale drops since the previous line."""
+        if not self._stale or (not force and self._clock() < self._next_stale_log):
+            return
+        self.log.warning("frames_dropped_stale", frames=sum(self._stale.values()), per_camera=dict(self._stale),
+                         oldest_age_ms=round(self._stale_oldest_ms, 1), max_frame_age_ms=self.max_frame_age_ms,
+                         total=self.frames_stale,
+                         hint="not inspected: the worker is behind the cameras (fewer frames/s, more workers, "
+                              "or a higher WORKER_MAX_FRAME_AGE_MS; 0 = never drop)")
+        self._stale.clear()
+        self._stale_oldest_ms = 0.0
+        self._next_stale_log = self._clock() + self.settings.stale_log_interval_s
+
     def _write_outputs(self, inferred: list[tuple[Any, FrameOutput]], batch_id: str, timings: dict[str, float],
                        started: float, log: Any) -> None:
         # 3. write masks and heatmaps (object keys by frame id: a replay overwrites)
         t0 = self._clock()
         uris = self.masks.write([(p.item.frame.camera_id, p.item.frame.frame_id, out) for p, out in inferred],
-                                self.threshold)
+                                self.heatmap_threshold)
         obs.STAGE_DURATION.labels("sink_masks").observe(self._clock() - t0)
         processed_at = datetime.fromtimestamp(self._wall(), UTC)
         results = []
@@ -305,11 +347,11 @@ class WorkerLoop:
                 frame_id=f.frame_id, camera_id=f.camera_id, line_id=f.line_id, product_id=f.product_id,
                 sequence=f.sequence, source=f.source, captured_at=f.captured_at, processed_at=processed_at,
                 pred_score=out.pred_score, pred_score_raw=out.pred_score_raw, pred_label=out.pred_label,
-                noise_step=out.noise_step, threshold=self.threshold,
-                model_version=str(getattr(self.detector, "model_version", "unknown")),
-                bundle_hash=str(getattr(self.detector, "bundle_hash", "unknown")),
+                noise_step=out.noise_step, threshold=self.threshold, threshold_raw=self.threshold_raw,
+                model_version=self.model_version, bundle_hash=str(getattr(self.detector, "bundle_hash", "unknown")),
                 mask_uri=mask_uri, heatmap_uri=heat_uri,
-                defect_regions=regions_from_mask(out.pred_mask, f.width, f.height) if out.pred_label else [],
+                defect_regions=mask_to_boxes(out.pred_mask, f.width, f.height, self.settings.min_box_area_fraction)
+                if out.pred_label else [],
                 timings_ms={k: round(v, 3) for k, v in timings.items()}, batch_id=batch_id,
                 batch_size=len(inferred), queue_wait_ms=round(max(0.0, started - p.enqueued_at) * 1000.0, 3)))
         # 4. write Redis (one MULTI/EXEC per batch)
@@ -393,7 +435,8 @@ class WorkerLoop:
             drained += len(batch.items)
             self.run_batch(batch)
         self._finish([])
-        self.log.info("drained", frames=drained, left_uncommitted=len(self.batcher))
+        self._log_stale(force=True)
+        self.log.info("drained", frames=drained, left_uncommitted=len(self.batcher), stale_total=self.frames_stale)
 
     def close(self) -> None:
         """Leave the group (an immediate rebalance, not a session timeout) and release the pools."""

@@ -13,8 +13,8 @@ from typing import Any
 from kafka import KafkaProducer
 
 from services._object_store import ObjectStore
-from services.contracts.results import InspectionResult
-from services.contracts.topics import HEADER_SCHEMA, record_key
+from services.contracts.results import DroppedFrame, InspectionResult
+from services.contracts.topics import HEADER_SCHEMA, RESULTS_SCHEMA_VERSION, record_key
 from services.worker.inference import FrameOutput, encode_heatmap_png, encode_mask_png
 
 
@@ -54,16 +54,18 @@ class MaskSink:
 
 
 class ResultsProducer:
-    """Produces ``InspectionResult`` records (key camera id) and reports delivery failures on ``flush``."""
+    """Produces ``results`` records (key camera id), inspected or dropped; ``flush`` reports delivery failures."""
 
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
         self._futures: list[Any] = []
 
-    def add(self, result: InspectionResult) -> None:
-        self._futures.append(self.producer.send(self.topic, key=record_key(result.camera_id),
-                                                value=result.to_bytes(), headers=[(HEADER_SCHEMA, b"results/1")]))
+    HEADERS = [(HEADER_SCHEMA, f"results/{RESULTS_SCHEMA_VERSION}".encode())]
+
+    def add(self, record: InspectionResult | DroppedFrame) -> None:
+        self._futures.append(self.producer.send(self.topic, key=record_key(record.camera_id), value=record.to_bytes(),
+                                                headers=self.HEADERS))
 
     def flush(self, timeout_s: float | None = 30.0) -> None:
         """Block until every added record is acknowledged (``acks=all``).

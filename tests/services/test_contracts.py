@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from services.contracts import DefectAlert, Frame, FrameDecodeError, InspectionResult, Topics
+from services.contracts import (
+    DefectAlert,
+    DroppedFrame,
+    Frame,
+    FrameDecodeError,
+    InspectionResult,
+    Topics,
+    parse_results_record,
+)
 from services.contracts.defects import alert_id_for
 from services.contracts.results import BoundingBox
 
@@ -60,7 +69,8 @@ def test_result_and_alert_round_trip():
     result = InspectionResult(
         frame_id="f1", camera_id="cam1", line_id="line-1", sequence=3, captured_at=NOW,
         processed_at=NOW + timedelta(milliseconds=250), pred_score=0.7, pred_score_raw=1.3, pred_label=True,
-        noise_step=40, threshold=1.0, model_version="m1", bundle_hash="abc", mask_uri="file:///m.png",
+        noise_step=40, threshold=0.5, threshold_raw=1.0, model_version="m1", bundle_hash="abc",
+        mask_uri="file:///m.png",
         defect_regions=[BoundingBox(x=1, y=2, width=3, height=4, area_fraction=0.01)],
         timings_ms={"infer": 12.5}, batch_id="b1", batch_size=4, queue_wait_ms=3.0)
     assert InspectionResult.from_bytes(result.to_bytes()) == result
@@ -73,6 +83,43 @@ def test_result_and_alert_round_trip():
     assert alert_id_for("f1") == alert.alert_id != alert_id_for("f2")  # deterministic: replays overwrite
     with pytest.raises(ValidationError):
         InspectionResult.model_validate({**result.model_dump(), "unknown": 1})  # extra fields are refused
+
+
+def _result(**kw) -> InspectionResult:
+    fields = dict(frame_id="f1", camera_id="cam1", line_id="line-1", sequence=3, captured_at=NOW, processed_at=NOW,
+                  pred_score=0.7, pred_score_raw=1.3, pred_label=True, noise_step=40, threshold=0.5,
+                  threshold_raw=1.0, model_version="m1", bundle_hash="abc", batch_id="b1", batch_size=4,
+                  queue_wait_ms=3.0)
+    return InspectionResult(**{**fields, **kw})
+
+
+def test_results_topic_tells_inspected_from_dropped():
+    inspected = _result()
+    dropped = DroppedFrame(frame_id="f2", camera_id="cam1", line_id="line-1", sequence=4, captured_at=NOW,
+                           dropped_at=NOW + timedelta(seconds=12), reason="stale", age_ms=12000.0,
+                           max_frame_age_ms=4550.0, model_version="m1")
+    assert parse_results_record(inspected.to_bytes()) == inspected
+    assert parse_results_record(dropped.to_bytes()) == dropped
+    assert (inspected.kind, dropped.kind, inspected.schema_version, dropped.schema_version) == (
+        "inspected", "dropped", 2, 2)
+    # a dropped frame has no verdict at all: it can never be read as "inspected and passed"
+    assert not {"pred_score", "pred_label", "threshold"} & set(dropped.model_dump())
+    with pytest.raises(ValidationError):
+        parse_results_record(b'{"kind": "skipped"}')
+
+
+def test_schema_1_results_are_read_with_todays_field_meanings():
+    # Schema 1 put the raw threshold under `threshold`; a rolling upgrade may still deliver such records.
+    v1 = {**_result().model_dump(mode="json", exclude={"kind", "threshold_raw"}), "schema_version": 1,
+          "threshold": 0.674}
+    got = parse_results_record(json.dumps(v1))
+    assert (got.schema_version, got.threshold, got.threshold_raw) == (2, 0.5, 0.674)
+
+
+def test_threshold_means_the_normalised_threshold_in_results_and_alerts():
+    for model in (InspectionResult, DefectAlert):
+        assert "ormalised" in model.model_fields["threshold"].description
+    assert "raw" in InspectionResult.model_fields["threshold_raw"].description
 
 
 def test_topics_prefix():

@@ -25,8 +25,8 @@ def _result(i: int, camera: str = "cam1", score: float = 0.2) -> InspectionResul
     return InspectionResult(frame_id=f"{camera}-{i}", camera_id=camera, line_id="l1", sequence=i,
                             captured_at=T0 + timedelta(seconds=i),
                             processed_at=T0 + timedelta(seconds=i, milliseconds=300),
-                            pred_score=score, pred_score_raw=score * 2, pred_label=score >= 0.5, noise_step=30,
-                            threshold=1.0, model_version="m1", bundle_hash="h", mask_uri=f"file:///m/{i}.png",
+                            pred_score=score, pred_score_raw=score * 2, pred_label=score > 0.5, noise_step=30,
+                            threshold=0.5, threshold_raw=1.0, model_version="m1", bundle_hash="h", mask_uri=f"file:///m/{i}.png",
                             defect_regions=[BoundingBox(x=0, y=0, width=2, height=2, area_fraction=0.1)],
                             batch_id="b", batch_size=2, queue_wait_ms=1.0)
 
@@ -38,6 +38,8 @@ def test_inspection_store_write_and_replay(client):
     store.write(batch)
     got = store.get("cam1", "cam1-3")
     assert got["pred_score"] == "0.2" and got["mask_uri"] == "file:///m/3.png" and float(got["latency_ms"]) == 300.0
+    # the same names and meanings as the results topic: the normalised threshold, the raw one under its own name
+    assert (got["threshold"], got["threshold_raw"], got["schema_version"]) == ("0.5", "1.0", "2")
     assert 0 < client.ttl(store.result_key("cam1", "cam1-3")) <= 60
     assert 0 < client.ttl(store.stream_key("cam1")) <= 60
     # the worker replays a batch after a crash: same hashes, no duplicate stream entries, latest does not regress

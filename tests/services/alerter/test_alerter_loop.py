@@ -22,8 +22,8 @@ T0 = datetime.now(UTC)
 def _result(i: int, score: float) -> InspectionResult:
     at = T0 + timedelta(milliseconds=100 * i)
     return InspectionResult(frame_id=f"cam1-{i}", camera_id="cam1", line_id="l1", sequence=i, captured_at=at,
-                            processed_at=at, pred_score=score, pred_score_raw=score, pred_label=score >= 0.5,
-                            noise_step=20, threshold=0.5, model_version="m", bundle_hash="h", batch_id="b",
+                            processed_at=at, pred_score=score, pred_score_raw=score, pred_label=score > 0.5,
+                            noise_step=20, threshold=0.5, threshold_raw=0.5, model_version="m", bundle_hash="h", batch_id="b",
                             batch_size=1, queue_wait_ms=0.0, mask_uri="file:///m.png",
                             defect_regions=[BoundingBox(x=1, y=1, width=4, height=4, area_fraction=0.01)])
 
@@ -69,6 +69,7 @@ def test_alerts_recorded_and_produced_then_override_changes_decisions(kafka_boot
     _publish(env, [_result(3, 0.35), _result(4, 0.25)])
     _run_until(loop, 2)
     loop.consumer.close()
+    loop.producer.close()
     assert loop.alerts_raised == 2
 
     reader = TopicReader(env, env.topics.defects)

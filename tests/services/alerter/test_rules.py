@@ -17,7 +17,8 @@ def res(i: int, score: float, camera: str = "cam1", product: str | None = None, 
     at = T0 + timedelta(seconds=i if t is None else t)
     return InspectionResult(frame_id=frame_id or f"{camera}-{i}", camera_id=camera, line_id="l1", product_id=product,
                             sequence=i, captured_at=at, processed_at=at, pred_score=score, pred_score_raw=score * 2,
-                            pred_label=score >= 0.5, noise_step=20, threshold=1.0, model_version="m",
+                            pred_label=score > 0.5, noise_step=20, threshold=0.5, threshold_raw=1.0,
+                            model_version="m",
                             bundle_hash="h", batch_id="b", batch_size=1, queue_wait_ms=0.0)
 
 

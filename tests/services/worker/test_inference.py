@@ -9,11 +9,12 @@ import pytest
 from services._object_store import LocalObjectStore
 from services.worker.inference import (
     InvalidFrameError,
+    decision_thresholds,
     decode_frame,
     encode_heatmap_png,
     encode_mask_png,
+    mask_to_boxes,
     raw_threshold,
-    regions_from_mask,
 )
 from tests.services._helpers import make_frame
 
@@ -56,6 +57,19 @@ def test_raw_threshold_shapes():
     assert np.isnan(raw_threshold(object()))
 
 
+def test_decision_thresholds_normalised_and_raw():
+    class Calibrated:  # the shape of DDADPipeline.threshold
+        threshold = {"image_threshold": 0.674, "image_min": 0.2, "image_max": 1.0, "sensitivity": 0.5,
+                     "normalized_threshold": 0.5}
+
+    class Sensitive:
+        threshold = {**Calibrated.threshold, "sensitivity": 0.75, "normalized_threshold": 0.25}
+
+    assert decision_thresholds(Calibrated()) == (0.5, 0.674)  # the calibrated threshold normalises to 0.5
+    thr, raw = decision_thresholds(Sensitive())
+    assert thr == 0.25 and raw == pytest.approx(0.674 - 0.25 * 0.8)  # same decision point on both scales
+
+
 def test_pngs_and_boxes():
     mask = np.zeros((16, 16), bool)
     mask[2:5, 3:9] = True
@@ -64,6 +78,21 @@ def test_pngs_and_boxes():
     assert set(np.unique(png)) == {0, 255} and (png > 0).sum() == mask.sum()
     heat = cv2.imdecode(np.frombuffer(encode_heatmap_png(mask.astype(np.float32), 0.5), np.uint8), cv2.IMREAD_COLOR)
     assert heat.shape == (16, 16, 3)
-    boxes = regions_from_mask(mask, width=160, height=80)  # frame is 160x80, mask 16x16: x*10, y*5
+    boxes = mask_to_boxes(mask, width=160, height=80)  # frame is 160x80, mask 16x16: x*10, y*5
     assert [(b.x, b.y, b.width, b.height) for b in boxes] == [(30, 10, 60, 15), (120, 60, 20, 10)]
-    assert regions_from_mask(np.zeros((4, 4), bool), 4, 4) == []
+    assert mask_to_boxes(np.zeros((4, 4), bool), 4, 4) == []
+
+
+def test_boxes_need_a_minimum_area():
+    mask = np.zeros((64, 64), bool)
+    mask[10:12, 5:45] = True  # a thin scratch: 80 pixels
+    mask[50, 50] = mask[60, 3] = mask[30, 60] = True  # specks of a noisy map: one pixel each
+    boxes = mask_to_boxes(mask, 64, 64, min_area_fraction=0.001)  # 0.1 % of 4096 = 4 pixels
+    assert [(b.x, b.y, b.width, b.height) for b in boxes] == [(5, 10, 40, 2)]  # the scratch's own extent
+    assert boxes[0].area_fraction == round(80 / 4096, 6)
+    assert len(mask_to_boxes(mask, 64, 64, min_area_fraction=0.0)) == 4  # 0: every region, specks included
+    assert mask_to_boxes(mask, 64, 64, min_area_fraction=0.05) == []  # 5 % = 205 pixels: nothing that large
+    # specks never merge into one big box spanning the frame: each region is boxed on its own
+    many = np.zeros((64, 64), bool)
+    many[::8, ::8] = True
+    assert len(mask_to_boxes(many, 64, 64, min_area_fraction=0.0, max_regions=16)) == 16

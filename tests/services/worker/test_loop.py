@@ -15,9 +15,11 @@ import structlog
 import torch
 from kafka import TopicPartition
 
+from prometheus_client import REGISTRY
+
 from ddad_core.outputs import InspectionOutput
 from services._object_store import LocalObjectStore
-from services.contracts.results import InspectionResult
+from services.contracts.results import DroppedFrame, InspectionResult, parse_results_record
 from services.worker.config import WorkerSettings
 from services.worker.loop import WorkerLoop
 from tests.services._helpers import make_frame, record
@@ -193,16 +195,58 @@ def test_poison_frame_is_isolated(tmp_path):
     assert consumer.committed == {0: 4}
 
 
-def test_stale_frames_are_committed_not_inferred(tmp_path):
+def test_stale_frames_are_announced_logged_counted_and_committed_not_inferred(tmp_path):
     events = Events()
-    old = make_frame(0, captured_at=datetime.now(UTC) - timedelta(seconds=30))
-    fresh = make_frame(1)
-    consumer = FakeConsumer(events, [[record(old.to_bytes(), 0), record(fresh.to_bytes(), 1)]])
+    old = [make_frame(i, captured_at=datetime.now(UTC) - timedelta(seconds=30)) for i in range(3)]
+    fresh = make_frame(9)
+    consumer = FakeConsumer(events, [[record(f.to_bytes(), i) for i, f in enumerate([*old, fresh])]])
     store = FakeStore(events)
-    loop = _loop(tmp_path, consumer, FakeProducer(events), store, max_frame_age_ms=5000)
-    loop.step()
-    assert list(store.results) == [fresh.frame_id]
-    assert consumer.committed == {0: 2}
+    producer = FakeProducer(events)
+    loop = _loop(tmp_path, consumer, producer, store, max_frame_age_ms=5000)
+    before = REGISTRY.get_sample_value("inspection_frames_dropped_total", {"service": "worker", "reason": "stale"})
+    with structlog.testing.capture_logs() as logs:
+        loop.step()
+    assert list(store.results) == [fresh.frame_id]  # only the fresh frame was inspected ...
+    assert consumer.committed == {0: 4}  # ... and the stale ones are finished all the same
+    records = [parse_results_record(value) for topic, _, value, _ in producer.sent if topic == "results"]
+    dropped = [r for r in records if isinstance(r, DroppedFrame)]
+    assert sorted(r.frame_id for r in dropped) == sorted(f.frame_id for f in old)
+    assert all(r.reason == "stale" and r.age_ms > 29000 and r.max_frame_age_ms == 5000 for r in dropped)
+    _assert_commit_after_flush(events)  # the dropped records are flushed before the commit, like results
+    warnings = [e for e in logs if e["event"] == "frames_dropped_stale"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
+    assert warnings[0]["frames"] == 3 and warnings[0]["per_camera"] == {"cam1": 3}
+    after = REGISTRY.get_sample_value("inspection_frames_dropped_total", {"service": "worker", "reason": "stale"})
+    assert after - (before or 0.0) == 3
+
+
+def test_stale_warnings_come_once_per_interval_with_counts(tmp_path):
+    events = Events()
+    now = [1000.0]
+    frames = [make_frame(i, captured_at=datetime.fromtimestamp(900.0, UTC)) for i in range(4)]
+    consumer = FakeConsumer(events, [[record(frames[0].to_bytes(), 0)], [record(frames[1].to_bytes(), 1)],
+                                     [record(frames[2].to_bytes(), 2)], [record(frames[3].to_bytes(), 3)]])
+    cfg = WorkerSettings(_env_file=None, max_batch_size=1, max_queue_delay_ms=0, http_port=-1,
+                         max_frame_age_ms=1000, stale_log_interval_s=10)
+    loop = WorkerLoop(cfg, consumer, FakeProducer(events), FakeDetector(), LocalObjectStore(tmp_path),
+                      FakeStore(events), structlog.get_logger(), clock=lambda: now[0], wall_clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        for t in (1000.0, 1001.0, 1002.0, 1011.0):  # three drops inside one interval, one after it
+            now[0] = t
+            loop.step()
+    counts = [e["frames"] for e in logs if e["event"] == "frames_dropped_stale"]
+    assert counts == [1, 3]  # the first at once, then one line with the three that came within the next interval
+    assert loop.frames_stale == 4
+
+
+def test_frame_age_limit_auto_follows_the_measured_batch_time():
+    cfg = WorkerSettings(_env_file=None, max_queue_delay_ms=50, http_port=-1)
+    assert cfg.max_frame_age_ms == "auto"
+    assert cfg.frame_age_limit_ms(0.45) == 4550.0  # delay + 10 batches
+    assert cfg.frame_age_limit_ms(20.0) == 200050.0  # a slow (contended) machine gets a lenient limit
+    assert cfg.frame_age_limit_ms(0.01) == 1000.0  # never below a second
+    assert cfg.frame_age_limit_ms(None) == 0.0  # nothing measured (no warm-up): off
+    assert WorkerSettings(_env_file=None, max_frame_age_ms=0, http_port=-1).frame_age_limit_ms(0.45) == 0.0
 
 
 def test_revoke_abandons_waiting_frames_uncommitted(tmp_path):
