@@ -108,6 +108,11 @@ def latent_distance_map(latents: torch.Tensor, recon_latents: torch.Tensor, size
     return upsample_map(diff, size)
 
 
+def local_mean(features: torch.Tensor, size: int) -> torch.Tensor:
+    """``size x size`` neighbourhood average at every position (borders average only the pixels inside)."""
+    return F.avg_pool2d(features, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
 def feature_distance_map(
     features: Sequence[torch.Tensor], recon_features: Sequence[torch.Tensor], size: int, pool: int = 1
 ) -> torch.Tensor:
@@ -131,7 +136,9 @@ def feature_distance_map(
     for feat, recon in zip(features, recon_features, strict=True):
         feat, recon = feat.float(), recon.float()
         if pool > 1:
-            feat, recon = (F.avg_pool2d(f, pool, stride=1, padding=pool // 2, count_include_pad=False) for f in (feat, recon))
+            feat, recon = (
+                F.avg_pool2d(f, pool, stride=1, padding=pool // 2, count_include_pad=False) for f in (feat, recon)
+            )
         distance = 1.0 - F.cosine_similarity(feat, recon, dim=1)
         up = upsample_map(distance, size)
         total = up if total is None else total + up

@@ -23,13 +23,21 @@ import json
 import sys
 from pathlib import Path
 
+from ddad_core.recipes import DEFAULT_RECIPE, RECIPES
+
 parser = argparse.ArgumentParser(prog="ddad", description="D3AD anomaly detector: fit, evaluate, predict.")
 subparsers = parser.add_subparsers(dest="command", required=True)
 
 fit_parser = subparsers.add_parser("fit", help="fit a bundle on DATA_DIR/train/good (MVTec layout)")
 fit_parser.add_argument("data_dir", type=Path, help="category folder in MVTec layout")
 fit_parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-fit_parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="UNet size and epochs")
+fit_parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="UNet size and learning rate")
+fit_parser.add_argument(
+    "--recipe",
+    choices=sorted(RECIPES),
+    default=DEFAULT_RECIPE,
+    help=f"method settings (default {DEFAULT_RECIPE}; 'paper' = the reference defaults; ddad_core/recipes.py)",
+)
 fit_parser.add_argument(
     "--autoencoder", help="sd:<hub-id-or-dir>, tae:<dir-or-prefix> or conv (default: SD VAE if cached, else conv)"
 )
@@ -83,6 +91,7 @@ def _fit(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         image_size=args.image_size,
         train_overrides=train_overrides,
+        recipe=args.recipe,
     )
     fit(
         args.data_dir,
@@ -98,6 +107,7 @@ def _fit(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         metadata={"preset": args.preset},
+        recipe=args.recipe,
     )
     return 0
 
@@ -182,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddad_core.bundle import BundleError
     from ddad_core.data import DatasetLayoutError, EmptyTrainSetError
     from ddad_core.features import BackboneLoadError, BackboneMismatchError
+    from ddad_core.recipes import SettingError
 
     args = parser.parse_args(argv)
     handlers = {"fit": _fit, "eval": _eval, "predict": _predict}
@@ -193,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         BundleError,
         BackboneMismatchError,
         BackboneLoadError,
+        SettingError,
         FileNotFoundError,
     ) as exc:
         print(f"ddad {args.command}: error: {exc}", file=sys.stderr)

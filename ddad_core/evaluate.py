@@ -26,11 +26,12 @@ import cv2
 import numpy as np
 import torch
 
-from ddad_core.anomaly_map import MapNormalization, blend_maps
+from ddad_core.anomaly_map import MapNormalization
 from ddad_core.data import MVTecFolder, load_mask, resize_mask
 from ddad_core.metrics import aupro, aupro_variant_c, auroc, average_precision, f1_max, pixel_auroc, roc_curve
-from ddad_core.pipeline import DDADPipeline
+from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import load_image, preprocess
+from ddad_core.recipes import SettingError, recipe_label
 from ddad_core.scoring import normalize_map
 
 
@@ -103,7 +104,7 @@ def collect(
         keep = sorted(set(np.linspace(0, len(items) - 1, max_images).round().astype(int).tolist()))
         items = [items[i] for i in keep]
     size = pipe.image_size
-    kept, latent, feature, steps, thumbs, masks, has_mask, skipped = [], [], [], [], [], [], [], []
+    kept, parts, thumbs, masks, has_mask, skipped = [], [], [], [], [], []
     model_seconds = 0.0
     start_total = time.perf_counter()
     for start in range(0, len(items), batch_size):
@@ -134,32 +135,25 @@ def collect(
         if pipe.device.type == "cuda":
             torch.cuda.synchronize()
         model_seconds += time.perf_counter() - t0
-        latent.append(comps.latent_map.float().cpu())
-        feature.append(comps.feature_map.float().cpu())
-        steps.append(comps.noise_step.cpu())
+        parts.append(comps)
         thumbs.append(((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
         kept.extend(batch_items)
         if log is not None:
             log(f"  evaluated {len(kept)}/{len(items)} images")
     if not kept:
         raise ValueError(f"no test image of {folder.root} could be decoded")
-    latent_maps, feature_maps = torch.cat(latent), torch.cat(feature)
+    comps = MapComponents.concat(parts)
     t0 = time.perf_counter()
     if normalization == "paper":
-        norm = MapNormalization.from_maps(latent_maps, feature_maps)
+        norm = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
         threshold = None
     elif normalization == "fixed":
         norm = pipe.calibration.normalization
         threshold = pipe.calibration.image_threshold
     else:
         raise ValueError(f"normalization must be 'fixed' or 'paper', got {normalization!r}")
-    cfg = pipe.config
-    maps = torch.cat(
-        [
-            blend_maps(latent_maps[i : i + 64], feature_maps[i : i + 64], norm, cfg.latent_weight, cfg.blur_sigma)
-            for i in range(0, len(latent_maps), 64)
-        ]
-    )
+    n = len(comps.latent_map)
+    maps = torch.cat([pipe.blend(comps.select(range(i, min(i + 64, n))), norm) for i in range(0, n, 64)])
     model_seconds += time.perf_counter() - t0
     data = EvaluationData(
         paths=[it.path for it in kept],
@@ -168,7 +162,7 @@ def collect(
         maps=maps.numpy().astype(np.float32),
         masks=np.stack(masks),
         has_mask=np.array(has_mask, dtype=bool),
-        noise_steps=torch.cat(steps).numpy(),
+        noise_steps=comps.noise_step.numpy(),
         thumbnails=np.concatenate(thumbs),
         threshold=threshold,
         skipped=skipped,
@@ -239,6 +233,11 @@ def evaluate(
     pipe = DDADPipeline.from_bundle(bundle_dir, device=device, backbone=backbone)
     folder = MVTecFolder(data_dir, require_test=True)
     normalization = normalization or pipe.config.normalization
+    if normalization == "paper" and pipe.config.component_norm == "position":
+        raise SettingError(
+            "--normalization paper (test-set min-max) applies to recipes that min-max normalise the map; this "
+            "bundle's recipe normalises each position against held-out good images"
+        )
     data, timing = collect(
         pipe, folder, batch_size=batch_size, normalization=normalization, max_images=max_images, log=log
     )
@@ -253,6 +252,8 @@ def evaluate(
         seconds_per_image=timing["seconds_model"] / n,
         seconds_per_image_with_io=timing["seconds_total"] / n,
         normalization=normalization,
+        recipe=recipe_label(pipe.bundle_config.recipe if pipe.bundle_config else None),
+        settings=pipe.config.model_dump(),
         resolution=pipe.image_size,
         bundle=str(bundle_dir),
         model_version=pipe.model_version,
@@ -271,7 +272,8 @@ def evaluate(
             f"{Path(data_dir).name}: image AUROC {results['image_auroc']:.4f}, "
             f"pixel AUROC {results['pixel_auroc']:.4f}, "
             f"AUPRO {results['aupro']:.4f} (paper-style {results['aupro_paper']:.4f}), F1-max {results['f1_max']:.4f}, "
-            f"{n} images, {results['seconds_per_image']:.3f} s/image ({normalization} normalisation)"
+            f"{n} images, {results['seconds_per_image']:.3f} s/image (recipe {results['recipe']}, "
+            f"{normalization} normalisation)"
         )
     return results
 

@@ -64,10 +64,10 @@ from ddad_core.features import (
 )
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block
 from ddad_core.patch_knn import PatchKNN, patch_features
-from ddad_core.pipeline import DDADPipeline, MapComponents
+from ddad_core.pipeline import DDADPipeline
 from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
-from ddad_core.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from ddad_core.recipes import Recipe, get_recipe
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.train import encode_dataset, train_unet
@@ -206,31 +206,11 @@ def _preprocess_all(images: Sequence[np.ndarray] | torch.Tensor, size: int, chun
     return torch.cat([preprocess(list(images[i : i + chunk]), image_size=size) for i in range(0, len(images), chunk)])
 
 
-def _run_components(pipe: DDADPipeline, images: torch.Tensor, batch_size: int, **kwargs: Any) -> MapComponents:
-    """Raw map components of many images, batch by batch, gathered on the CPU."""
-    parts = [pipe.components(images[s : s + batch_size], **kwargs) for s in range(0, len(images), batch_size)]
-    knn = [p.knn_map for p in parts]
-    return MapComponents(
-        latent_map=torch.cat([p.latent_map.cpu() for p in parts]),
-        feature_map=torch.cat([p.feature_map.cpu() for p in parts]),
-        noise_step=torch.cat([p.noise_step.cpu() for p in parts]),
-        knn_map=torch.cat([k.cpu() for k in knn]) if knn and knn[0] is not None else None,
-    )
-
-
-def _select(comps: MapComponents, index: np.ndarray) -> MapComponents:
-    idx = torch.as_tensor(index, dtype=torch.long)
-    return MapComponents(
-        latent_map=comps.latent_map[idx],
-        feature_map=comps.feature_map[idx],
-        noise_step=comps.noise_step[idx],
-        knn_map=comps.knn_map[idx] if comps.knn_map is not None else None,
-    )
-
-
 @torch.inference_mode()
 def _patch_features(features: FeatureExtractor, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    out = [patch_features(features(images[s : s + batch_size].to(device))).cpu() for s in range(0, len(images), batch_size)]
+    out = [
+        patch_features(features(images[s : s + batch_size].to(device))).cpu() for s in range(0, len(images), batch_size)
+    ]
     return torch.cat(out)
 
 
@@ -446,17 +426,17 @@ def fit_images(
     pipe = DDADPipeline(
         cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed, patch_knn=patch_knn
     )
-    comps = _run_components(pipe, holdout_images, batch_size)
+    comps = pipe.components_batched(holdout_images, batch_size)
     normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
     stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
     if cfg.component_norm == "position":
         pipe.position_norm = PositionNorm.fit({k: v[stats_idx] for k, v in comps.maps().items()})
-    good_maps = pipe.blend(_select(comps, threshold_idx), normalization)
+    good_maps = pipe.blend(comps.select(threshold_idx), normalization)
     calibration = fit_calibration(good_maps, normalization, target_fpr=target_fpr)
     _say(
         log,
         f"[6/7] calibrated on {len(threshold_idx)} good images"
-        + (f" (position statistics from {len(stats_idx)} others)" if cfg.component_norm == "position" else "")
+        + (f" (position statistics from {len(stats_idx)} others)" if len(stats_idx) < len(comps.latent_map) else "")
         + f": threshold {calibration.image_threshold:.4f} ({calibration.method})",
     )
     timings["calibration"] = time.perf_counter() - t0
@@ -501,7 +481,8 @@ def fit_images(
     final = read_bundle_config(out_dir)
     _say(
         log,
-        f"[7/7] recipe {recipe_info['name']} v{recipe_info['version']}: fitted {len(train_images)} images (+{len(hold_idx)} held out) in {timings['total']:.0f} s: "
+        f"[7/7] recipe {recipe_info['name']} v{recipe_info['version']}: "
+        f"fitted {len(train_images)} images (+{len(hold_idx)} held out) in {timings['total']:.0f} s: "
         f"autoencoder {ae.kind}, backbone {features.name}, UNet {tcfg.preset} x {tcfg.epochs} epochs "
         f"(loss {losses[-1]:.4f}), threshold {calibration.image_threshold:.4f} -> {out_dir} ({final.model_version})",
     )

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddad_core.anomaly_map import local_mean
 from ddad_core.features import MAP_BLOCKS
 
 __all__ = ["PatchKNN", "greedy_coreset", "patch_features"]
@@ -43,7 +44,7 @@ def patch_features(blocks: list[torch.Tensor]) -> torch.Tensor:
         >>> patch_features(b).shape
         torch.Size([1, 5, 8, 8])
     """
-    b2, b3 = (F.avg_pool2d(blocks[j].float(), 3, stride=1, padding=1, count_include_pad=False) for j in MAP_BLOCKS)
+    b2, b3 = (local_mean(blocks[j].float(), 3) for j in MAP_BLOCKS)
     b3 = F.interpolate(b3, size=b2.shape[-2:], mode="bilinear", align_corners=False)
     return torch.cat([b2, b3], dim=1)
 

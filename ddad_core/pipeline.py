@@ -13,6 +13,7 @@ redelivery on the stream harmless.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,11 @@ from torch import nn
 
 from ddad_core.anomaly_map import (
     MapNormalization,
-    upsample_map,
     combine_maps,
     component_weights,
     feature_distance_map,
     latent_distance_map,
+    upsample_map,
 )
 from ddad_core.autoencoders import LatentAutoencoder, autoencoder_from_state
 from ddad_core.bundle import BundleConfig, BundleError, bundle_hash, load_bundle
@@ -63,6 +64,27 @@ class MapComponents:
     timings_ms: dict[str, float] = field(default_factory=dict)
     recon_images: torch.Tensor | None = None
     knn_map: torch.Tensor | None = None
+
+    @classmethod
+    def concat(cls, parts: list[MapComponents]) -> MapComponents:
+        """The components of several batches in one, on the CPU (maps and noise steps only)."""
+        knn = [p.knn_map for p in parts]
+        return cls(
+            latent_map=torch.cat([p.latent_map.float().cpu() for p in parts]),
+            feature_map=torch.cat([p.feature_map.float().cpu() for p in parts]),
+            noise_step=torch.cat([p.noise_step.cpu() for p in parts]),
+            knn_map=torch.cat([k.float().cpu() for k in knn]) if knn and knn[0] is not None else None,
+        )
+
+    def select(self, index) -> MapComponents:
+        """The components of the images at ``index`` (maps and noise steps only)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return MapComponents(
+            latent_map=self.latent_map[idx],
+            feature_map=self.feature_map[idx],
+            noise_step=self.noise_step[idx],
+            knn_map=self.knn_map[idx] if self.knn_map is not None else None,
+        )
 
     def maps(self) -> dict[str, torch.Tensor]:
         """Component name -> raw map (the ones that were computed)."""
@@ -217,6 +239,52 @@ class DDADPipeline:
         pipe.bundle_config = config
         return pipe
 
+    #: DDADConfig fields whose change needs refitting (a new bank, bins, backbone or resolution), so
+    #: ``with_settings`` refuses them.
+    REFIT_FIELDS = frozenset(
+        {
+            "image_size",
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+            "knn_k",
+            "num_bins",
+            "knn_mode",
+            "dic_pool_size",
+            "da_epochs",
+            "da_batch_size",
+            "da_lr",
+            "knn_bank_size",
+        }
+    )
+
+    def with_settings(self, seed: int | None = None, **overrides) -> DDADPipeline:
+        """A pipeline that shares this one's networks and fitted state, with sampler or map settings changed.
+
+        What ablations and per-product selection use: no refitting, no copy of any weights. The scheduler and the
+        noise-level mapping are rebuilt for the new settings; the calibration is kept as it is (re-calibrate
+        if the map changes and decisions matter).
+
+        Args:
+            seed: Seed of the random draws (``omega > 0``, ``eta > 0``, posterior samples); default unchanged.
+            **overrides: ``DDADConfig`` fields, validated as the config is.
+
+        Raises:
+            ValueError: A field that needs refitting (``REFIT_FIELDS``), or an invalid value (pydantic's message
+                names the field).
+        """
+        refit = sorted(set(overrides) & self.REFIT_FIELDS)
+        if refit:
+            raise ValueError(f"{refit} cannot change without refitting; settings that can: sampler and map fields")
+        config = DDADConfig(**{**self.config.model_dump(), **overrides})
+        new = copy.copy(self)
+        new.config = config
+        new.scheduler = DDADScheduler.from_config(config, device=self.device)
+        new.noise_level = NoiseLevelEstimator.from_tensors(config, self.noise_level.tensors()).to(self.device)
+        if seed is not None:
+            new.seed = seed
+        return new
+
     # ------------------------------------------------------------------------------------------------------------
     # properties
 
@@ -340,6 +408,11 @@ class DDADPipeline:
             recon_images=recon if keep_recon else None,
             knn_map=knn_map,
         )
+
+    def components_batched(self, images: torch.Tensor, batch_size: int = 16, knn: bool | None = None) -> MapComponents:
+        """``components`` over many preprocessed images, batch by batch, gathered on the CPU."""
+        parts = [self.components(images[s : s + batch_size], knn=knn) for s in range(0, len(images), batch_size)]
+        return MapComponents.concat(parts)
 
     def blend(self, components: MapComponents, normalization: MapNormalization | None = None) -> torch.Tensor:
         """Step 7b: normalise each component (per-position z-scores, or min-max with fixed statistics unless

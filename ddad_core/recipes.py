@@ -19,7 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_RECIPE", "RECIPES", "Recipe", "get_recipe", "recipe_label"]
+__all__ = ["DEFAULT_RECIPE", "RECIPES", "Recipe", "SettingError", "get_recipe", "recipe_label"]
+
+
+class SettingError(ValueError):
+    """A recipe, sweep or evaluation setting that does not exist or does not apply (a user error: one line)."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +84,10 @@ def get_recipe(name: str) -> Recipe:
     """The recipe called ``name``.
 
     Raises:
-        KeyError: unknown name (the message lists the valid ones).
+        SettingError: unknown name (the message lists the valid ones).
     """
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+        raise SettingError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     return RECIPES[name]
 
 

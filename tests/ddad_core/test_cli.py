@@ -63,12 +63,39 @@ def test_eval_lists_undecodable_images(fitted, tmp_path, capsys):
     assert results["n_images"] == 6 and results["skipped_images"][0].endswith("zz_corrupt.png")
 
 
-def test_eval_paper_normalization(fitted):
-    root, data, bundle = fitted
+def test_eval_paper_normalization(fitted, tmp_path, capsys):
+    root, data, production = fitted
+    bundle = tmp_path / "paper_bundle"
+    argv = [
+        "fit", str(data), "--out", str(bundle), "--recipe", "paper", "--epochs", "1", "--image-size", "64",
+        "--autoencoder", "conv", "--ae-epochs", "1", "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
     argv = ["eval", str(bundle), str(data), "--json", str(root / "p.json"), "--normalization", "paper"]
     assert main(argv) == 0
     results = json.loads((root / "p.json").read_text())
     assert results["normalization"] == "paper" and "at_threshold" not in results
+    assert results["recipe"] == "paper v1" and results["settings"]["component_norm"] == "minmax"
+    # Test-set min-max does not apply to a recipe that normalises per position: one line, exit 2.
+    capsys.readouterr()
+    argv = ["eval", str(production), str(data), "--json", str(root / "q.json"), "--normalization", "paper"]
+    assert main(argv) == 2
+    assert "normalises each position" in capsys.readouterr().err
+
+
+def test_fit_unknown_recipe_fails_before_fitting(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", "d", "--out", str(tmp_path / "b"), "--recipe", "fastest"])
+    err = capsys.readouterr().err
+    assert "paper" in err and "production" in err and not (tmp_path / "b").exists()
+
+
+def test_eval_states_the_recipe(fitted):
+    root, data, bundle = fitted
+    assert main(["eval", str(bundle), str(data), "--json", str(root / "recipe.json")]) == 0
+    results = json.loads((root / "recipe.json").read_text())
+    assert results["recipe"] == "production v1"
+    assert results["settings"]["knn_weight"] > 0 and results["settings"]["component_norm"] == "position"
 
 
 def test_predict_writes_overlays_and_masks(fitted, capsys):
