@@ -8,12 +8,13 @@ the same position::
 
     z_c(p) = (A_c(p) - mean_c(p)) / sd_c(p)
 
-1. ``fit``: the maps of held-out good images are average-pooled into cells of ``cell`` x ``cell`` pixels; per cell,
-   the mean and the variance over all its pixels of all images (many samples per cell, so a few dozen images
-   suffice);
+1. ``fit``: the mean is taken per pixel over the held-out good images (a fixed pattern keeps its sharp edges);
+   the spread per cell of ``cell`` x ``cell`` pixels, as the root mean square deviation from the per-pixel mean
+   over all pixels of the cell in all images (a variance needs many samples; a cell has ``cell**2`` per image);
 2. the spread is floored by ``floor`` times the component's global spread, so a cell that happened to be flat on
    the good images cannot blow a tiny difference up;
-3. both are upsampled bilinearly to the map size and stored in the bundle (tensor group ``position_norm``);
+3. the spread is upsampled bilinearly to the map size; both are stored in the bundle (tensor group
+   ``position_norm``);
 4. ``apply``: ``(A - mean) / sd``; a good image's map then has mean about 0 everywhere, borders included.
 """
 
@@ -61,13 +62,12 @@ class PositionNorm(nn.Module):
                 raise ValueError(f"component {name!r}: need (N, S, S) maps of at least one image, got {tuple(m.shape)}")
             size = m.shape[-2:]
             k = max(1, min(cell, size[0], size[1]))
-            x = m.unsqueeze(1)
-            mean = F.avg_pool2d(x, k, ceil_mode=True).mean(dim=0, keepdim=True)
-            sq = F.avg_pool2d(x * x, k, ceil_mode=True).mean(dim=0, keepdim=True)
-            var = (sq - mean * mean).clamp_min(0)
-            global_sd = float(m.std()) if m.numel() > 1 else 0.0
+            mean = m.mean(dim=0)
+            dev2 = (m - mean).pow(2).mean(dim=0)[None, None]
+            var = F.avg_pool2d(dev2, k, ceil_mode=True)
+            global_sd = float(dev2.mean().sqrt())
             sd = (var + (floor * global_sd) ** 2).sqrt().clamp_min(1e-6)
-            means[name] = F.interpolate(mean, size=size, mode="bilinear", align_corners=False)[0, 0]
+            means[name] = mean
             sds[name] = F.interpolate(sd, size=size, mode="bilinear", align_corners=False)[0, 0]
         return cls(means, sds)
 
