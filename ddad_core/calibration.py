@@ -93,8 +93,17 @@ def fit_calibration(
     defect_masks: torch.Tensor | None = None,
     target_fpr: float = 0.01,
     sensitivity: float = 0.5,
+    synthetic_maps: torch.Tensor | None = None,
+    synthetic_masks: torch.Tensor | None = None,
 ) -> Calibration:
     """Choose thresholds and score statistics from calibration maps.
+
+    The pixel threshold (what ``pred_mask`` and the alert boxes come from) equals the image threshold unless
+    defect masks are at hand: labelled defects (``defect_maps`` + ``defect_masks``) or synthetic defects made on
+    held-out good images (``synthetic_maps`` + ``synthetic_masks``, ``ddad_core.synthetic``). Then it is the
+    F1-optimal pixel threshold over the good and defect pixels, so masks fit the defects instead of the blurred
+    halo around them (a flagged image whose peak stays below it still gets a mask: ``scoring.score_maps``).
+    Synthetic defects never move the image threshold (they are not the product's real defects).
 
     Args:
         good_maps: ``(N, S, S)`` blended maps of held-out good images.
@@ -103,6 +112,8 @@ def fit_calibration(
         defect_masks: Optional ``(M, S, S)`` binary masks of those images (F1 pixel threshold).
         target_fpr: False-alarm rate on good parts for good-only calibration.
         sensitivity: Default operating point stored in the calibration.
+        synthetic_maps: Optional ``(K, S, S)`` maps of synthetic defects (pixel threshold only).
+        synthetic_masks: Their ``(K, S, S)`` masks.
 
     Returns:
         Calibration.
@@ -136,6 +147,16 @@ def fit_calibration(
                 info["f1_pixel"], pixel_threshold = f1_max(pixel_scores, pixel_labels)
         n_defect = int(defect_maps.shape[0])
         target_fpr = None
+    if synthetic_maps is not None and len(synthetic_maps) and (defect_maps is None or len(defect_maps) == 0):
+        synthetic_maps = _as_maps(synthetic_maps)
+        masks = torch.as_tensor(synthetic_masks).bool()
+        pixel_scores = torch.cat([good_maps.flatten(), synthetic_maps.flatten()]).numpy()
+        pixel_labels = torch.cat([torch.zeros(good_maps.numel(), dtype=torch.bool), masks.flatten()]).numpy()
+        if pixel_labels.any():
+            f1, best = f1_max(pixel_scores, pixel_labels)
+            pixel_threshold = float(best)
+            info.update(pixel_method="synthetic_f1", f1_pixel_synthetic=float(f1), n_synthetic=int(len(masks)))
+    info.setdefault("pixel_method", "f1" if "f1_pixel" in info else "image_threshold")
     info["good_false_alarm_rate"] = float((good_scores > image_threshold).mean())
     stacked = torch.cat([m.flatten(1) for m in all_maps])
     scores_all = stacked.amax(dim=1)

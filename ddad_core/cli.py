@@ -49,6 +49,11 @@ fit_parser.add_argument(
 fit_parser.add_argument("--epochs", type=int, help="UNet epochs (preset default otherwise)")
 fit_parser.add_argument("--da-epochs", type=int, help="domain-adaptation epochs gamma (default 1)")
 fit_parser.add_argument("--guidance", type=float, help="conditioning weight w (default 4)")
+fit_parser.add_argument(
+    "--select",
+    action="store_true",
+    help="choose sampler and map settings per product on synthetic defects made on held-out good images",
+)
 fit_group = fit_parser.add_argument_group("extras")
 fit_group.add_argument("--image-size", type=int, help="model input side S (default 256)")
 fit_group.add_argument("--max-train-images", type=int, help="use an evenly spaced subset of train/good")
@@ -108,6 +113,7 @@ def _fit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         metadata={"preset": args.preset},
         recipe=args.recipe,
+        select=args.select,
     )
     return 0
 

@@ -32,7 +32,7 @@ from ddad_core.metrics import aupro, aupro_variant_c, auroc, average_precision, 
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import load_image, preprocess
 from ddad_core.recipes import SettingError, recipe_label
-from ddad_core.scoring import normalize_map
+from ddad_core.scoring import normalize_map, score_maps
 
 
 @dataclass
@@ -49,6 +49,7 @@ class EvaluationData:
         noise_steps: ``(N,)`` start timesteps.
         thumbnails: ``(N, S, S, 3)`` uint8 preprocessed inputs (for the report).
         threshold: Raw image threshold on the scale of ``maps`` (None in ``paper`` mode).
+        pred_masks: ``(N, S, S)`` predicted masks at the bundle's operating point (None in ``paper`` mode).
         skipped: ``(path, reason)`` of undecodable images.
     """
 
@@ -62,6 +63,7 @@ class EvaluationData:
     thumbnails: np.ndarray
     threshold: float | None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    pred_masks: np.ndarray | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -166,8 +168,31 @@ def collect(
         thumbnails=np.concatenate(thumbs),
         threshold=threshold,
         skipped=skipped,
+        pred_masks=score_maps(maps, pipe.calibration)[3].numpy() if threshold is not None else None,
     )
     return data, {"seconds_model": model_seconds, "seconds_total": time.perf_counter() - start_total}
+
+
+def mask_iou(pred: np.ndarray, true: np.ndarray) -> float:
+    """Intersection over union of two binary masks (1.0 when both are empty)."""
+    union = np.logical_or(pred, true).sum()
+    return float(np.logical_and(pred, true).sum() / union) if union else 1.0
+
+
+def mask_overlap(data: EvaluationData) -> dict[str, float]:
+    """How well the predicted masks fit the defects, over defective images with a mask: mean IoU of the operating
+    masks (``mask_iou``), of masks cut at the image threshold instead (``mask_iou_at_image_threshold``, what every
+    bundle did before pixel thresholds were calibrated), and the predicted mask's area over the true one's."""
+    sel = np.flatnonzero((data.labels == 1) & data.has_mask & data.masks.reshape(len(data.masks), -1).any(1))
+    if sel.size == 0 or data.threshold is None or data.pred_masks is None:
+        return {}
+    at_image = data.maps > data.threshold
+    return {
+        "mask_iou": float(np.mean([mask_iou(data.pred_masks[i], data.masks[i]) for i in sel])),
+        "mask_iou_at_image_threshold": float(np.mean([mask_iou(at_image[i], data.masks[i]) for i in sel])),
+        "mask_area_ratio": float(np.median([data.pred_masks[i].sum() / data.masks[i].sum() for i in sel])),
+        "mask_area_ratio_at_image_threshold": float(np.median([at_image[i].sum() / data.masks[i].sum() for i in sel])),
+    }
 
 
 def compute_results(data: EvaluationData) -> dict[str, Any]:
@@ -191,6 +216,8 @@ def compute_results(data: EvaluationData) -> dict[str, Any]:
             "precision": float(tp / max(tp + fp, 1)),
             "recall": float(tp / max(bad.sum(), 1)),
         }
+        if data.pred_masks is not None:
+            results["at_threshold"].update(mask_overlap(data))
     steps, counts = np.unique(data.noise_steps, return_counts=True)
     results["noise_step_histogram"] = {str(int(s)): int(c) for s, c in zip(steps, counts, strict=True)}
     results["skipped_images"] = [str(p) for p, _ in data.skipped]
@@ -457,7 +484,7 @@ def write_report(
     # Heatmaps: 0.5 = the pixel threshold in fixed mode; min-max over the set in paper mode.
     if threshold is not None and pipe.calibration is not None:
         heat = normalize_map(torch.from_numpy(data.maps), pipe.calibration).numpy()
-        pred_masks = data.maps > pipe.calibration.pixel_threshold
+        pred_masks = data.pred_masks
     else:
         lo, hi = float(data.maps.min()), float(data.maps.max())
         heat = (data.maps - lo) / max(hi - lo, 1e-12)

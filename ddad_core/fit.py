@@ -70,6 +70,8 @@ from ddad_core.preprocess import preprocess
 from ddad_core.recipes import Recipe, get_recipe
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
+from ddad_core.select import select_settings
+from ddad_core.synthetic import make_synthetic_defects
 from ddad_core.train import encode_dataset, train_unet
 from ddad_core.unet import RECOMMENDED_TRAINING, build_unet
 
@@ -270,6 +272,8 @@ def fit_images(
     progress: bool = True,
     recipe: str | Recipe | None = None,
     image_names: Sequence[str] | None = None,
+    select: bool = False,
+    select_grid: dict[str, Sequence[Any]] | None = None,
 ) -> Path:
     """Fit the detector on good images and write a bundle (steps 1-7 of the module docstring).
 
@@ -294,6 +298,9 @@ def fit_images(
         recipe: The recipe ``config``/``train_config`` were made from (recorded in the bundle); None = the configs
             were built by hand (recorded as ``custom``).
         image_names: Names of the images (recorded for the held-out ones, so tools can find them again).
+        select: Choose sampler and map settings on synthetic defects (``ddad_core.select``); the choice and the
+            table are recorded in ``metadata["selection"]``.
+        select_grid: The grid for ``select`` (default ``ddad_core.select.DEFAULT_GRID``).
 
     Returns:
         The bundle directory.
@@ -426,18 +433,41 @@ def fit_images(
     pipe = DDADPipeline(
         cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed, patch_knn=patch_knn
     )
+    stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
+    # Synthetic defects on the threshold half: they set the pixel threshold (masks that fit the defect) and, with
+    # ``select``, choose the sampler and map settings; never the image threshold.
+    synthetic = make_synthetic_defects(holdout_images[threshold_idx], seed=tcfg.seed)
+    selection = None
+    if select:
+        _say(log, f"[6/7] selecting settings on {len(threshold_idx)} good images and their synthetic defects")
+        selection = select_settings(
+            pipe,
+            holdout_images[stats_idx],
+            holdout_images[threshold_idx],
+            synthetic.images,
+            synthetic.masks,
+            grid=select_grid,
+            batch_size=batch_size,
+            log=log,
+        )
+        pipe = pipe.with_settings(**selection["chosen"])
+        cfg = pipe.config
+        _say(log, f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
     comps = pipe.components_batched(holdout_images, batch_size)
     normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
-    stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
     if cfg.component_norm == "position":
         pipe.position_norm = PositionNorm.fit({k: v[stats_idx] for k, v in comps.maps().items()})
     good_maps = pipe.blend(comps.select(threshold_idx), normalization)
-    calibration = fit_calibration(good_maps, normalization, target_fpr=target_fpr)
+    synthetic_maps = pipe.blend(pipe.components_batched(synthetic.images, batch_size), normalization)
+    calibration = fit_calibration(
+        good_maps, normalization, target_fpr=target_fpr, synthetic_maps=synthetic_maps, synthetic_masks=synthetic.masks
+    )
     _say(
         log,
         f"[6/7] calibrated on {len(threshold_idx)} good images"
         + (f" (position statistics from {len(stats_idx)} others)" if len(stats_idx) < len(comps.latent_map) else "")
-        + f": threshold {calibration.image_threshold:.4f} ({calibration.method})",
+        + f": threshold {calibration.image_threshold:.4f} ({calibration.method}), pixel threshold "
+        f"{calibration.pixel_threshold:.4f} ({calibration.info.get('pixel_method')})",
     )
     timings["calibration"] = time.perf_counter() - t0
 
@@ -461,6 +491,7 @@ def fit_images(
             "da_losses": [float(v) for v in da_losses],
             "autoencoder": ae_info,
             "fit_seconds": {k: round(v, 2) for k, v in timings.items()},
+            "selection": selection,
             "device": str(device),
             **(metadata or {}),
         },

@@ -10,7 +10,9 @@ the lesson of anomalib's review of PR #3596, where two post-processing paths dis
   anomalib; higher sensitivity flags more parts. The raw-space equivalent is
   ``threshold + (0.5 - sensitivity) * (max - min)``, which is what the labels are computed from (no rounding
   trouble near the threshold).
-* ``pred_mask = anomaly_map > pixel threshold`` (sensitivity-adjusted the same way with the pixel statistics).
+* ``pred_mask = anomaly_map > pixel threshold`` (sensitivity-adjusted the same way with the pixel statistics); a
+  flagged image whose map nowhere exceeds the pixel threshold gets ``anomaly_map > image threshold`` instead, and
+  an image that is not flagged has an empty mask: an image is flagged exactly when its mask is non-empty.
 """
 
 from __future__ import annotations
@@ -136,8 +138,13 @@ def score_maps(
     c = calibration
     raw = image_scores(anomaly_maps)
     pred_score = normalize_scores(raw, c.image_threshold, c.image_min, c.image_max)
-    pred_label = raw > decision_threshold(c.image_threshold, c.image_min, c.image_max, sens)
+    image_thr = decision_threshold(c.image_threshold, c.image_min, c.image_max, sens)
+    pred_label = raw > image_thr
     pred_mask = anomaly_maps > decision_threshold(c.pixel_threshold, c.pixel_min, c.pixel_max, sens)
+    weak = pred_label & ~pred_mask.flatten(1).any(dim=1)  # flagged, but below the (higher) pixel threshold
+    if bool(weak.any()):
+        pred_mask[weak] = anomaly_maps[weak] > image_thr
+    pred_mask &= pred_label.view(-1, *([1] * (pred_mask.ndim - 1)))
     return pred_score, raw, pred_label, pred_mask
 
 

@@ -232,3 +232,81 @@ def test_timestep_max_limits_the_sampled_range(monkeypatch):
     seen.clear()
     _train(TrainConfig(preset="tiny", epochs=4, batch_size=8))
     assert int(torch.cat(seen).max()) >= 50
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pixel threshold from synthetic defects, masks, per-product selection
+
+
+def test_synthetic_defects_set_a_pixel_threshold_that_fits_the_defect():
+    from ddad_core.anomaly_map import MapNormalization
+    from ddad_core.calibration import fit_calibration
+    from ddad_core.scoring import score_maps
+
+    gen = torch.Generator().manual_seed(0)
+    good = torch.rand(10, 32, 32, generator=gen) * 0.3
+    masks = torch.zeros(10, 32, 32, dtype=torch.bool)
+    masks[:, 10:16, 10:16] = True
+    defects = torch.rand(10, 32, 32, generator=gen) * 0.3
+    defects[:, 8:18, 8:18] += 0.4  # halo around the defect
+    defects[masks] += 0.6  # the defect itself
+    norm = MapNormalization(0, 1, 0, 1)
+    plain = fit_calibration(good, norm)
+    cal = fit_calibration(good, norm, synthetic_maps=defects, synthetic_masks=masks)
+    assert cal.image_threshold == plain.image_threshold  # synthetic defects never move the image threshold
+    assert cal.pixel_threshold > cal.image_threshold and cal.info["pixel_method"] == "synthetic_f1"
+    _, _, label, mask = score_maps(defects, cal)
+    iou = (mask & masks).sum() / (mask | masks).sum()
+    _, _, _, mask_plain = score_maps(defects, plain)
+    iou_plain = (mask_plain & masks).sum() / (mask_plain | masks).sum()
+    assert bool(label.all()) and float(iou) > 0.9 > float(iou_plain)
+
+
+def test_flagged_image_below_the_pixel_threshold_still_gets_a_mask():
+    from ddad_core.anomaly_map import MapNormalization
+    from ddad_core.scoring import Calibration, score_maps
+
+    cal = Calibration(MapNormalization(0, 1, 0, 1), image_threshold=1.0, pixel_threshold=2.0, image_min=0.0,
+                      image_max=2.0, pixel_min=0.0, pixel_max=3.0)  # fmt: skip
+    maps = torch.zeros(3, 4, 4)
+    maps[0, 0, 0] = 1.5  # flagged, weak: below the pixel threshold
+    maps[1, 1, 1], maps[1, 2, 2] = 2.5, 1.5  # flagged, strong: only the pixel above 2
+    maps[2, 3, 3] = 0.9  # not flagged
+    _, _, label, mask = score_maps(maps, cal)
+    assert label.tolist() == [True, True, False]
+    assert mask[0].sum() == 1 and bool(mask[0, 0, 0])
+    assert mask[1].sum() == 1 and bool(mask[1, 1, 1])
+    assert not mask[2].any()
+
+
+def test_select_settings_scores_the_grid_and_keeps_the_recipe_first(production_bundle):
+    from ddad_core.preprocess import preprocess
+    from ddad_core.select import select_settings
+    from ddad_core.synthetic import make_synthetic_defects
+
+    pipe = DDADPipeline.from_bundle(production_bundle)
+    images = preprocess(synthetic_textures(8, 64, seed=21), image_size=64)
+    synthetic = make_synthetic_defects(images[4:], seed=0)
+    grid = {"guidance": (0.0, 4.0), "knn_weight": (0.5, 1.0)}
+    result = select_settings(pipe, images[:4], images[4:], synthetic.images, synthetic.masks, grid=grid)
+    table = result["table"]
+    assert len(table) == 4 and table[0]["settings"] == {"guidance": pipe.config.guidance, "knn_weight": 0.5}
+    assert result["chosen"] == max(table, key=lambda r: r["score"])["settings"]
+    assert all(0.0 <= r["score"] <= 1.0 for r in table)
+
+
+def test_fit_with_select_records_the_choice(tmp_path):
+    config = DDADConfig(image_size=64, knn_k=3, da_epochs=0, knn_weight=0.5, component_norm="position",
+                        knn_bank_size=128)  # fmt: skip
+    train = TrainConfig(preset="tiny", epochs=1, batch_size=8, holdout_fraction=0.5)
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(latent_channels=4, widths=(8, 16, 16))
+    bundle = fit_images(
+        synthetic_textures(16, 64, seed=0), tmp_path / "b", config=config, train_config=train, autoencoder=ae,
+        backbone=TINY_BACKBONE, device="cpu", batch_size=8, log=None, progress=False, select=True,
+        select_grid={"knn_weight": (0.5, 1.0)},
+    )  # fmt: skip
+    cfg = read_bundle_config(bundle)
+    selection = cfg.metadata["selection"]
+    assert cfg.ddad.knn_weight == selection["chosen"]["knn_weight"] and len(selection["table"]) == 2
+    assert cfg.calibration["info"]["pixel_method"] == "synthetic_f1"

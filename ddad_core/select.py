@@ -1,0 +1,130 @@
+"""Per-product tuning without defect images (``ddad fit --select``): choose sampler and map settings on synthetic
+defects made on held-out good images.
+
+Users have only good parts. After the UNet, the backbone and the banks are fitted, a small grid of settings that
+need no retraining (``DDADPipeline.with_settings``) is scored on how well each separates the held-out good
+images from synthetic defects pasted on the same images (``ddad_core.synthetic``: DRAEM-style Perlin pastes,
+CutPaste, scars):
+
+1. candidates are grouped by their sampler settings: each group runs the pipeline once on the statistics half of
+   the held-out images (per-position statistics), the good half and its synthetic copies; map-only settings
+   re-blend those components;
+2. each candidate gets the mean of image AUROC, pixel AUROC and AUPRO (exact) over good + synthetic;
+3. the best candidate wins; a tie keeps the earlier one, and the recipe's own settings come first, so a flat
+   grid changes nothing. The whole table and the choice go into ``bundle.json["metadata"]["selection"]``.
+
+Synthetic defects are not the product's defects: whether the choice helps on real ones is measured in the README
+(``bench/bench_detector.py --select``), not assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import product
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddad_core.anomaly_map import MapNormalization, combine_maps, component_weights
+from ddad_core.metrics import aupro, auroc, pixel_auroc
+from ddad_core.pipeline import DDADPipeline, MapComponents
+from ddad_core.position_norm import PositionNorm
+
+__all__ = ["DEFAULT_GRID", "SelectionResult", "blend_with", "select_settings"]
+
+#: The default grid: guidance w (sampler) x weight of the k-NN term x lambda (map only). The recipe's own values
+#: are put first by ``select_settings``.
+DEFAULT_GRID: dict[str, Sequence[Any]] = {
+    "guidance": (0.0, 4.0),
+    "knn_weight": (0.25, 0.5, 0.75),
+    "latent_weight": (0.5, 0.85),
+}
+
+#: Fields a candidate may set without rerunning the pipeline.
+MAP_FIELDS = frozenset({"knn_weight", "latent_weight", "blur_sigma"})
+
+
+def blend_with(
+    pipe: DDADPipeline, stats: MapComponents, target: MapComponents, overrides: dict[str, Any]
+) -> torch.Tensor:
+    """Blended maps of ``target`` with map settings ``overrides``, normalised with statistics from ``stats``."""
+    cfg = pipe.config.model_copy(update=overrides)
+    weights = component_weights(cfg.latent_weight, cfg.knn_weight)
+    maps = stats.maps()
+    if cfg.component_norm == "position":
+        norm = PositionNorm.fit({k: v for k, v in maps.items() if k in weights})
+        return combine_maps(target.maps(), weights, position_norm=norm, sigma=cfg.blur_sigma)
+    minmax = MapNormalization.from_maps(stats.latent_map, stats.feature_map, stats.knn_map)
+    return combine_maps(target.maps(), weights, minmax, sigma=cfg.blur_sigma)
+
+
+def separation(good_maps: torch.Tensor, defect_maps: torch.Tensor, defect_masks: torch.Tensor) -> dict[str, float]:
+    """Image AUROC, pixel AUROC and AUPRO of good vs synthetic maps, and their mean (the selection score)."""
+    maps = torch.cat([good_maps, defect_maps]).numpy()
+    masks = torch.cat([torch.zeros(good_maps.shape, dtype=torch.bool), defect_masks.bool().cpu()]).numpy()
+    labels = np.r_[np.zeros(len(good_maps)), np.ones(len(defect_maps))]
+    scores = maps.reshape(len(maps), -1).max(axis=1)
+    out = {"image_auroc": auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks), "aupro": aupro(maps, masks)}
+    out["score"] = float(np.mean(list(out.values())))
+    return out
+
+
+class SelectionResult(dict):
+    """``{"chosen": overrides, "table": [{"settings", "image_auroc", "pixel_auroc", "aupro", "score"}, ...]}``."""
+
+
+def _candidates(pipe: DDADPipeline, grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    names = list(grid)
+    own = {n: getattr(pipe.config, n) for n in names}
+    combos = [dict(zip(names, values, strict=True)) for values in product(*(grid[n] for n in names))]
+    return [own] + [c for c in combos if c != own]
+
+
+def select_settings(
+    pipe: DDADPipeline,
+    stats_images: torch.Tensor,
+    good_images: torch.Tensor,
+    defect_images: torch.Tensor,
+    defect_masks: torch.Tensor,
+    grid: dict[str, Sequence[Any]] | None = None,
+    batch_size: int = 16,
+    log: Callable[[str], None] | None = None,
+) -> SelectionResult:
+    """Score every candidate of ``grid`` and return the best overrides with the whole table.
+
+    Args:
+        pipe: The fitted pipeline (its networks and banks are shared by every candidate).
+        stats_images: Held-out good images for the normalisation statistics.
+        good_images: Other held-out good images.
+        defect_images: Synthetic defects made on ``good_images``.
+        defect_masks: Their masks ``(K, S, S)``.
+        grid: Field -> values (default ``DEFAULT_GRID``); sampler fields rerun the pipeline, ``MAP_FIELDS`` do not.
+        batch_size: Images per batch.
+        log: Progress lines.
+    """
+    grid = dict(DEFAULT_GRID if grid is None else grid)
+    if pipe.patch_knn is None:
+        grid.pop("knn_weight", None)  # no nominal bank in this bundle: the k-NN term cannot be weighed in
+    candidates = _candidates(pipe, grid)
+    knn = pipe.patch_knn is not None
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for cand in candidates:
+        key = tuple(sorted((k, v) for k, v in cand.items() if k not in MAP_FIELDS))
+        groups.setdefault(key, []).append(cand)
+    table = []
+    for key, members in groups.items():
+        variant = pipe.with_settings(**dict(key))
+        stats = variant.components_batched(stats_images, batch_size, knn=knn)
+        good = variant.components_batched(good_images, batch_size, knn=knn)
+        defect = variant.components_batched(defect_images, batch_size, knn=knn)
+        for cand in members:
+            map_part = {k: v for k, v in cand.items() if k in MAP_FIELDS}
+            result = separation(
+                blend_with(variant, stats, good, map_part), blend_with(variant, stats, defect, map_part), defect_masks
+            )
+            table.append({"settings": cand, **result})
+            if log is not None:
+                log(f"  select {cand}: score {result['score']:.4f}")
+    best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
+    return SelectionResult(chosen=table[best]["settings"], table=table, recipe_default=table[0]["settings"])
