@@ -87,6 +87,9 @@ def ensure_topics(kafka_kwargs: dict[str, Any], specs: dict[str, TopicSpec]) -> 
         admin.close()
 
 
+TOPICS_HINT = "create them with `inspection-stack` or services._kafka.ensure_topics, or let the broker auto-create them"
+
+
 class _LastWarning(logging.Handler):
     """Keeps the last warning kafka-python logged (the real cause: refused, DNS, TLS, SASL) instead of printing it."""
 
@@ -101,15 +104,15 @@ class _LastWarning(logging.Handler):
             self.last = message.rsplit("failed: ", 1)[1].split(" (backoff")[0]
 
 
-def check_kafka(kafka_kwargs: dict[str, Any], timeout_s: float, topics: Iterable[str] = ()) -> tuple[None, str]:
+def check_kafka(kafka_kwargs: dict[str, Any], timeout_s: float, topics: Iterable[str] = ()) -> tuple[list[str], str]:
     """Connect to the cluster within ``timeout_s`` and describe it (the ``kafka`` start-up step).
 
     kafka-python retries and logs every failed attempt (dozens of lines for a wrong address); here its log is
     held back and only the last cause ends up in the one-line error.
 
     Returns:
-        ``(None, detail)``: brokers, and which of ``topics`` exist (a missing topic is reported, not refused:
-        brokers that auto-create topics create it on first use).
+        ``(missing, detail)``: the ``topics`` that do not exist (reported, not refused: brokers that auto-create
+        topics create them on first use) and a line naming the brokers and topics.
 
     Raises:
         StartupError: no answer within the timeout, or the connection was refused by TLS or SASL.
@@ -139,11 +142,11 @@ def check_kafka(kafka_kwargs: dict[str, Any], timeout_s: float, topics: Iterable
     topics = list(topics)
     missing = [t for t in topics if t not in existing]
     detail = f"{servers}: {len(brokers)} broker(s)"
-    if topics:
-        detail += (f"; topics missing: {', '.join(missing)} (create them with `inspection-stack` or "
-                   "services._kafka.ensure_topics, or let the broker auto-create them)") if missing else \
-            f"; topics {', '.join(topics)} exist"
-    return None, detail
+    if missing:
+        detail += f"; topics missing: {', '.join(missing)} ({TOPICS_HINT})"
+    elif topics:
+        detail += f"; topics present: {', '.join(topics)}"
+    return missing, detail
 
 
 def make_consumer(kafka_kwargs: dict[str, Any], group_id: str, *, assignor: Assignor = "cooperative-sticky",

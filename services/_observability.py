@@ -70,6 +70,20 @@ class _StderrLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
+class _ExpectedKafkaNoise(logging.Filter):
+    """Drops two kafka-python warnings that are expected and say nothing a user can act on.
+
+    "No partition metadata for topic ..." comes once per topic at every start (the first metadata fetch is still in
+    flight; a topic that is really missing is named by our own start-up check). "... blocking the event loop" comes
+    whenever the client's IO thread waited more than 0.1 s for a CPU (a busy machine, not a bug).
+    """
+
+    EXPECTED = ("No partition metadata for topic", "It is blocking the event loop")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("kafka") and any(e in record.getMessage() for e in self.EXPECTED))
+
+
 def configure_logging(service: str, level: str = "INFO", json: bool = True) -> structlog.stdlib.BoundLogger:
     """Configure structlog (JSON lines on stderr) and return a logger bound with ``service``.
 
@@ -91,6 +105,7 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> s
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[
         structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared))
+    handler.addFilter(_ExpectedKafkaNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -23,7 +23,7 @@ import threading
 
 from services import _observability as obs
 from services._config import EXIT_BAD_CONFIG, StartupChecks, StartupError, load_settings, run_main
-from services._kafka import check_kafka, make_consumer, make_producer
+from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
 from services._redis import AlertStore, OverrideStore, connect_checked
 from services.alerter.config import AlerterSettings
 from services.alerter.loop import SERVICE, AlerterLoop, calibration_rules
@@ -64,17 +64,19 @@ def serve(settings: AlerterSettings, check_only: bool = False, stop: threading.E
             signal.signal(sig, lambda *_: stop.set())
     topics = Topics(settings.topic_prefix)
     kafka = settings.kafka_kwargs(SERVICE)
+    timeout = settings.connect_timeout_s
     checks = StartupChecks(SERVICE, settings, report=check_only)
     book = checks.run("rules", "bundle_path", lambda: _rules_step(settings))
-    redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url,
-                                                                            settings.connect_timeout_s))
-    checks.run("kafka", "kafka_bootstrap_servers",
-               lambda: check_kafka(kafka, settings.connect_timeout_s, [topics.results, topics.defects]))
+    redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url, timeout))
+    missing_topics = checks.run("kafka", "kafka_bootstrap_servers",
+                                lambda: check_kafka(kafka, timeout, [topics.results, topics.defects]))
     server = None if check_only else checks.run(
         "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
     checks.finish()
     if check_only:
         return 0
+    if missing_topics:
+        log.warning("kafka_topics_missing", topics=missing_topics, hint=TOPICS_HINT)
     consumer = make_consumer(kafka, settings.group_id, assignor=settings.kafka_assignor,
                              group_instance_id=settings.group_instance_id, max_poll_records=settings.max_poll_records,
                              session_timeout_ms=settings.session_timeout_ms,

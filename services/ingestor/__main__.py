@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from services import _observability as obs
 from services._config import StartupChecks, StartupError, run_main
-from services._kafka import check_kafka, make_producer
+from services._kafka import TOPICS_HINT, check_kafka, make_producer
 from services._object_store import open_checked
 from services.contracts.topics import Topics
 from services.ingestor.camera import CameraSource, FrameSource, RateLimiter, open_source
@@ -63,8 +63,8 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
     try:
         store = checks.run("object store", "object_store_url", lambda: open_checked(
             settings.object_store_url, settings.s3_client_kwargs(), settings.connect_timeout_s))
-        checks.run("kafka", "kafka_bootstrap_servers",
-                   lambda: check_kafka(kafka, settings.connect_timeout_s, [topics.frames]))
+        missing_topics = checks.run("kafka", "kafka_bootstrap_servers",
+                                    lambda: check_kafka(kafka, settings.connect_timeout_s, [topics.frames]))
         health = obs.Health()
         server = None if check_only else checks.run(
             "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
@@ -76,6 +76,8 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
     if check_only:
         source.close()
         return 0
+    if missing_topics:
+        log.warning("kafka_topics_missing", topics=missing_topics, hint=TOPICS_HINT)
     producer = make_producer(kafka, linger_ms=10,
                              max_request_size=settings.inline_limit_bytes + 64 * 1024,
                              max_block_ms=settings.send_timeout_ms)

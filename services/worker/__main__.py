@@ -21,7 +21,7 @@ from typing import Any
 
 from services import _observability as obs
 from services._config import StartupChecks, run_main
-from services._kafka import check_kafka, make_consumer, make_producer
+from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
 from services._object_store import open_checked
 from services._redis import InspectionStore, connect_checked
 from services.contracts.topics import Topics
@@ -69,8 +69,8 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     topics = Topics(settings.topic_prefix)
     kafka = settings.kafka_kwargs(SERVICE)
     timeout = settings.connect_timeout_s
-    checks.run("kafka", "kafka_bootstrap_servers",
-               lambda: check_kafka(kafka, timeout, [topics.frames, topics.results, topics.frames_dlq]))
+    missing_topics = checks.run("kafka", "kafka_bootstrap_servers",
+                                lambda: check_kafka(kafka, timeout, [topics.frames, topics.results, topics.frames_dlq]))
     redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url, timeout))
     store = checks.run("object store", "object_store_url",
                        lambda: open_checked(settings.object_store_url, settings.s3_client_kwargs(), timeout))
@@ -80,6 +80,8 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     if check_only:
         return 0
     detector, warmup_s = model
+    if missing_topics:
+        log.warning("kafka_topics_missing", topics=missing_topics, hint=TOPICS_HINT)
     max_frame_age_ms = settings.frame_age_limit_ms(warmup_s)
     log = log.bind(model_version=detector.model_version)
     obs.MODEL_INFO.labels(detector.model_version, detector.bundle_hash).set(1)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
-from services._config import EXIT_BAD_CONFIG, load_settings
+from services._config import EXIT_BAD_CONFIG, StartupChecks, StartupError, load_settings
 from services.alerter.__main__ import main as alerter_main
 from services.alerter.config import AlerterSettings
 from services.ingestor.__main__ import main as ingestor_main
@@ -66,3 +67,45 @@ def test_every_service_prints_its_config(monkeypatch, capsys):
     for main in (worker_main, alerter_main, ingestor_main):
         assert main(["--print-config"]) == 0
     assert '"camera_id": "cam-9"' in capsys.readouterr().out
+
+
+def test_connect_timeout_defaults_to_ten_seconds_and_bounds_kafka_clients(monkeypatch):
+    settings = load_settings(WorkerSettings)
+    assert settings.connect_timeout_s == 10.0
+    assert settings.kafka_kwargs("worker")["bootstrap_timeout_ms"] == 10000  # every Kafka client, not just --check
+    monkeypatch.setenv("WORKER_CONNECT_TIMEOUT_S", "2.5")
+    assert load_settings(WorkerSettings).kafka_kwargs("worker")["bootstrap_timeout_ms"] == 2500
+
+
+def test_startup_checks_name_the_dependency_and_the_setting(monkeypatch):
+    monkeypatch.setenv("WORKER_REDIS_URL", "redis://user:hunter2@redis.example:6379/0")
+    settings = load_settings(WorkerSettings)
+
+    def broken():
+        raise StartupError("did not answer PING")
+
+    checks = StartupChecks("worker", settings)
+    assert checks.run("kafka", "kafka_bootstrap_servers", lambda: ("value", "detail")) == "value"
+    with pytest.raises(StartupError) as err:
+        checks.run("redis", "redis_url", broken)
+    line = str(err.value)
+    assert line == ("redis: did not answer PING; check WORKER_REDIS_URL (now redis://user:**********@redis.example:"
+                    "6379/0)")  # one line, the setting named, the password masked
+    with pytest.raises(StartupError, match=r"check WORKER_BUNDLE_PATH \(default /models/bundle\)"):
+        checks.run("model", "bundle_path", broken)
+
+
+def test_check_mode_runs_every_step_and_reports_each(monkeypatch):
+    out = io.StringIO()
+    checks = StartupChecks("alerter", load_settings(AlerterSettings), report=True, out=out)
+
+    def broken():
+        raise StartupError("no answer within 10 s")
+
+    assert checks.run("rules", "bundle_path", lambda: (1, "service defaults")) == 1
+    assert checks.run("redis", "redis_url", broken) is None  # reported, and the next step still runs
+    checks.run("kafka", "kafka_bootstrap_servers", lambda: ([], "1 broker(s)"))
+    lines = out.getvalue().splitlines()
+    assert [line.split()[2:4] for line in lines] == [["rules", "ok"], ["redis", "FAILED"], ["kafka", "ok"]]
+    with pytest.raises(StartupError, match="1 of 3 start-up checks failed: redis"):
+        checks.finish()

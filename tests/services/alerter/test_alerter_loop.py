@@ -23,8 +23,8 @@ def _result(i: int, score: float) -> InspectionResult:
     at = T0 + timedelta(milliseconds=100 * i)
     return InspectionResult(frame_id=f"cam1-{i}", camera_id="cam1", line_id="l1", sequence=i, captured_at=at,
                             processed_at=at, pred_score=score, pred_score_raw=score, pred_label=score > 0.5,
-                            noise_step=20, threshold=0.5, threshold_raw=0.5, model_version="m", bundle_hash="h", batch_id="b",
-                            batch_size=1, queue_wait_ms=0.0, mask_uri="file:///m.png",
+                            noise_step=20, threshold=0.5, threshold_raw=0.5, model_version="m", bundle_hash="h",
+                            batch_id="b", batch_size=1, queue_wait_ms=0.0, mask_uri="file:///m.png",
                             defect_regions=[BoundingBox(x=1, y=1, width=4, height=4, area_fraction=0.01)])
 
 

@@ -14,7 +14,6 @@ import pytest
 import structlog
 import torch
 from kafka import TopicPartition
-
 from prometheus_client import REGISTRY
 
 from ddad_core.outputs import InspectionOutput
