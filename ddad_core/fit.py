@@ -67,7 +67,7 @@ from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
-from ddad_core.recipes import Recipe, get_recipe
+from ddad_core.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.select import select_settings
@@ -99,7 +99,7 @@ def make_configs(
     image_size: int | None = None,
     ddad_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
-    recipe: str | Recipe = "paper",
+    recipe: str | Recipe = DEFAULT_RECIPE,
 ) -> tuple[DDADConfig, TrainConfig]:
     """Build the two configs from a preset, a recipe and command-line style overrides (applied in that order).
 
@@ -280,8 +280,8 @@ def fit_images(
     Args:
         images: Good images: uint8 arrays (any size, gray or RGB) or an already preprocessed float tensor.
         out_dir: Bundle directory.
-        config: Method configuration (default ``DDADConfig()``).
-        train_config: UNet training configuration (default: the ``cpu`` preset).
+        config: Method configuration (default: the ``recipe``'s, ``production`` if none is named).
+        train_config: UNet training configuration (default: the ``cpu`` preset with the recipe's training).
         autoencoder: Spec (``sd:...``, ``tae:...``, ``conv``), an instance, or None for the default.
         backbone: Spec (``resnet34``, ``mobilenetv2_100:offline``, ...), an instance, or None for the default.
         device: Where to fit (default: CUDA if available).
@@ -311,8 +311,11 @@ def fit_images(
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    cfg = config or DDADConfig()
-    tcfg = train_config or make_configs("cpu")[1]
+    if config is None or train_config is None:
+        recipe = DEFAULT_RECIPE if recipe is None else recipe
+        default_cfg, default_tcfg = make_configs("cpu", recipe=recipe)
+    cfg = config or default_cfg
+    tcfg = train_config or default_tcfg
     recipe_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
     recipe_info = (
         recipe_obj.identity()

@@ -30,8 +30,11 @@ TINY = dict(
 
 def test_presets_and_overrides():
     assert set(FIT_PRESETS) == {"cpu", "paper"}
-    cfg, tcfg = make_configs("paper")
+    cfg, tcfg = make_configs("paper", recipe="paper")
     assert tcfg.preset == "paper" and tcfg.epochs == 300 and cfg == DDADConfig()
+    # The default recipe (production) sits on top of the preset; explicit overrides on top of both.
+    cfg, tcfg = make_configs("paper")
+    assert tcfg.preset == "paper" and tcfg.lr == 1e-4 and cfg.knn_weight > 0
     cfg, tcfg = make_configs("cpu", epochs=3, da_epochs=2, guidance=7.0, image_size=128)
     assert (tcfg.preset, tcfg.epochs, cfg.da_epochs, cfg.guidance, cfg.image_size) == ("cpu", 3, 2, 7.0, 128)
     with pytest.raises(KeyError):

