@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["up", *argv]
-    parser = argparse.ArgumentParser(prog="inspection-stack", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="inspection-stack", description="Kafka, Redis and an S3 server on this "
+                                     "machine, in the foreground, for running the services by hand.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start Kafka, Redis and S3 in the foreground (the default command)")
     p.add_argument("--workdir", type=Path, default=ddad_home() / "stack",

@@ -46,3 +46,15 @@ def test_json_logs_carry_bound_ids(capsys):
     record = json.loads(line)
     assert record["event"] == "batch_done" and record["service"] == "worker"
     assert (record["camera_id"], record["frame_id"], record["batch_id"], record["frames"]) == ("cam1", "f1", "b1", 3)
+
+
+def test_expected_kafka_client_noise_is_dropped_and_real_warnings_kept(capsys):
+    import logging
+
+    obs.configure_logging("worker", "INFO", json=True)
+    logging.getLogger("kafka.cluster").warning("No partition metadata for topic frames")
+    logging.getLogger("kafka.net.selector").warning("Task <x> ran for 0.274s (>0.100s threshold). It is blocking the "
+                                                    "event loop -- likely a tight sync loop inside a coroutine.")
+    logging.getLogger("kafka.net.manager").warning("Bootstrap connection to bootstrap-0 failed: ECONNREFUSED")
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert [r["event"] for r in lines] == ["Bootstrap connection to bootstrap-0 failed: ECONNREFUSED"]
