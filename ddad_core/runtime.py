@@ -70,8 +70,9 @@ def _candidates(mount: Path, path: str | None) -> list[Path]:
     return dirs
 
 
-def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup"),
-                     proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+def cgroup_cpu_limit(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
     """CPUs the cgroup CPU quota allows this process (e.g. 1.5), or None when there is no quota or no cgroup info.
 
     Reads cgroup v2 ``cpu.max`` (``"<quota> <period>"`` or ``"max <period>"``) and cgroup v1
@@ -102,8 +103,11 @@ def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup"),
     return min(limits) if limits else None
 
 
-def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup"),
-                affinity: int | None = None) -> int:
+def usable_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    proc_self_cgroup: Path = Path("/proc/self/cgroup"),
+    affinity: int | None = None,
+) -> int:
     """Cores this process may use: its CPU affinity, capped by the cgroup quota (rounded down), at least 1."""
     if affinity is None:
         affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
