@@ -209,7 +209,7 @@ def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: to
         fit_seconds = float(read_bundle_config(bundle).metadata.get("fit_seconds", {}).get("total", float("nan")))
     else:
         config, train_config = make_configs(
-            "cpu",
+            args.preset,
             epochs=args.epochs,
             da_epochs=args.da_epochs,
             image_size=args.image_size,
@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autoencoder", default=DEFAULT_AUTOENCODER)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--recipes", nargs="+", default=["paper", "production"], help="D3AD recipes to run")
+    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="UNet size (paper: 281 M, a GPU job)")
     parser.add_argument("--reuse", action="store_true", help="evaluate bundles already in --out instead of refitting")
     parser.add_argument("--epochs", type=int, help="UNet epochs (the recipe's otherwise)")
     parser.add_argument("--da-epochs", type=int, help="DA epochs (the recipe's otherwise)")
@@ -319,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             everything[f"{name}/knn"] = base
             print(table(rows[-1:]), flush=True)
         for recipe in [] if args.skip_d3ad else args.recipes:
-            print(f"== {name}: D3AD recipe {recipe} (cpu preset, {args.autoencoder}, {args.backbone})", flush=True)
+            print(
+                f"== {name}: D3AD recipe {recipe} ({args.preset} preset, {args.autoencoder}, {args.backbone})",
+                flush=True,
+            )
             res = run_d3ad(data_dir, args.out, args, device, recipe)
             rows.append((name, f"D3AD {recipe}", res))
             everything[f"{name}/{recipe}"] = res

@@ -46,6 +46,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ddad_core.recipes import DEFAULT_RECIPE, RECIPES
 from services._kafka import default_topic_specs, ensure_topics, make_consumer
 from services._object_store import ObjectStore, open_object_store
 from services.contracts.defects import DefectAlert
@@ -157,7 +158,8 @@ def ensure_model(workdir: Path, manifest: dict, args: argparse.Namespace) -> tup
     backbone = args.backbone or "mobilenetv2_100:offline"
     autoencoder = args.autoencoder or "conv"
     print(f"[demo] fitting a small model on {manifest['train_dir']} (backbone {backbone}, autoencoder "
-          f"{autoencoder}, preset {args.preset}, {args.epochs} epochs); this takes a few minutes on a CPU", flush=True)
+          f"{autoencoder}, preset {args.preset}, recipe {args.recipe}, {args.epochs} epochs); this takes a few minutes "
+          "on a CPU", flush=True)
     t0 = time.monotonic()
     # A larger held-out share than the library default: the threshold is set on held-out good images, and with only
     # a handful of them it lands below the stream's real good-score tail (many false alarms).
@@ -165,9 +167,9 @@ def ensure_model(workdir: Path, manifest: dict, args: argparse.Namespace) -> tup
     if args.unet_preset:
         overrides["preset"] = args.unet_preset
     config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size,
-                                        train_overrides=overrides)
+                                        train_overrides=overrides, recipe=args.recipe)
     fit(manifest["train_dir"], out, config=config, train_config=train_config, backbone=backbone,
-        autoencoder=autoencoder, log=lambda m: print(f"[fit] {m}", flush=True),
+        autoencoder=autoencoder, log=lambda m: print(f"[fit] {m}", flush=True), recipe=args.recipe,
         progress=sys.stderr.isatty())  # tqdm's carriage returns only where a terminal redraws them
     info = json.loads((out / "bundle.json").read_text())
     return out, f"fitted now in {time.monotonic() - t0:.0f} s ({_describe(info)})"
@@ -394,6 +396,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="autoencoder spec, e.g. tae:../shared/weights/taef2 (default: our own conv AE, fitted)")
     p.add_argument("--preset", default="cpu", help="fit preset of ddad_core.fit (cpu, paper)")
     p.add_argument("--unet-preset", default=None, help="override the preset's UNet size (tiny, cpu, paper)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                   help="method settings of ddad_core.recipes (production, paper)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--encoding", choices=["png", "jpeg"], default="png",
                    help="frame encoding; png matches the lossless images the model was calibrated on")
