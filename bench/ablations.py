@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_detector import fit_bundle  # bench/ is on sys.path when this file runs as a script
 
 from ddad_core.anomaly_map import MapNormalization, combine_maps, component_weights
 from ddad_core.config import DDADConfig
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
 from ddad_core.features import load_backbone
-from ddad_core.fit import fit, make_configs, split_position_holdout
+from ddad_core.fit import split_position_holdout
 from ddad_core.metrics import aupro, auroc, f1_max, pixel_auroc
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.position_norm import PositionNorm
@@ -188,7 +189,8 @@ def validate(sweeps: list[str], replace: dict[str, tuple]) -> dict[str, Sweep]:
                 else:
                     DDADConfig(**sampler_overrides(name, value), **map_overrides(name, value))
             except ValueError as exc:
-                raise SettingError(f"sweep {name}: value {value!r} is not valid ({exc})") from exc
+                reason = " ".join(str(exc).split())  # pydantic's message spans lines; the error is one line
+                raise SettingError(f"sweep {name}: value {value!r} is not valid ({reason})") from exc
         chosen[name] = Sweep(sweep.name, sweep.bundle, sweep.kind, tuple(values), sweep.question)
     return chosen
 
@@ -238,19 +240,7 @@ def ensure_bundle(work: Path, data_dir: Path, recipe: str, args: argparse.Namesp
     bundle = work / f"{data_dir.name}_{recipe}"
     if (bundle / "bundle.json").exists():
         return bundle
-    config, train_config = make_configs("cpu", epochs=args.epochs, image_size=args.image_size, recipe=recipe)
-    fit(
-        data_dir,
-        bundle,
-        config=config,
-        train_config=train_config,
-        autoencoder=args.autoencoder,
-        backbone=args.backbone,
-        max_train_images=args.max_train_images,
-        progress=False,
-        recipe=recipe,
-        device=args.device,
-    )
+    fit_bundle(data_dir, bundle, args, args.device, recipe)
     return bundle
 
 

@@ -203,34 +203,40 @@ def diagnose_components(bundle: Path, data_dir: Path, max_test: int | None, devi
     return out
 
 
+def fit_bundle(data_dir: Path, bundle: Path, args: argparse.Namespace, device, recipe: str) -> float:
+    """Fit ``recipe`` on ``data_dir`` into ``bundle`` with the benchmark's settings (also used by ``ablations.py``);
+    returns the fit seconds."""
+    config, train_config = make_configs(
+        getattr(args, "preset", "cpu"),
+        epochs=args.epochs,
+        da_epochs=getattr(args, "da_epochs", None),
+        image_size=args.image_size,
+        guidance=getattr(args, "guidance", None),
+        recipe=recipe,
+    )
+    t0 = time.perf_counter()
+    fit(
+        data_dir,
+        bundle,
+        config=config,
+        train_config=train_config,
+        autoencoder=args.autoencoder,
+        backbone=args.backbone,
+        device=device,
+        max_train_images=args.max_train_images,
+        progress=not getattr(args, "quiet", True),
+        autoencoder_epochs=getattr(args, "ae_epochs", 30),
+        recipe=recipe,
+    )
+    return time.perf_counter() - t0
+
+
 def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: torch.device, recipe: str) -> dict:
     bundle = out_dir / f"{data_dir.name}_{recipe}"
     if args.reuse and (bundle / "bundle.json").exists():
         fit_seconds = float(read_bundle_config(bundle).metadata.get("fit_seconds", {}).get("total", float("nan")))
     else:
-        config, train_config = make_configs(
-            args.preset,
-            epochs=args.epochs,
-            da_epochs=args.da_epochs,
-            image_size=args.image_size,
-            guidance=args.guidance,
-            recipe=recipe,
-        )
-        t0 = time.perf_counter()
-        fit(
-            data_dir,
-            bundle,
-            config=config,
-            train_config=train_config,
-            autoencoder=args.autoencoder,
-            backbone=args.backbone,
-            device=device,
-            max_train_images=args.max_train_images,
-            progress=not args.quiet,
-            autoencoder_epochs=args.ae_epochs,
-            recipe=recipe,
-        )
-        fit_seconds = time.perf_counter() - t0
+        fit_seconds = fit_bundle(data_dir, bundle, args, device, recipe)
     t0 = time.perf_counter()
     results = evaluate(
         bundle,

@@ -34,18 +34,12 @@ class BoundingBox(BaseModel):
     area_fraction: float = Field(ge=0, le=1, description="Share of the frame covered by the region's mask pixels.")
 
 
-class InspectionResult(JsonRecord):
-    """The outcome of inspecting one frame.
-
-    ``pred_label`` is ``pred_score > threshold`` (equivalently ``pred_score_raw > threshold_raw``); the alerter may
-    apply a per-camera sensitivity on top. Records of schema 1, where ``threshold`` held the raw threshold, are read
-    as schema 2.
-    """
+class FrameRecord(JsonRecord):
+    """What every ``results`` record says about its frame (the identity fields of ``frames``' header)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     schema_version: Literal[2] = RESULTS_SCHEMA_VERSION
-    kind: Literal["inspected"] = "inspected"
     frame_id: Identifier
     camera_id: Identifier
     line_id: Identifier
@@ -53,13 +47,26 @@ class InspectionResult(JsonRecord):
     sequence: int = Field(ge=0)
     source: str | None = None
     captured_at: UtcDatetime
+
+
+class InspectionResult(FrameRecord):
+    """The outcome of inspecting one frame.
+
+    ``pred_label`` is ``pred_score > threshold`` (equivalently ``pred_score_raw > threshold_raw``); the alerter may
+    apply a per-camera sensitivity on top. Records of schema 1, where ``threshold`` held the raw threshold, are read
+    as schema 2.
+    """
+
+    kind: Literal["inspected"] = "inspected"
     processed_at: UtcDatetime
     pred_score: float = Field(description="Normalised image score; 0.5 is the calibrated threshold.")
     pred_score_raw: float = Field(description="Raw image score (max of the blended anomaly map).")
     pred_label: bool = Field(description="Model's decision at the calibrated threshold.")
     noise_step: int = Field(ge=0, description="Start timestep chosen by the dynamic noise level.")
-    threshold: float = Field(description="Normalised-score decision point of pred_label: 1 - the calibration's "
-                                         "sensitivity, 0.5 at the calibrated threshold.")
+    threshold: float = Field(
+        description="Normalised-score decision point of pred_label: 1 - the calibration's "
+        "sensitivity, 0.5 at the calibrated threshold."
+    )
     threshold_raw: float = Field(description="The same decision point on the raw score (pred_score_raw).")
     model_version: str
     bundle_hash: str
@@ -76,8 +83,12 @@ class InspectionResult(JsonRecord):
     def _upgrade_schema_1(cls, data: Any) -> Any:
         # Schema 1 carried the raw threshold as `threshold` (workers of a rolling upgrade may still write it).
         if isinstance(data, dict) and data.get("schema_version") == 1:
-            data = {**data, "schema_version": RESULTS_SCHEMA_VERSION, "threshold": 0.5,
-                    "threshold_raw": data.get("threshold")}
+            data = {
+                **data,
+                "schema_version": RESULTS_SCHEMA_VERSION,
+                "threshold": 0.5,
+                "threshold_raw": data.get("threshold"),
+            }
         return data
 
     @property
@@ -86,24 +97,14 @@ class InspectionResult(JsonRecord):
         return (self.processed_at - self.captured_at).total_seconds() * 1000.0
 
 
-class DroppedFrame(JsonRecord):
+class DroppedFrame(FrameRecord):
     """A frame the worker did not inspect; produced to ``results`` in place of its ``InspectionResult``.
 
     ``reason`` ``stale``: the frame was captured more than ``max_frame_age_ms`` before its batch formed (the worker
     is behind; a late verdict on a part that left the camera is worthless, and inferring it would delay fresh ones).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-    schema_version: Literal[2] = RESULTS_SCHEMA_VERSION
     kind: Literal["dropped"] = "dropped"
-    frame_id: Identifier
-    camera_id: Identifier
-    line_id: Identifier
-    product_id: Identifier | None = None
-    sequence: int = Field(ge=0)
-    source: str | None = None
-    captured_at: UtcDatetime
     dropped_at: UtcDatetime
     reason: Literal["stale"]
     age_ms: float = Field(ge=0, description="Capture -> drop time.")
@@ -117,8 +118,11 @@ def _kind(value: Any) -> str:
     return getattr(value, "kind", "inspected")
 
 
-_RESULTS_RECORD: TypeAdapter[InspectionResult | DroppedFrame] = TypeAdapter(Annotated[
-    Annotated[InspectionResult, Tag("inspected")] | Annotated[DroppedFrame, Tag("dropped")], Discriminator(_kind)])
+_RESULTS_RECORD: TypeAdapter[InspectionResult | DroppedFrame] = TypeAdapter(
+    Annotated[
+        Annotated[InspectionResult, Tag("inspected")] | Annotated[DroppedFrame, Tag("dropped")], Discriminator(_kind)
+    ]
+)
 
 
 def parse_results_record(data: bytes | str) -> InspectionResult | DroppedFrame:
