@@ -4,6 +4,7 @@
 
     ddad fit DATA_DIR --out BUNDLE_DIR [--preset cpu|paper] [--autoencoder SPEC] [--backbone SPEC]
              [--epochs N] [--da-epochs N] [--guidance W]
+    ddad calibrate BUNDLE_DIR --out NEW_BUNDLE [--recipe R] [--select]
     ddad eval BUNDLE_DIR DATA_DIR --json OUT.json [--report OUT_DIR]
     ddad predict BUNDLE_DIR IMAGE... --out DIR
 
@@ -64,6 +65,16 @@ fit_group.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if ava
 fit_group.add_argument("--overwrite", action="store_true", help="replace a bundle fitted with another backbone")
 fit_group.add_argument("--quiet", action="store_true", help="no progress bars")
 
+calibrate_parser = subparsers.add_parser(
+    "calibrate", help="new sampler/map settings and thresholds for a fitted bundle, without retraining"
+)
+calibrate_parser.add_argument("bundle_dir", type=Path)
+calibrate_parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+calibrate_parser.add_argument("--recipe", choices=sorted(RECIPES), help="take this recipe's method settings")
+calibrate_parser.add_argument("--select", action="store_true", help="choose settings on synthetic defects")
+calibrate_parser.add_argument("--target-fpr", type=float, help="false-alarm rate on good parts (default: the bundle's)")
+calibrate_parser.add_argument("--device", default="cpu")
+
 eval_parser = subparsers.add_parser("eval", help="evaluate a bundle on DATA_DIR/test against ground_truth")
 eval_parser.add_argument("bundle_dir", type=Path)
 eval_parser.add_argument("data_dir", type=Path)
@@ -115,6 +126,21 @@ def _fit(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         select=args.select,
     )
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ddad_core.fit import recalibrate
+
+    recalibrate(
+        args.bundle_dir,
+        args.out,
+        target_fpr=args.target_fpr,
+        select=args.select,
+        device=args.device,
+        recipe=args.recipe,
+    )
+    print(f"recalibrated {args.bundle_dir} -> {args.out}")
     return 0
 
 
@@ -201,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddad_core.recipes import SettingError
 
     args = parser.parse_args(argv)
-    handlers = {"fit": _fit, "eval": _eval, "predict": _predict}
+    handlers = {"fit": _fit, "calibrate": _calibrate, "eval": _eval, "predict": _predict}
     try:
         return handlers[args.command](args)
     except (

@@ -49,7 +49,7 @@ from ddad_core.autoencoders import (
     measure_latent_scale,
     reconstruction_psnr,
 )
-from ddad_core.bundle import BUNDLE_CONFIG_NAME, BundleConfig, read_bundle_config, save_bundle
+from ddad_core.bundle import BUNDLE_CONFIG_NAME, BundleConfig, load_bundle, read_bundle_config, save_bundle
 from ddad_core.calibration import fit_calibration
 from ddad_core.config import DDADConfig, TrainConfig
 from ddad_core.data import EmptyTrainSetError, MVTecFolder, load_images
@@ -70,6 +70,7 @@ from ddad_core.preprocess import preprocess
 from ddad_core.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
+from ddad_core.scoring import Calibration
 from ddad_core.select import select_settings
 from ddad_core.synthetic import make_synthetic_defects
 from ddad_core.train import encode_dataset, train_unet
@@ -247,6 +248,134 @@ def _check_existing(out_dir: Path, backbone_name: str | None, overwrite: bool) -
 def _request_matches(checkpoint_dir: Path, request: dict) -> bool:
     path = checkpoint_dir / "fit_request.json"
     return path.exists() and json.loads(path.read_text()) == request
+
+
+def calibrate_pipeline(
+    pipe: DDADPipeline,
+    holdout_images: torch.Tensor,
+    target_fpr: float = 0.01,
+    batch_size: int = 16,
+    seed: int = 0,
+    select: bool = False,
+    select_grid: dict[str, Sequence[Any]] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> tuple[DDADPipeline, Calibration, dict | None]:
+    """Step 6: (optionally select settings, then) fix the map statistics and the thresholds on held-out good images.
+
+    Returns:
+        ``(pipe, calibration, selection)``: the pipeline with its settings and position statistics, its
+        calibration (also set on it), and the selection record (None without ``select``).
+    """
+    cfg = pipe.config
+    stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
+    # Synthetic defects on the threshold half: they set the pixel threshold (masks that fit the defect) and, with
+    # ``select``, choose the sampler and map settings; never the image threshold.
+    synthetic = make_synthetic_defects(holdout_images[threshold_idx], seed=seed)
+    selection = None
+    if select:
+        _say(log, f"[6/7] selecting settings on {len(threshold_idx)} good images and their synthetic defects")
+        selection = select_settings(
+            pipe,
+            holdout_images[stats_idx],
+            holdout_images[threshold_idx],
+            synthetic.images,
+            synthetic.masks,
+            grid=select_grid,
+            batch_size=batch_size,
+            log=log,
+        )
+        pipe = pipe.with_settings(**selection["chosen"])
+        cfg = pipe.config
+        _say(log, f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
+    comps = pipe.components_batched(holdout_images, batch_size)
+    normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
+    pipe.position_norm = None
+    if cfg.component_norm == "position":
+        pipe.position_norm = PositionNorm.fit({k: v[stats_idx] for k, v in comps.maps().items()})
+    good_maps = pipe.blend(comps.select(threshold_idx), normalization)
+    synthetic_maps = pipe.blend(pipe.components_batched(synthetic.images, batch_size), normalization)
+    calibration = fit_calibration(
+        good_maps, normalization, target_fpr=target_fpr, synthetic_maps=synthetic_maps, synthetic_masks=synthetic.masks
+    )
+    pipe.calibration = calibration
+    _say(
+        log,
+        f"[6/7] calibrated on {len(threshold_idx)} good images"
+        + (f" (position statistics from {len(stats_idx)} others)" if len(stats_idx) < len(comps.latent_map) else "")
+        + f": threshold {calibration.image_threshold:.4f} ({calibration.method}), pixel threshold "
+        f"{calibration.pixel_threshold:.4f} ({calibration.info.get('pixel_method')})",
+    )
+    return pipe, calibration, selection
+
+
+def recalibrate(
+    bundle_dir: str | Path,
+    out_dir: str | Path,
+    target_fpr: float | None = None,
+    select: bool = False,
+    log: Callable[[str], None] | None = print,
+    device: str | torch.device = "cpu",
+    recipe: str | Recipe | None = None,
+    **overrides: Any,
+) -> Path:
+    """Step 6 again on a fitted bundle: new sampler/map settings (``overrides``, or a ``recipe``'s), new thresholds.
+
+    The networks and banks are kept; the held-out good images are re-read from the data folder recorded in the
+    bundle. A recipe whose training or fitted parts differ from the bundle's is refused.
+
+    Raises:
+        SettingError: settings that need refitting, or a bundle without recorded held-out images.
+    """
+    from ddad_core.recipes import SettingError
+
+    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    pipe = DDADPipeline.from_bundle(bundle_dir, device=device)
+    old = pipe.bundle_config
+    if recipe is not None:
+        chosen = get_recipe(recipe) if isinstance(recipe, str) else recipe
+        want = make_configs(old.train.preset, recipe=chosen)[1]
+        trained = ("timestep_max", "ema_decay", "lr_schedule", "holdout_fraction")
+        differ = sorted(k for k in trained if getattr(old.train, k) != getattr(want, k))
+        if differ:
+            raise SettingError(f"recipe {chosen.name} trains differently ({differ}); refit with `ddad fit --recipe`")
+        overrides = {**chosen.ddad, **overrides}
+    overrides = {k: v for k, v in overrides.items() if getattr(pipe.config, k) != v}
+    try:
+        pipe = pipe.with_settings(**overrides)
+    except ValueError as exc:
+        raise SettingError(f"cannot recalibrate {bundle_dir} with {overrides}: {exc}") from exc
+    names, data_dir = old.metadata.get("holdout_images"), old.metadata.get("data_dir")
+    if not names or not data_dir:
+        raise SettingError(f"{bundle_dir} records no held-out images or data folder; refit it")
+    loaded = load_images([Path(data_dir) / n for n in names], warn=False)
+    holdout = _preprocess_all(loaded.images, pipe.image_size)
+    cal_old = old.calibration or {}
+    pipe, calibration, selection = calibrate_pipeline(
+        pipe,
+        holdout,
+        target_fpr if target_fpr is not None else (cal_old.get("target_fpr") or 0.01),
+        seed=old.train.seed,
+        select=select,
+        log=log,
+    )
+    tensors = load_bundle(bundle_dir, device="cpu")[1]
+    tensors.pop("position_norm", None)
+    if pipe.position_norm is not None:
+        tensors["position_norm"] = pipe.position_norm.tensors()
+    recipe_info = chosen.identity() if recipe is not None else {**(old.recipe or {}), "recalibrated": overrides}
+    metadata = {**old.metadata, "selection": selection, "recalibrated_from": old.model_version}
+    new = old.model_copy(
+        update={
+            "ddad": pipe.config,
+            "calibration": calibration.to_dict(),
+            "recipe": recipe_info,
+            "metadata": metadata,
+            "model_version": "",
+            "files": {},
+        }
+    )
+    save_bundle(out_dir, new, tensors, overwrite=True)
+    return out_dir
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -436,42 +565,10 @@ def fit_images(
     pipe = DDADPipeline(
         cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed, patch_knn=patch_knn
     )
-    stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
-    # Synthetic defects on the threshold half: they set the pixel threshold (masks that fit the defect) and, with
-    # ``select``, choose the sampler and map settings; never the image threshold.
-    synthetic = make_synthetic_defects(holdout_images[threshold_idx], seed=tcfg.seed)
-    selection = None
-    if select:
-        _say(log, f"[6/7] selecting settings on {len(threshold_idx)} good images and their synthetic defects")
-        selection = select_settings(
-            pipe,
-            holdout_images[stats_idx],
-            holdout_images[threshold_idx],
-            synthetic.images,
-            synthetic.masks,
-            grid=select_grid,
-            batch_size=batch_size,
-            log=log,
-        )
-        pipe = pipe.with_settings(**selection["chosen"])
-        cfg = pipe.config
-        _say(log, f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
-    comps = pipe.components_batched(holdout_images, batch_size)
-    normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
-    if cfg.component_norm == "position":
-        pipe.position_norm = PositionNorm.fit({k: v[stats_idx] for k, v in comps.maps().items()})
-    good_maps = pipe.blend(comps.select(threshold_idx), normalization)
-    synthetic_maps = pipe.blend(pipe.components_batched(synthetic.images, batch_size), normalization)
-    calibration = fit_calibration(
-        good_maps, normalization, target_fpr=target_fpr, synthetic_maps=synthetic_maps, synthetic_masks=synthetic.masks
+    pipe, calibration, selection = calibrate_pipeline(
+        pipe, holdout_images, target_fpr, batch_size, seed=tcfg.seed, select=select, select_grid=select_grid, log=log
     )
-    _say(
-        log,
-        f"[6/7] calibrated on {len(threshold_idx)} good images"
-        + (f" (position statistics from {len(stats_idx)} others)" if len(stats_idx) < len(comps.latent_map) else "")
-        + f": threshold {calibration.image_threshold:.4f} ({calibration.method}), pixel threshold "
-        f"{calibration.pixel_threshold:.4f} ({calibration.info.get('pixel_method')})",
-    )
+    cfg = pipe.config
     timings["calibration"] = time.perf_counter() - t0
 
     # 7. Bundle.

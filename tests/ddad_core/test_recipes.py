@@ -310,3 +310,29 @@ def test_fit_with_select_records_the_choice(tmp_path):
     selection = cfg.metadata["selection"]
     assert cfg.ddad.knn_weight == selection["chosen"]["knn_weight"] and len(selection["table"]) == 2
     assert cfg.calibration["info"]["pixel_method"] == "synthetic_f1"
+
+
+def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
+    from ddad_core.cli import main
+
+    from ._helpers import write_mvtec
+
+    data = write_mvtec(tmp_path / "data", n_train=16, n_good=2, n_bad=2)
+    argv = [
+        "fit", str(data), "--out", str(tmp_path / "b"), "--epochs", "1", "--image-size", "64", "--autoencoder", "conv",
+        "--ae-epochs", "1", "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    before = read_bundle_config(tmp_path / "b")
+    assert main(["calibrate", str(tmp_path / "b"), "--out", str(tmp_path / "c"), "--recipe", "paper"]) == 2
+    assert "trains differently" in capsys.readouterr().err  # the paper recipe trains on every timestep
+    from ddad_core.fit import recalibrate
+
+    recalibrate(tmp_path / "b", tmp_path / "c", knn_weight=1.0, log=None)
+    after = read_bundle_config(tmp_path / "c")
+    assert after.ddad.knn_weight == 1.0 and before.ddad.knn_weight != 1.0
+    assert after.files["unet"] == before.files["unet"] and after.model_version != before.model_version
+    assert after.metadata["recalibrated_from"] == before.model_version
+    DDADPipeline.from_bundle(tmp_path / "c")(synthetic_textures(2, 64, seed=3))
+    with pytest.raises(SettingError, match="refitting"):
+        recalibrate(tmp_path / "b", tmp_path / "d", knn_bank_size=8, log=None)
