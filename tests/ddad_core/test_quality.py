@@ -86,7 +86,8 @@ def test_detects_planted_defects_on_brick(tmp_path, capsys, recipe):
     pix_auroc = pixel_auroc(maps, gts)
     with capsys.disabled():
         print(
-            f"\nquality (brick {SIZE} px, cpu preset {EPOCHS} epochs, recipe {recipe}): image AUROC {image_auroc:.3f}, pixel AUROC "
+            f"\nquality (brick {SIZE} px, cpu preset {EPOCHS} epochs, recipe {recipe}): "
+            f"image AUROC {image_auroc:.3f}, pixel AUROC "
             f"{pix_auroc:.3f}, AUPRO {aupro(maps, gts):.3f}, flagged good {int(out.pred_label[:40].sum())}/40, "
             f"flagged defective {int(out.pred_label[40:].sum())}/40"
         )
