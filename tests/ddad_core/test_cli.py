@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ddad_core.cli import main, parser
+from ddad_core.recipes import RECIPES
 
 from ._helpers import write_mvtec
 
@@ -94,7 +95,7 @@ def test_eval_states_the_recipe(fitted):
     root, data, bundle = fitted
     assert main(["eval", str(bundle), str(data), "--json", str(root / "recipe.json")]) == 0
     results = json.loads((root / "recipe.json").read_text())
-    assert results["recipe"] == "production v1"
+    assert results["recipe"] == f"production v{RECIPES['production'].version}"
     assert results["settings"]["knn_weight"] > 0 and results["settings"]["component_norm"] == "position"
 
 
