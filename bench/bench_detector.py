@@ -11,9 +11,9 @@ For every dataset folder (MVTec layout; default ``../shared/data/magnetic_tile``
   adaptation), blocks 2 and 3 (strides 8 and 16) locally averaged over 3 x 3 neighbourhoods, block 3 upsampled to
   block 2's grid and concatenated; the memory bank holds every patch of every training image; a test patch's score
   is its L2 distance to the nearest bank patch; the map is upsampled to S x S, blurred (sigma 4) and its maximum is
-  the image score. The patch features are ``ddad_core.patch_knn.patch_features``, the same the production recipe's
-  k-NN term uses, so the two differ only in what the recipe adds (coreset, reconstruction terms, per-position
-  normalisation).
+  the image score. The patch features are ``ddad_core.patch_knn.patch_features`` with PatchCore's zero-padded
+  3 x 3 average (``zero_padded=True``); the production recipe's k-NN term uses the same function, averaging only
+  inside the map, plus what the recipe adds (coreset, reconstruction terms, per-position normalisation).
 
 Each row also gives the false-alarm and miss rates at the bundle's calibrated threshold (the baseline has none).
 
@@ -72,7 +72,7 @@ def _subset(paths: list, limit: int | None) -> list:
 
 def patch_features(extractor: FeatureExtractor, images: torch.Tensor) -> torch.Tensor:
     """``(B, C2 + C3, S/8, S/8)`` locally aware patch features (3 x 3 average, block 3 upsampled)."""
-    return recipe_patch_features(extractor(images))
+    return recipe_patch_features(extractor(images), zero_padded=True)
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

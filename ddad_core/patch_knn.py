@@ -30,11 +30,14 @@ __all__ = ["PatchKNN", "greedy_coreset", "patch_features"]
 _QUERY_CHUNK = 4096
 
 
-def patch_features(blocks: list[torch.Tensor]) -> torch.Tensor:
+def patch_features(blocks: list[torch.Tensor], zero_padded: bool = False) -> torch.Tensor:
     """Locally aware patch features from the backbone's blocks 1-3 (``FeatureExtractor`` output).
 
     Args:
         blocks: ``[block1, block2, block3]``; blocks 2 and 3 are used.
+        zero_padded: Average border patches with zeros outside the map (PatchCore's ``AvgPool2d(3, 1, 1)``, which
+            damps every border patch towards 0 -- the k-NN baseline); False (the production term) averages only the
+            pixels inside, and the per-position normalisation handles the borders.
 
     Returns:
         ``(B, C2 + C3, S/8, S/8)`` float32.
@@ -44,7 +47,10 @@ def patch_features(blocks: list[torch.Tensor]) -> torch.Tensor:
         >>> patch_features(b).shape
         torch.Size([1, 5, 8, 8])
     """
-    b2, b3 = (local_mean(blocks[j].float(), 3) for j in MAP_BLOCKS)
+    if zero_padded:
+        b2, b3 = (F.avg_pool2d(blocks[j].float(), 3, stride=1, padding=1) for j in MAP_BLOCKS)
+    else:
+        b2, b3 = (local_mean(blocks[j].float(), 3) for j in MAP_BLOCKS)
     b3 = F.interpolate(b3, size=b2.shape[-2:], mode="bilinear", align_corners=False)
     return torch.cat([b2, b3], dim=1)
 

@@ -336,3 +336,12 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     DDADPipeline.from_bundle(tmp_path / "c")(synthetic_textures(2, 64, seed=3))
     with pytest.raises(SettingError, match="refitting"):
         recalibrate(tmp_path / "b", tmp_path / "d", knn_bank_size=8, log=None)
+
+
+def test_patch_features_zero_padded_damps_borders():
+    blocks = [torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 4, 4), torch.ones(1, 1, 2, 2)]
+    inside = patch_features(blocks)
+    padded = patch_features(blocks, zero_padded=True)
+    assert float(inside[0, 0, 0, 0]) == pytest.approx(1.0)  # averages only the pixels inside
+    assert float(padded[0, 0, 0, 0]) == pytest.approx(4 / 9)  # PatchCore's AvgPool2d(3, 1, 1): zeros outside
+    assert float(padded[0, 0, 1, 1]) == pytest.approx(1.0)
