@@ -104,6 +104,10 @@ class _LastWarning(logging.Handler):
             self.last = message.rsplit("failed: ", 1)[1].split(" (backoff")[0]
 
 
+#: Held while ``check_kafka`` silences the ``kafka`` logger (``propagate`` is process-wide state).
+_KAFKA_LOG_HELD = threading.Lock()
+
+
 def check_kafka(kafka_kwargs: dict[str, Any], timeout_s: float, topics: Iterable[str] = ()) -> tuple[list[str], str]:
     """Connect to the cluster within ``timeout_s`` and describe it (the ``kafka`` start-up step).
 
@@ -118,6 +122,11 @@ def check_kafka(kafka_kwargs: dict[str, Any], timeout_s: float, topics: Iterable
         StartupError: no answer within the timeout, or the connection was refused by TLS or SASL.
     """
     servers = ",".join(kafka_kwargs.get("bootstrap_servers") or [])
+    with _KAFKA_LOG_HELD:  # the logger is process-global: checks in threads would restore each other's state
+        return _check_kafka_quietly(kafka_kwargs, timeout_s, topics, servers)
+
+
+def _check_kafka_quietly(kafka_kwargs: dict, timeout_s: float, topics: Iterable[str], servers: str):
     kafka_log = logging.getLogger("kafka")
     capture = _LastWarning()
     propagate = kafka_log.propagate
