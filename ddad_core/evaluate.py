@@ -180,14 +180,19 @@ def mask_iou(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def mask_overlap(data: EvaluationData) -> dict[str, float]:
-    """How well the predicted masks fit the defects, over defective images with a mask: mean IoU of the operating
-    masks (``mask_iou``), of masks cut at the image threshold instead (``mask_iou_at_image_threshold``, what every
-    bundle did before pixel thresholds were calibrated), and the predicted mask's area over the true one's."""
-    sel = np.flatnonzero((data.labels == 1) & data.has_mask & data.masks.reshape(len(data.masks), -1).any(1))
-    if sel.size == 0 or data.threshold is None or data.pred_masks is None:
+    """How well the predicted masks fit the defects, over the *detected* defective images with a true mask (a missed
+    one has no mask to fit; the miss rate counts it): mean IoU of the operating masks (``mask_iou``), of masks cut
+    at the image threshold instead (``mask_iou_at_image_threshold``, what every bundle did before pixel thresholds
+    were calibrated), and the median predicted mask area over the true one's."""
+    if data.threshold is None or data.pred_masks is None:
         return {}
+    detected = data.scores > data.threshold
+    sel = np.flatnonzero((data.labels == 1) & detected & data.has_mask & data.masks.reshape(len(data.masks), -1).any(1))
+    if sel.size == 0:
+        return {"mask_images": 0}
     at_image = data.maps > data.threshold
     return {
+        "mask_images": int(sel.size),
         "mask_iou": float(np.mean([mask_iou(data.pred_masks[i], data.masks[i]) for i in sel])),
         "mask_iou_at_image_threshold": float(np.mean([mask_iou(at_image[i], data.masks[i]) for i in sel])),
         "mask_area_ratio": float(np.median([data.pred_masks[i].sum() / data.masks[i].sum() for i in sel])),
