@@ -33,16 +33,18 @@ from ddad_core.position_norm import PositionNorm
 
 __all__ = ["DEFAULT_GRID", "SelectionResult", "blend_with", "select_settings"]
 
-#: The default grid: guidance w (sampler) x weight of the k-NN term x lambda (map only). The recipe's own values
-#: are put first by ``select_settings``.
+#: The default grid: guidance w (sampler) x weight of the k-NN term x lambda x normalisation (map only). The recipe's
+#: own values are put first by ``select_settings``.
 DEFAULT_GRID: dict[str, Sequence[Any]] = {
-    "guidance": (0.0, 4.0),
-    "knn_weight": (0.25, 0.5, 0.75),
+    "guidance": (4.0, 10.0),
+    "knn_weight": (0.5, 0.75, 1.0),
     "latent_weight": (0.5, 0.85),
+    # per-position statistics help where parts sit at the same place in every frame and hurt where they do not
+    "component_norm": ("position", "minmax"),
 }
 
 #: Fields a candidate may set without rerunning the pipeline.
-MAP_FIELDS = frozenset({"knn_weight", "latent_weight", "blur_sigma"})
+MAP_FIELDS = frozenset({"knn_weight", "latent_weight", "blur_sigma", "component_norm"})
 
 
 def blend_with(
