@@ -13,9 +13,9 @@
 5. fit the dynamic noise level on the training images' block-2 features (``noise_level.py``) and, for recipes with
    a k-NN term, the coreset bank of the training images' patch features (``patch_knn.py``);
 6. run the detector on the held-out good images: fix the component min/max of the anomaly map (``fixed``
-   normalisation) or, for ``component_norm="position"``, the per-position statistics from one half of them
-   (``position_norm.py``), then choose the threshold at the target false-alarm rate on the other half
-   (``calibration.py``), so the threshold is not set on the images the statistics came from;
+   normalisation) or, for ``component_norm="position"``, the per-position statistics (``position_norm.py``) with
+   two-fold cross-fitting: each half is scored with the other half's statistics, so the threshold at the target
+   false-alarm rate (``calibration.py``) is set on out-of-sample maps of every held-out image;
 7. write the bundle (``bundle.py``): UNet, autoencoder, adapted backbone, noise-level state, configs, identities
    and calibration, with file hashes.
 
@@ -288,20 +288,33 @@ def calibrate_pipeline(
         cfg = pipe.config
         _say(log, f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
     comps = pipe.components_batched(holdout_images, batch_size)
+    synthetic_comps = pipe.components_batched(synthetic.images, batch_size)
     normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
     pipe.position_norm = None
-    if cfg.component_norm == "position":
-        pipe.position_norm = PositionNorm.fit({k: v[stats_idx] for k, v in comps.maps().items()})
-    good_maps = pipe.blend(comps.select(threshold_idx), normalization)
-    synthetic_maps = pipe.blend(pipe.components_batched(synthetic.images, batch_size), normalization)
+    if cfg.component_norm == "position" and len(stats_idx) < len(holdout_images):
+        # Two-fold cross-fitting: each half is scored with the other half's statistics, so the threshold sees every
+        # held-out image out of sample; the bundle keeps the statistics of all of them.
+        folds = []
+        for fit_idx in (stats_idx, threshold_idx):
+            fold = pipe.with_settings()
+            fold.position_norm = PositionNorm.fit({k: v[fit_idx] for k, v in comps.maps().items()})
+            folds.append(fold)
+        good_maps = torch.cat([folds[0].blend(comps.select(threshold_idx)), folds[1].blend(comps.select(stats_idx))])
+        synthetic_maps = folds[0].blend(synthetic_comps)  # made on the threshold half: the stats half's statistics
+        pipe.position_norm = PositionNorm.fit(comps.maps())
+    else:
+        if cfg.component_norm == "position":
+            pipe.position_norm = PositionNorm.fit(comps.maps())  # too few images to split: statistics of all
+        good_maps = pipe.blend(comps.select(threshold_idx), normalization)
+        synthetic_maps = pipe.blend(synthetic_comps, normalization)
     calibration = fit_calibration(
         good_maps, normalization, target_fpr=target_fpr, synthetic_maps=synthetic_maps, synthetic_masks=synthetic.masks
     )
     pipe.calibration = calibration
     _say(
         log,
-        f"[6/7] calibrated on {len(threshold_idx)} good images"
-        + (f" (position statistics from {len(stats_idx)} others)" if len(stats_idx) < len(comps.latent_map) else "")
+        f"[6/7] calibrated on {len(good_maps)} good images"
+        + (" (two-fold cross-fitted position statistics)" if len(good_maps) > len(threshold_idx) else "")
         + f": threshold {calibration.image_threshold:.4f} ({calibration.method}), pixel threshold "
         f"{calibration.pixel_threshold:.4f} ({calibration.info.get('pixel_method')})",
     )

@@ -138,6 +138,8 @@ def test_production_bundle_round_trip(production_bundle):
     cfg = read_bundle_config(production_bundle)
     assert cfg.recipe["name"] == "production" and cfg.recipe["version"] == get_recipe("production").version
     assert len(cfg.metadata["holdout_images"]) == 12
+    # Cross-fitted position statistics: the threshold is set on all 12 held-out images, each out of sample.
+    assert cfg.calibration["n_good"] == 12
     pipe = DDADPipeline.from_bundle(production_bundle)
     assert pipe.patch_knn is not None and pipe.position_norm is not None
     assert pipe.patch_knn.bank.shape[0] == 256
