@@ -120,6 +120,9 @@ def make_configs(
         ddad["guidance"] = guidance
     if image_size is not None:
         ddad["image_size"] = image_size
+        # The paper's blur (sigma 4, kernel 33) is defined at 256 px; at 64 px it would spread a thin scratch over
+        # half the frame. Scale it with the resolution unless it is set explicitly.
+        ddad.setdefault("blur_sigma", 4.0 * image_size / 256)
     ddad.update(ddad_overrides or {})
     train.update(train_overrides or {})
     return DDADConfig(**ddad), TrainConfig(**train)
