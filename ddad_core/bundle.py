@@ -75,7 +75,7 @@ class BundleConfig(BaseModel):
         created_at: ISO-8601 UTC time of creation.
         model_version: Human-readable version; derived from the content hash when left empty.
         metadata: Free-form extra information (dataset, category, fit timings, metrics, ...).
-        recipe: Name, version and description of the recipe (``ddad_core.recipes``); None in bundles written
+        recipe: Name, version and description of the recipe (``ddad_core.fitting.recipes``); None in bundles written
             before recipes existed (paper map settings).
     """
 

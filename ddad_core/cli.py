@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from ddad_core.recipes import DEFAULT_RECIPE, RECIPES
+from ddad_core.fitting.recipes import DEFAULT_RECIPE, RECIPES
 
 parser = argparse.ArgumentParser(prog="ddad", description="D3AD anomaly detector: fit, evaluate, predict.")
 subparsers = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +37,7 @@ fit_parser.add_argument(
     "--recipe",
     choices=sorted(RECIPES),
     default=DEFAULT_RECIPE,
-    help=f"method settings (default {DEFAULT_RECIPE}; 'paper' = the reference defaults; ddad_core/recipes.py)",
+    help=f"method settings (default {DEFAULT_RECIPE}; 'paper' = the reference defaults; ddad_core/fitting/recipes.py)",
 )
 fit_parser.add_argument(
     "--autoencoder", help="sd:<hub-id-or-dir>, tae:<dir-or-prefix> or conv (default: SD VAE if cached, else conv)"
@@ -97,7 +97,7 @@ predict_parser.add_argument("--device")
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from ddad_core.fit import fit, make_configs
+    from ddad_core.fitting.fit import fit, make_configs
 
     train_overrides = {"batch_size": args.batch_size} if args.batch_size else None
     config, train_config = make_configs(
@@ -130,7 +130,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ddad_core.fit import recalibrate
+    from ddad_core.fitting.fit import recalibrate
 
     recalibrate(
         args.bundle_dir,
@@ -145,7 +145,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ddad_core.evaluate import evaluate
+    from ddad_core.evaluation.evaluate import evaluate
 
     evaluate(
         args.bundle_dir,
@@ -165,7 +165,7 @@ def _predict(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from ddad_core.evaluate import heatmap_overlay
+    from ddad_core.evaluation.evaluate import heatmap_overlay
     from ddad_core.pipeline import DDADPipeline
     from ddad_core.preprocess import load_image
     from ddad_core.scoring import normalize_map
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddad_core.bundle import BundleError
     from ddad_core.data import DatasetLayoutError, EmptyTrainSetError
     from ddad_core.features import BackboneLoadError, BackboneMismatchError
-    from ddad_core.recipes import SettingError
+    from ddad_core.fitting.recipes import SettingError
 
     args = parser.parse_args(argv)
     handlers = {"fit": _fit, "calibrate": _calibrate, "eval": _eval, "predict": _predict}

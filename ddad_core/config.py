@@ -73,7 +73,7 @@ class DDADConfig(BaseModel):
         1, ge=1, description="k x k local averaging of the feature blocks before the cosine distance; 1 = none (paper)."
     )
 
-    # -- departures of the production recipe (off by default, i.e. in the paper recipe; ddad_core/recipes.py)
+    # -- departures of the production recipe (off by default, i.e. in the paper recipe; ddad_core/fitting/recipes.py)
     knn_weight: float = Field(
         0.0, ge=0, le=1, description="Weight of the patch k-NN term (patch_knn.py) in the map; 0 = the paper's map."
     )

@@ -1,6 +1,6 @@
 """Test helpers for ddad_core and its users (services, integration tests): a tiny but complete model bundle.
 
-``make_tiny_bundle`` runs the real fitting recipe (``ddad_core.fit.fit_images``) with tiny random components --
+``make_tiny_bundle`` runs the real fitting recipe (``ddad_core.fitting.fit.fit_images``) with tiny random components --
 a small ConvAutoencoder, the ``tiny`` UNet preset trained for two epochs, timm's ``test_resnet`` backbone with
 random weights -- on synthetic textures, in a few seconds on a CPU. The bundle is valid in every respect
 (hashes, calibration, noise-level state) and ``DDADPipeline.from_bundle`` serves it; its detections are
@@ -62,7 +62,7 @@ def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_
         >>> DDADPipeline.from_bundle(bundle)(np.zeros((64, 64, 3), np.uint8)).pred_score.shape  # doctest: +SKIP
         torch.Size([1])
     """
-    from ddad_core.fit import fit_images
+    from ddad_core.fitting.fit import fit_images
 
     config = DDADConfig(image_size=image_size, knn_k=3, da_epochs=1, da_batch_size=8)
     train_config = TrainConfig(preset="tiny", epochs=2, batch_size=8, holdout_fraction=0.25, seed=seed)

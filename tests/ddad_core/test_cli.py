@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ddad_core.cli import main, parser
-from ddad_core.recipes import RECIPES
+from ddad_core.fitting.recipes import RECIPES
 
 from ._helpers import write_mvtec
 

@@ -11,7 +11,7 @@ from ddad_core.bundle import read_bundle_config
 from ddad_core.config import DDADConfig, TrainConfig
 from ddad_core.data import DatasetLayoutError, EmptyTrainSetError
 from ddad_core.features import BackboneMismatchError
-from ddad_core.fit import FIT_PRESETS, describe_time, fit, make_configs, split_holdout
+from ddad_core.fitting.fit import FIT_PRESETS, describe_time, fit, make_configs, split_holdout
 from ddad_core.pipeline import DDADPipeline
 
 from ._helpers import write_mvtec

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
-from ddad_core.metrics import (
+from ddad_core.evaluation.metrics import (
     aupro,
     aupro_variant_c,
     auroc,

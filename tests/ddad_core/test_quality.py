@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from ddad_core.autoencoders import ConvAutoencoder
+from ddad_core.evaluation.metrics import aupro, auroc, pixel_auroc
 from ddad_core.features import BackboneLoadError, offline_weight_path
-from ddad_core.fit import fit_images, make_configs
-from ddad_core.metrics import aupro, auroc, pixel_auroc
+from ddad_core.fitting.fit import fit_images, make_configs
 from ddad_core.pipeline import DDADPipeline
 
 from ._helpers import plant_defect, texture_crops

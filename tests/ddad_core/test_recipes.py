@@ -11,14 +11,14 @@ import torch
 from ddad_core.autoencoders import ConvAutoencoder
 from ddad_core.bundle import read_bundle_config
 from ddad_core.config import DDADConfig, TrainConfig
-from ddad_core.fit import fit_images, make_configs, split_position_holdout
+from ddad_core.fitting.fit import fit_images, make_configs, split_position_holdout
+from ddad_core.fitting.recipes import RECIPES, SettingError, get_recipe, recipe_label
+from ddad_core.fitting.train import LatentCache, train_unet
 from ddad_core.patch_knn import PatchKNN, greedy_coreset, patch_features
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.position_norm import PositionNorm
-from ddad_core.recipes import RECIPES, SettingError, get_recipe, recipe_label
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.testing import TINY_BACKBONE, synthetic_textures
-from ddad_core.train import LatentCache, train_unet
 from ddad_core.unet import build_unet
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_with_settings_shares_weights_and_refuses_refit_fields(production_bundle
 def test_old_bundle_without_recipe_still_loads(production_bundle, tmp_path):
     import shutil
 
-    from ddad_core.evaluate import evaluate
+    from ddad_core.evaluation.evaluate import evaluate
 
     from ._helpers import tiny_bundle, write_mvtec
 
@@ -242,7 +242,7 @@ def test_timestep_max_limits_the_sampled_range(monkeypatch):
 
 def test_synthetic_defects_set_a_pixel_threshold_that_fits_the_defect():
     from ddad_core.anomaly_map import MapNormalization
-    from ddad_core.calibration import fit_calibration
+    from ddad_core.fitting.calibration import fit_calibration
     from ddad_core.scoring import score_maps
 
     gen = torch.Generator().manual_seed(0)
@@ -282,9 +282,9 @@ def test_flagged_image_below_the_pixel_threshold_still_gets_a_mask():
 
 
 def test_select_settings_scores_the_grid_and_keeps_the_recipe_first(production_bundle):
+    from ddad_core.fitting.select import select_settings
+    from ddad_core.fitting.synthetic import make_synthetic_defects
     from ddad_core.preprocess import preprocess
-    from ddad_core.select import select_settings
-    from ddad_core.synthetic import make_synthetic_defects
 
     pipe = DDADPipeline.from_bundle(production_bundle)
     images = preprocess(synthetic_textures(8, 64, seed=21), image_size=64)
@@ -328,7 +328,7 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     before = read_bundle_config(tmp_path / "b")
     assert main(["calibrate", str(tmp_path / "b"), "--out", str(tmp_path / "c"), "--recipe", "paper"]) == 2
     assert "trains differently" in capsys.readouterr().err  # the paper recipe trains on every timestep
-    from ddad_core.fit import recalibrate
+    from ddad_core.fitting.fit import recalibrate
 
     recalibrate(tmp_path / "b", tmp_path / "c", knn_weight=1.0, log=None)
     after = read_bundle_config(tmp_path / "c")

@@ -7,8 +7,7 @@ import pytest
 import torch
 from skimage import data
 
-from ddad_core.preprocess import preprocess
-from ddad_core.synthetic import (
+from ddad_core.fitting.synthetic import (
     MIN_MEAN_CHANGE,
     SyntheticDefects,
     cutpaste,
@@ -17,6 +16,7 @@ from ddad_core.synthetic import (
     perlin_noise,
     perlin_paste,
 )
+from ddad_core.preprocess import preprocess
 
 SIZE = 64
 

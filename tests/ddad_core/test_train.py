@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddad_core.config import TrainConfig
-from ddad_core.train import CHECKPOINT_NAME, LatentCache, TrainingDivergedError, encode_dataset, train_unet
+from ddad_core.fitting.train import CHECKPOINT_NAME, LatentCache, TrainingDivergedError, encode_dataset, train_unet
 from ddad_core.unet import build_unet
 
 

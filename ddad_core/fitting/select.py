@@ -3,7 +3,7 @@ defects made on held-out good images.
 
 Users have only good parts. After the UNet, the backbone and the banks are fitted, a small grid of settings that
 need no retraining (``DDADPipeline.with_settings``) is scored on how well each separates the held-out good
-images from synthetic defects pasted on the same images (``ddad_core.synthetic``: DRAEM-style Perlin pastes,
+images from synthetic defects pasted on the same images (``ddad_core.fitting.synthetic``: DRAEM-style Perlin pastes,
 CutPaste, scars):
 
 1. candidates are grouped by their sampler settings: each group runs the pipeline once on the statistics half of
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ddad_core.anomaly_map import MapNormalization, combine_maps, component_weights
-from ddad_core.metrics import aupro, auroc, pixel_auroc
+from ddad_core.evaluation.metrics import aupro, auroc, pixel_auroc
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.position_norm import PositionNorm
 

@@ -28,10 +28,18 @@ import torch
 
 from ddad_core.anomaly_map import MapNormalization
 from ddad_core.data import MVTecFolder, load_mask, resize_mask
-from ddad_core.metrics import aupro, aupro_variant_c, auroc, average_precision, f1_max, pixel_auroc, roc_curve
+from ddad_core.evaluation.metrics import (
+    aupro,
+    aupro_variant_c,
+    auroc,
+    average_precision,
+    f1_max,
+    pixel_auroc,
+    roc_curve,
+)
+from ddad_core.fitting.recipes import SettingError, recipe_label
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import load_image, preprocess
-from ddad_core.recipes import SettingError, recipe_label
 from ddad_core.scoring import normalize_map, score_maps
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ddad_core.anomaly_map import MapNormalization, image_scores
-from ddad_core.metrics import f1_max
+from ddad_core.evaluation.metrics import f1_max
 from ddad_core.scoring import Calibration, check_sensitivity
 
 
@@ -100,7 +100,7 @@ def fit_calibration(
 
     The pixel threshold (what ``pred_mask`` and the alert boxes come from) equals the image threshold unless
     defect masks are at hand: labelled defects (``defect_maps`` + ``defect_masks``) or synthetic defects made on
-    held-out good images (``synthetic_maps`` + ``synthetic_masks``, ``ddad_core.synthetic``). Then it is the
+    held-out good images (``synthetic_maps`` + ``synthetic_masks``, ``ddad_core.fitting.synthetic``). Then it is the
     F1-optimal pixel threshold over the good and defect pixels, so masks fit the defects instead of the blurred
     halo around them (a flagged image whose peak stays below it still gets a mask: ``scoring.score_maps``).
     Synthetic defects never move the image threshold (they are not the product's real defects).

@@ -21,7 +21,7 @@
 
 ``fit`` wraps it for an MVTec-layout folder. Presets (``FIT_PRESETS``) fix the UNet size and its learning rate:
 ``paper`` is the reference size (GPU), ``cpu`` a reduced one that fits on a laptop CPU. Recipes
-(``ddad_core.recipes``: ``production`` by default, ``paper``) fix the method's settings on top of the preset.
+(``ddad_core.fitting.recipes``: ``production`` by default, ``paper``) fix the method's settings on top of the preset.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddad_core.adapt import domain_adapt
 from ddad_core.anomaly_map import MapNormalization
 from ddad_core.autoencoders import (
     ConvAutoencoder,
@@ -50,7 +49,6 @@ from ddad_core.autoencoders import (
     reconstruction_psnr,
 )
 from ddad_core.bundle import BUNDLE_CONFIG_NAME, BundleConfig, load_bundle, read_bundle_config, save_bundle
-from ddad_core.calibration import fit_calibration
 from ddad_core.config import DDADConfig, TrainConfig
 from ddad_core.data import EmptyTrainSetError, MVTecFolder, load_images
 from ddad_core.features import (
@@ -62,18 +60,20 @@ from ddad_core.features import (
     offline_weight_path,
     parse_backbone_spec,
 )
+from ddad_core.fitting.adapt import domain_adapt
+from ddad_core.fitting.calibration import fit_calibration
+from ddad_core.fitting.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from ddad_core.fitting.select import select_settings
+from ddad_core.fitting.synthetic import make_synthetic_defects
+from ddad_core.fitting.train import encode_dataset, train_unet
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block
 from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
-from ddad_core.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.scoring import Calibration
-from ddad_core.select import select_settings
-from ddad_core.synthetic import make_synthetic_defects
-from ddad_core.train import encode_dataset, train_unet
 from ddad_core.unet import RECOMMENDED_TRAINING, build_unet
 
 #: The method's default latent space (METHOD.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).
@@ -342,7 +342,7 @@ def recalibrate(
     Raises:
         SettingError: settings that need refitting, or a bundle without recorded held-out images.
     """
-    from ddad_core.recipes import SettingError
+    from ddad_core.fitting.recipes import SettingError
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     pipe = DDADPipeline.from_bundle(bundle_dir, device=device)
@@ -443,9 +443,9 @@ def fit_images(
         recipe: The recipe ``config``/``train_config`` were made from (recorded in the bundle); None = the configs
             were built by hand (recorded as ``custom``).
         image_names: Names of the images (recorded for the held-out ones, so tools can find them again).
-        select: Choose sampler and map settings on synthetic defects (``ddad_core.select``); the choice and the
+        select: Choose sampler and map settings on synthetic defects (``ddad_core.fitting.select``); the choice and the
             table are recorded in ``metadata["selection"]``.
-        select_grid: The grid for ``select`` (default ``ddad_core.select.DEFAULT_GRID``).
+        select_grid: The grid for ``select`` (default ``ddad_core.fitting.select.DEFAULT_GRID``).
 
     Returns:
         The bundle directory.
