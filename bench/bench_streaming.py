@@ -245,21 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     with local_stack(args.workdir) as stack:
         kafka = {"bootstrap_servers": [stack["kafka"]], "client_id": "bench"}
+
+        def worker_on(topics: Topics):
+            objects, logs = args.workdir / "objects", args.workdir / "logs"
+            return start_worker(bundle, stack, topics, objects, batch, args.max_queue_delay_ms, logs, args.device)
+
         # 2. saturated: backlog first, then start the worker and time the drain
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
         ensure_topics(kafka, default_topic_specs(topics, frames_partitions=args.cameras))
         produce(kafka, topics.frames, frames, None, size)
         print("[bench] streaming (saturated): worker drains a backlog ...", flush=True)
-        proc, _ = start_worker(
-            bundle,
-            stack,
-            topics,
-            args.workdir / "objects",
-            batch,
-            args.max_queue_delay_ms,
-            args.workdir / "logs",
-            args.device,
-        )
+        proc, _ = worker_on(topics)
         try:
             results = collect(kafka, topics.results, len(frames), timeout_s=1800)
         finally:
@@ -280,16 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
         ensure_topics(kafka, default_topic_specs(topics, frames_partitions=args.cameras))
         rate = args.load * offline["frames_per_s"]
-        proc, _ = start_worker(
-            bundle,
-            stack,
-            topics,
-            args.workdir / "objects",
-            batch,
-            args.max_queue_delay_ms,
-            args.workdir / "logs",
-            args.device,
-        )
+        proc, _ = worker_on(topics)
         try:
             print(f"[bench] streaming at {rate:.1f} frames/s offered ({args.load:.0%} of offline) ...", flush=True)
             ready = threading.Event()
