@@ -38,15 +38,14 @@ import numpy as np
 import torch
 from bench_detector import fit_bundle  # bench/ is on sys.path when this file runs as a script
 
-from ddad_core.anomaly_map import MapNormalization, combine_maps, component_weights
 from ddad_core.config import DDADConfig
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
 from ddad_core.evaluation.metrics import aupro, auroc, f1_max, pixel_auroc
 from ddad_core.features import load_backbone
 from ddad_core.fitting.fit import split_position_holdout
 from ddad_core.fitting.recipes import SettingError
+from ddad_core.fitting.select import blend_with
 from ddad_core.pipeline import DDADPipeline, MapComponents
-from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,17 +248,14 @@ def ensure_bundle(work: Path, data_dir: Path, recipe: str, args: argparse.Namesp
 
 
 def blend_for(pipe: DDADPipeline, hold: MapComponents, test: MapComponents, overrides: dict) -> torch.Tensor:
-    """Blended test maps for map-setting ``overrides``, with statistics from the held-out components."""
+    """Blended test maps for map-setting ``overrides``: per-position statistics from the statistics half of the
+    held-out components, min-max from all of them (or from the test set itself, the paper's normalisation)."""
     cfg = pipe.config.model_copy(update=overrides)
-    weights = component_weights(cfg.latent_weight, cfg.knn_weight)
     if cfg.component_norm == "position":
-        stats_idx, _ = split_position_holdout(len(hold.latent_map), "position")
-        names = list(weights)
-        norm = PositionNorm.fit({k: v for k, v in hold.select(stats_idx).maps().items() if k in names})
-        return combine_maps(test.maps(), weights, position_norm=norm, sigma=cfg.blur_sigma)
-    source = test if cfg.normalization == "paper" else hold
-    stats = MapNormalization.from_maps(source.latent_map, source.feature_map, source.knn_map)
-    return combine_maps(test.maps(), weights, stats, sigma=cfg.blur_sigma)
+        stats = hold.select(split_position_holdout(len(hold.latent_map), "position")[0])
+    else:
+        stats = test if cfg.normalization == "paper" else hold
+    return blend_with(pipe, stats, test, overrides)
 
 
 def score(maps: torch.Tensor, data: TestSet) -> dict[str, float]:
