@@ -293,10 +293,11 @@ def calibrate_pipeline(
     comps = pipe.components_batched(holdout_images, batch_size)
     synthetic_comps = pipe.components_batched(synthetic.images, batch_size)
     normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
-    pipe.position_norm = None
+    # The bundle keeps the statistics of all held-out images (with fewer than 8, the threshold uses them too).
+    pipe.position_norm = PositionNorm.fit(comps.maps()) if cfg.component_norm == "position" else None
     if cfg.component_norm == "position" and len(stats_idx) < len(holdout_images):
         # Two-fold cross-fitting: each half is scored with the other half's statistics, so the threshold sees every
-        # held-out image out of sample; the bundle keeps the statistics of all of them.
+        # held-out image out of sample.
         folds = []
         for fit_idx in (stats_idx, threshold_idx):
             fold = pipe.with_settings()
@@ -304,10 +305,7 @@ def calibrate_pipeline(
             folds.append(fold)
         good_maps = torch.cat([folds[0].blend(comps.select(threshold_idx)), folds[1].blend(comps.select(stats_idx))])
         synthetic_maps = folds[0].blend(synthetic_comps)  # made on the threshold half: the stats half's statistics
-        pipe.position_norm = PositionNorm.fit(comps.maps())
     else:
-        if cfg.component_norm == "position":
-            pipe.position_norm = PositionNorm.fit(comps.maps())  # too few images to split: statistics of all
         good_maps = pipe.blend(comps.select(threshold_idx), normalization)
         synthetic_maps = pipe.blend(synthetic_comps, normalization)
     calibration = fit_calibration(
