@@ -11,7 +11,7 @@
 #     m2/                         Maven's local repository for the two downloads above
 #     go/bin/{helm,kubeconform}   built with `go install` from the Go module proxy (go/mod, go/build-cache beside)
 #     stamps/, logs/              what was installed at which version; logs of each step
-# Redis comes from Debian (`apt-get install redis-server`, only when redis-server is missing).
+# Redis and Chromium come from Debian (`apt-get install redis-server chromium`, only when missing).
 #
 # Environment:
 #   DDAD_HOME                      cache dir (above)
@@ -20,6 +20,7 @@
 #   REDIS_URL                      use an existing Redis: redis-server is not installed
 #   S3_ENDPOINT_URL                use an existing S3 endpoint: s3proxy is not fetched
 #   DDAD_HELM, DDAD_KUBECONFORM    use these binaries instead of building them with go install
+#   DDAD_CHROMIUM                  use this Chromium binary for the browser tests instead of Debian's
 # A missing prerequisite stops with one line naming it and how to provide it.
 
 set -euo pipefail
@@ -225,6 +226,27 @@ else
     [ "$_rc" = 0 ] || _boot_die "apt-get install redis-server failed (log: $_BOOT_LOGS/redis.log): is Debian's" \
         "mirror reachable? Or set REDIS_URL to an existing server"
     _boot_done redis "$_t" "installed $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/redis \1/p')"
+fi
+
+# ----------------------------------------------------------------------------------------------------- chromium
+# Debian's chromium drives the dashboard and report browser tests through Playwright (no browser download).
+_t="$(_boot_now)"
+if [ -n "${DDAD_CHROMIUM:-}" ]; then
+    _boot_done chromium "$_t" "using DDAD_CHROMIUM=$DDAD_CHROMIUM"
+elif command -v chromium >/dev/null 2>&1; then
+    _boot_done chromium "$_t" "$(chromium --version 2>/dev/null | head -1)"
+else
+    [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 || _boot_die "MISSING chromium: install Debian's" \
+        "chromium (as root: apt-get install chromium) or set DDAD_CHROMIUM to a Chromium binary"
+    command -v apt-get >/dev/null 2>&1 || _boot_die "MISSING chromium and no apt-get: install Chromium with your" \
+        "package manager or set DDAD_CHROMIUM to a Chromium binary"
+    _sudo=""; [ "$(id -u)" = 0 ] || _sudo="sudo"
+    _boot_say "installing Debian's chromium (first time only)"
+    { $_sudo apt-get update -qq && $_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends chromium fonts-dejavu-core; } >"$_BOOT_LOGS/chromium.log" 2>&1 \
+        || _boot_die "apt-get install chromium failed (log: $_BOOT_LOGS/chromium.log): is Debian's mirror" \
+            "reachable? Or set DDAD_CHROMIUM to a Chromium binary"
+    _boot_done chromium "$_t" "installed $(chromium --version 2>/dev/null | head -1)"
 fi
 
 # -------------------------------------------------------------------------------------------------------- venv
