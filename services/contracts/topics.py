@@ -14,6 +14,7 @@ FRAMES_SCHEMA_VERSION = 1  # also the byte after b"DDF" in the binary envelope
 # topic also carries `kind: "dropped"` records for frames that were not inspected.
 RESULTS_SCHEMA_VERSION = 2
 DEFECTS_SCHEMA_VERSION = 1
+FEEDBACK_SCHEMA_VERSION = 1
 
 # Headers are bytes on the wire; these names are shared by the worker's DLQ and whoever inspects it.
 HEADER_SCHEMA = "schema"
@@ -57,9 +58,14 @@ class Topics:
         """One ``DefectAlert`` JSON per raised alert (key camera_id)."""
         return self._name("defects")
 
+    @property
+    def feedback(self) -> str:
+        """One ``FeedbackRecord`` JSON per operator action on an alert (key camera_id)."""
+        return self._name("feedback")
+
     def all(self) -> list[str]:
         """All topic names, in flow order."""
-        return [self.frames, self.frames_dlq, self.results, self.defects]
+        return [self.frames, self.frames_dlq, self.results, self.defects, self.feedback]
 
 
 def record_key(camera_id: str) -> bytes:

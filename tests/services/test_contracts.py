@@ -123,5 +123,5 @@ def test_threshold_means_the_normalised_threshold_in_results_and_alerts():
 
 
 def test_topics_prefix():
-    assert Topics().all() == ["frames", "frames.dlq", "results", "defects"]
+    assert Topics().all() == ["frames", "frames.dlq", "results", "defects", "feedback"]
     assert Topics("stg").results == "stg.results"
