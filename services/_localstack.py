@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import logging
 import os
@@ -205,6 +206,12 @@ class ServerHandle:
     process: subprocess.Popen
     workdir: Path
     log_paths: list[Path]
+    # How to launch the same server again on the same ports and data (``restart``): command, its output log, and the
+    # readiness probe with its timeout. Set by the launchers.
+    cmd: list[str] = field(default_factory=list, repr=False)
+    spawn_log: Path | None = field(default=None, repr=False)
+    probe: Callable[[], None] | None = field(default=None, repr=False)
+    start_timeout: float = field(default=60.0, repr=False)
 
     @property
     def running(self) -> bool:
@@ -230,6 +237,36 @@ class ServerHandle:
             except subprocess.TimeoutExpired:
                 logger.warning("%s (pid %d) ignored %s for %.0fs", self.name, self.process.pid, sig.name, wait_s)
 
+    def kill(self) -> None:
+        """SIGKILL the server's process group at once (a crash, for fault tests) and reap it."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def restart(self, timeout: float | None = None) -> ServerHandle:
+        """Start the stopped (or still running: stopped first) server again on the same ports, keeping its data.
+
+        For outage tests: clients that were connected see the server go away and come back at the same address.
+
+        Raises:
+            ServerStartError: it did not answer again within ``timeout`` (default: its start-up timeout).
+        """
+        if not self.cmd or self.spawn_log is None or self.probe is None:
+            raise ServerNotAvailable(f"{self.name} was not started by this module: it cannot be restarted")
+        self.stop()
+        self.process = _spawn(self.cmd, self.spawn_log, cwd=self.workdir)
+        _Pending(self, self.probe, timeout or self.start_timeout).wait()
+        return self
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open but nothing answers (a hung server, for fault tests)."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        os.killpg(self.process.pid, signal.SIGCONT)
+
 
 @dataclass
 class KafkaHandle(ServerHandle):
@@ -237,6 +274,11 @@ class KafkaHandle(ServerHandle):
 
     bootstrap_servers: str = ""
     controller_port: int = 0
+    #: ``127.0.0.1:<port>`` of the SASL_SSL (SCRAM-SHA-512) listener, when started with ``sasl_users``.
+    sasl_ssl_bootstrap: str = ""
+    #: PEM file with the broker's self-signed certificate (the CA a TLS client must trust).
+    ca_file: str = ""
+    sasl_users: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -244,6 +286,8 @@ class RedisHandle(ServerHandle):
     """A Redis server without persistence."""
 
     url: str = ""
+    #: ACL users created at start (name -> password), besides ``default`` (which needs ``password`` when set).
+    users: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -386,15 +430,65 @@ def _kafka_cluster_id() -> str:
             return cid
 
 
-def _kafka_properties(workdir: Path, port: int, controller_port: int, num_partitions: int, extra: dict) -> str:
+_KEYSTORE_PASSWORD = "ddad-local-keystore"
+
+
+def _make_keystore(workdir: Path, java: str) -> Path:
+    """A self-signed broker certificate for 127.0.0.1 / localhost with the JDK's keytool (PKCS12) and its PEM export.
+
+    Returns:
+        The PEM file a TLS client trusts (``ssl_cafile``).
+    """
+    keytool = str(Path(java).with_name("keytool"))
+    if not os.access(keytool, os.X_OK):
+        keytool = shutil.which("keytool") or ""
+    if not keytool:
+        raise ServerNotAvailable("keytool (part of the JDK) not found next to java nor on PATH: needed for the "
+                                 "TLS listener of the local Kafka")
+    store = workdir / "broker.p12"
+    for args in (["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "7",
+                  "-dname", "CN=localhost", "-ext", f"SAN=ip:{LOOPBACK},dns:localhost"],
+                 ["-exportcert", "-rfc", "-alias", "broker", "-file", str(workdir / "ca.pem")]):
+        done = subprocess.run([keytool, *args, "-keystore", str(store), "-storetype", "PKCS12",
+                               "-storepass", _KEYSTORE_PASSWORD, "-keypass", _KEYSTORE_PASSWORD, "-noprompt"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise ServerStartError(f"keytool {args[0]} failed (exit {done.returncode}): {done.stdout}{done.stderr}")
+    return workdir / "ca.pem"
+
+
+def _sasl_ssl_properties(sasl_port: int, keystore: Path) -> dict[str, Any]:
+    """A second client listener, SASL_SSL with SCRAM-SHA-512 (users are added when the storage is formatted)."""
+    return {
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(keystore),
+        "ssl.keystore.password": _KEYSTORE_PASSWORD,
+        "ssl.key.password": _KEYSTORE_PASSWORD,
+        "ssl.client.auth": "none",
+    }
+
+
+def _kafka_properties(workdir: Path, port: int, controller_port: int, num_partitions: int, extra: dict,
+                      sasl_port: int | None = None) -> str:
+    listeners = f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}"
+    advertised = f"PLAINTEXT://{LOOPBACK}:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if sasl_port:
+        listeners += f",SASL_SSL://{LOOPBACK}:{sasl_port}"
+        advertised += f",SASL_SSL://{LOOPBACK}:{sasl_port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     props: dict[str, Any] = {
         "process.roles": "broker,controller",
         "node.id": 1,
         "controller.quorum.voters": f"1@{LOOPBACK}:{controller_port}",
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+        "listeners": listeners,
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(workdir / "data"),
         "num.partitions": num_partitions,
@@ -417,6 +511,8 @@ def _kafka_properties(workdir: Path, port: int, controller_port: int, num_partit
         "message.max.bytes": 16 * 1024 * 1024,
         "replica.fetch.max.bytes": 16 * 1024 * 1024,
     }
+    if sasl_port:
+        props.update(_sasl_ssl_properties(sasl_port, workdir / "broker.p12"))
     props.update(extra)
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -433,19 +529,24 @@ def _java_cmd(java: str, libs: Path, heap_mb: int, *args: str) -> list[str]:
 
 
 def _launch_kafka(workdir: Path, port: int, controller_port: int, num_partitions: int, heap_mb: int,
-                  extra_config: dict, timeout: float) -> _Pending:
+                  extra_config: dict, timeout: float, sasl_port: int | None = None,
+                  sasl_users: dict[str, str] | None = None) -> _Pending:
     java, libs = find_java(), kafka_libs()
     _require_jars(libs, f"Kafka {KAFKA_VERSION}", "DDAD_KAFKA_LIBS", "KAFKA_BOOTSTRAP_SERVERS")
     workdir = _fresh_dir(workdir)
+    ca_file = str(_make_keystore(workdir, java)) if sasl_port else ""
     (workdir / "server.properties").write_text(
-        _kafka_properties(workdir, port, controller_port, num_partitions, extra_config))
+        _kafka_properties(workdir, port, controller_port, num_partitions, extra_config, sasl_port))
     (workdir / "log4j2.properties").write_text(_KAFKA_LOG4J2.format(log=workdir / "server.log"))
     log4j = f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}"
 
-    # KRaft needs its metadata dir formatted with a cluster id before the first start.
+    # KRaft needs its metadata dir formatted with a cluster id before the first start; SCRAM users are written into
+    # the metadata log by the same step.
+    scram = [a for name, pw in (sasl_users or {}).items()
+             for a in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={pw}]")]
     fmt = subprocess.run(
         _java_cmd(java, libs, 256, log4j, "kafka.tools.StorageTool", "format", "-t", _kafka_cluster_id(),
-                  "-c", str(workdir / "server.properties")),
+                  "-c", str(workdir / "server.properties"), *scram),
         cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
     )
     (workdir / "format.log").write_text(fmt.stdout + fmt.stderr)
@@ -453,12 +554,15 @@ def _launch_kafka(workdir: Path, port: int, controller_port: int, num_partitions
         raise ServerStartError(f"kafka storage format failed (exit {fmt.returncode}); logs in {workdir}\n"
                                f"{fmt.stdout}{fmt.stderr}")
 
-    proc = _spawn(_java_cmd(java, libs, heap_mb, log4j, "kafka.Kafka", str(workdir / "server.properties")),
-                  workdir / "stdout.log", cwd=workdir)
+    cmd = _java_cmd(java, libs, heap_mb, log4j, "kafka.Kafka", str(workdir / "server.properties"))
+    proc = _spawn(cmd, workdir / "stdout.log", cwd=workdir)
     bootstrap = f"{LOOPBACK}:{port}"
     handle = KafkaHandle("kafka", proc, workdir, [workdir / "server.log", workdir / "stdout.log"],
-                         bootstrap_servers=bootstrap, controller_port=controller_port)
-    return _Pending(handle, lambda: _probe_kafka(bootstrap, port), timeout)
+                         cmd=cmd, spawn_log=workdir / "stdout.log", probe=lambda: _probe_kafka(bootstrap, port),
+                         start_timeout=timeout, bootstrap_servers=bootstrap, controller_port=controller_port,
+                         sasl_ssl_bootstrap=f"{LOOPBACK}:{sasl_port}" if sasl_port else "", ca_file=ca_file,
+                         sasl_users=dict(sasl_users or {}))
+    return _Pending(handle, handle.probe, timeout)
 
 
 def _probe_kafka(bootstrap: str, port: int) -> None:
@@ -479,7 +583,8 @@ def _probe_kafka(bootstrap: str, port: int) -> None:
 
 
 def start_kafka(workdir: Path, port: int | None = None, controller_port: int | None = None, num_partitions: int = 1,
-                heap_mb: int = 512, extra_config: dict | None = None, timeout: float = 90.0) -> KafkaHandle:
+                heap_mb: int = 512, extra_config: dict | None = None, timeout: float = 90.0,
+                sasl_users: dict[str, str] | None = None) -> KafkaHandle:
     """Start a single-node KRaft Kafka (combined broker and controller) on loopback.
 
     Args:
@@ -490,6 +595,8 @@ def start_kafka(workdir: Path, port: int | None = None, controller_port: int | N
         heap_mb: JVM max heap.
         extra_config: more ``server.properties`` entries (override the defaults).
         timeout: seconds to wait for a metadata answer.
+        sasl_users: when given, a second client listener ``SASL_SSL`` (SCRAM-SHA-512 over TLS with a self-signed
+            certificate made by keytool, ``handle.ca_file``) on ``handle.sasl_ssl_bootstrap``, with these users.
 
     Returns:
         The handle; ``handle.bootstrap_servers`` is ``"127.0.0.1:<port>"``.
@@ -505,7 +612,13 @@ def start_kafka(workdir: Path, port: int | None = None, controller_port: int | N
         c = _pick_port(controller_port, "kafka controller port")
         while c == p:
             c = free_port()
-        return _launch_kafka(Path(workdir), p, c, num_partitions, heap_mb, extra_config or {}, timeout)
+        sasl = None
+        if sasl_users:
+            sasl = free_port()
+            while sasl in (p, c):
+                sasl = free_port()
+        return _launch_kafka(Path(workdir), p, c, num_partitions, heap_mb, extra_config or {}, timeout, sasl,
+                             sasl_users)
 
     return _start_with_retry(launch, auto)  # type: ignore[return-value]
 
@@ -526,37 +639,52 @@ def find_redis_server() -> str:
     return found
 
 
-def _launch_redis(workdir: Path, port: int, timeout: float) -> _Pending:
+def _launch_redis(workdir: Path, port: int, timeout: float, persistent: bool = False, password: str | None = None,
+                  users: dict[str, str] | None = None) -> _Pending:
     binary = find_redis_server()
     workdir = _fresh_dir(workdir)
     log = workdir / "redis.log"
-    # No persistence (tests and the demo want a clean, fast store); bound to loopback only.
-    cmd = [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+    # No persistence by default (tests and the demo want a clean, fast store); bound to loopback only. Persistent
+    # (outage tests restart it): an append-only file synced on every write, so a restart keeps every acknowledged
+    # write.
+    cmd = [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
+           "--appendonly", "yes" if persistent else "no", "--appendfsync", "always",
            "--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"]
+    if password:
+        cmd += ["--requirepass", password]
+    for name, pw in (users or {}).items():  # ACL users: full access to every key and command
+        cmd += ["--user", name, "on", f">{pw}", "~*", "&*", "+@all"]
     proc = _spawn(cmd, workdir / "stdout.log", cwd=workdir)
     url = f"redis://{LOOPBACK}:{port}/0"
-    handle = RedisHandle("redis", proc, workdir, [log, workdir / "stdout.log"], url=url)
+    auth_url = f"redis://:{password}@{LOOPBACK}:{port}/0" if password else url
 
     def probe() -> None:
         import redis
 
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(auth_url, socket_timeout=1, socket_connect_timeout=1)
         try:
             if not client.ping():
                 raise RuntimeError("PING did not answer PONG")
         finally:
             client.close()
 
+    handle = RedisHandle("redis", proc, workdir, [log, workdir / "stdout.log"], cmd=cmd,
+                         spawn_log=workdir / "stdout.log", probe=probe, start_timeout=timeout, url=url,
+                         users=dict(users or {}))
     return _Pending(handle, probe, timeout)
 
 
-def start_redis(workdir: Path, port: int | None = None, timeout: float = 30.0) -> RedisHandle:
-    """Start ``redis-server`` on loopback without persistence.
+def start_redis(workdir: Path, port: int | None = None, timeout: float = 30.0, persistent: bool = False,
+                password: str | None = None, users: dict[str, str] | None = None) -> RedisHandle:
+    """Start ``redis-server`` on loopback.
 
     Args:
         workdir: fresh dir for its log (wiped if it exists).
         port: a free one when None.
         timeout: seconds to wait for PING.
+        persistent: keep data across ``restart()`` (append-only file, fsync on every write).
+        password: ``requirepass`` of the ``default`` user (AUTH); ``handle.url`` stays without it.
+        users: ACL users (name -> password) with access to all keys and commands.
 
     Returns:
         The handle; ``handle.url`` is ``"redis://127.0.0.1:<port>/0"``.
@@ -565,8 +693,8 @@ def start_redis(workdir: Path, port: int | None = None, timeout: float = 30.0) -
         ServerNotAvailable: redis-server missing or the given port taken.
         ServerStartError: it exited or did not answer PING.
     """
-    return _start_with_retry(lambda: _launch_redis(Path(workdir), _pick_port(port, "redis"), timeout),
-                             port is None)  # type: ignore[return-value]
+    return _start_with_retry(lambda: _launch_redis(Path(workdir), _pick_port(port, "redis"), timeout, persistent,
+                                                   password, users), port is None)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -603,7 +731,6 @@ def _launch_s3(workdir: Path, port: int, heap_mb: int, timeout: float) -> _Pendi
     cmd = _java_cmd(java, libs, heap_mb, f"-Dlogback.configurationFile={workdir / 'logback.xml'}",
                     "org.gaul.s3proxy.Main", "--properties", str(workdir / "s3proxy.conf"))
     proc = _spawn(cmd, workdir / "s3proxy.log", cwd=workdir)
-    handle = S3Handle("s3", proc, workdir, [workdir / "s3proxy.log"], endpoint_url=endpoint)
     client_holder: list[Any] = []
 
     def probe() -> None:
@@ -617,6 +744,8 @@ def _launch_s3(workdir: Path, port: int, heap_mb: int, timeout: float) -> _Pendi
                                               **handle.client_kwargs()))
         client_holder[0].list_buckets()
 
+    handle = S3Handle("s3", proc, workdir, [workdir / "s3proxy.log"], cmd=cmd, spawn_log=workdir / "s3proxy.log",
+                      probe=probe, start_timeout=timeout, endpoint_url=endpoint)
     return _Pending(handle, probe, timeout)
 
 
