@@ -21,6 +21,7 @@ import re
 import sys
 from collections.abc import Callable
 from typing import Any, Literal, TextIO, TypeVar
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,9 +43,18 @@ class CommonSettings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(None, description="PEM file of the CA that signed the brokers' certificates "
+                                                           "(SSL / SASL_SSL; default: the system's trust store).")
+    kafka_ssl_certfile: str | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    kafka_ssl_keyfile: str | None = Field(None, description="Private key (PEM) of the client certificate.")
+    kafka_ssl_check_hostname: bool = Field(True, description="Verify that the broker certificate names the host.")
     kafka_client_id: str | None = Field(None, description="Defaults to the service name plus the host name.")
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description="Per-environment topic prefix.")
-    redis_url: str = Field("redis://localhost:6379/0", description="Password, if any, goes in the URL.")
+    redis_url: str = Field("redis://localhost:6379/0",
+                           description="redis:// or rediss:// URL; credentials in it or in redis_username/password.")
+    redis_username: str | None = Field(None, description="Redis ACL user (default: the URL's, else 'default').")
+    redis_password: SecretStr | None = Field(None, description="Redis AUTH password (e.g. from a Kubernetes secret); "
+                                                               "overrides one in the URL.")
     redis_key_prefix: str = ""
     object_store_url: str = Field("file:///var/lib/inspection/objects",
                                   description="file:///dir for the local store or s3://bucket/prefix for S3.")
@@ -64,6 +74,28 @@ class CommonSettings(BaseSettings):
         if self.kafka_security_protocol.startswith("SASL") and not (self.kafka_sasl_mechanism and
                                                                     self.kafka_sasl_username):
             raise ValueError("SASL security protocols need kafka_sasl_mechanism and kafka_sasl_username")
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{name}: no such file {path!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_credentials(self) -> CommonSettings:
+        # Credentials given apart from the URL (a secret mounted as REDIS_PASSWORD) go into it once, here, so every
+        # client of every service (redis.Redis.from_url) authenticates the same way; the URL is masked wherever it
+        # is shown (masked_config, start-up lines).
+        if self.redis_username is None and self.redis_password is None:
+            return self
+        parsed = urlsplit(self.redis_url)
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis_url: scheme {parsed.scheme!r} (use redis://, rediss:// or unix://)")
+        user = self.redis_username if self.redis_username is not None else unquote(parsed.username or "")
+        password = (self.redis_password.get_secret_value() if self.redis_password is not None
+                    else unquote(parsed.password or ""))
+        host = parsed.netloc.rsplit("@", 1)[-1]
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+        self.redis_url = urlunsplit(parsed._replace(netloc=f"{auth}@{host}" if auth else host))
         return self
 
     def kafka_kwargs(self, service: str) -> dict[str, Any]:
@@ -75,6 +107,9 @@ class CommonSettings(BaseSettings):
             # kafka-python blocks in every client's constructor until the cluster answers (30 s by default).
             "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
         }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            kwargs.update(ssl_cafile=self.kafka_ssl_cafile, ssl_certfile=self.kafka_ssl_certfile,
+                          ssl_keyfile=self.kafka_ssl_keyfile, ssl_check_hostname=self.kafka_ssl_check_hostname)
         if self.kafka_sasl_mechanism:
             kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
                           sasl_plain_password=self.kafka_sasl_password.get_secret_value()
