@@ -86,8 +86,11 @@ class Frame(BaseModel):
     width: int = Field(gt=0, le=32768)
     height: int = Field(gt=0, le=32768)
     image: bytes | None = Field(None, description="Encoded image inline (small frames).")
-    image_uri: str | None = Field(None, description="Claim-check URI in the object store (large frames).")
-    source: str | None = Field(None, max_length=512, description="Where the frame came from (file name, stream URL).")
+    image_uri: str | None = Field(None, max_length=2048, pattern=r"^[a-z][a-z0-9+.-]*://[^\x00-\x1f\x7f]+$",
+                                  description="Claim-check URI in the object store (large frames); the worker reads "
+                                              "only URIs inside its own store.")
+    source: str | None = Field(None, max_length=512, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
+                               description="Where the frame came from (file name, stream URL); no control characters.")
 
     @model_validator(mode="after")
     def _one_payload(self) -> Frame:
@@ -107,9 +110,16 @@ class Frame(BaseModel):
     def from_bytes(cls, data: bytes) -> Frame:
         """Decode a record value.
 
+        Any input (arbitrary bytes, None, a hostile header) either returns a valid ``Frame`` or raises
+        ``FrameDecodeError``, never another exception (property test:
+        tests/services/test_frame_decoder_property.py).
+
         Raises:
             FrameDecodeError: with reason ``bad_envelope``, ``unsupported_schema`` or ``invalid_frame``.
         """
+        if not isinstance(data, bytes | bytearray | memoryview | None):
+            raise FrameDecodeError("bad_envelope", f"value is a {type(data).__name__}, not bytes")
+        data = bytes(data) if data is not None else None
         if data is None or len(data) < 8 or data[:3] != _MAGIC:
             raise FrameDecodeError("bad_envelope", "value does not start with the DDF frame magic")
         if data[3] != FRAMES_SCHEMA_VERSION:
@@ -120,8 +130,8 @@ class Frame(BaseModel):
             raise FrameDecodeError("bad_envelope", f"header length {header_len} exceeds the record ({len(data)} bytes)")
         try:
             fields = json.loads(data[8 : 8 + header_len])
-        except ValueError as exc:
-            raise FrameDecodeError("bad_envelope", f"header is not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON arrays or objects
+            raise FrameDecodeError("bad_envelope", f"header is not JSON: {str(exc)[:200]}") from None
         if not isinstance(fields, dict):
             raise FrameDecodeError("bad_envelope", "header is not a JSON object")
         if "image" in fields:
