@@ -98,7 +98,7 @@ def test_known_hostile_headers() -> None:
     cases = [
         b"",
         b"DDF",
-        _envelope(b"[" * 50_000 + b"]" * 50_000),  # nesting deeper than the JSON parser's recursion limit
+        _envelope(b"[" * 30_000 + b"]" * 30_000),  # nesting deeper than the JSON parser's recursion limit
         _envelope(b'{"width": 1' + b"0" * 5000 + b"}"),  # an integer longer than Python's str->int limit
         _envelope(b"\xff\xfe not utf-8"),
         _envelope(json.dumps({**_VALID, "image": "inline"}).encode(), b"x"),
