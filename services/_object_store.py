@@ -20,6 +20,21 @@ class ObjectNotFoundError(KeyError):
     """The URI points at nothing."""
 
 
+class ObjectRefusedError(ValueError):
+    """The URI is not this store's to read: another scheme, another bucket, outside the prefix or the root folder.
+
+    Claim-check URIs arrive in frames anyone on the network can write; reading whatever they name would turn the
+    worker into a file and URL reader (local files, other buckets, cloud metadata endpoints).
+    """
+
+
+class ObjectStoreUnavailable(RuntimeError):
+    """The store did not answer or failed transiently (connection refused, timeout, 5xx, throttling, credentials).
+
+    Not the frame's fault: the worker waits and retries instead of dead-lettering the frame.
+    """
+
+
 class ObjectStore(Protocol):
     """The whole interface the services use."""
 
@@ -27,7 +42,12 @@ class ObjectStore(Protocol):
         """Store ``data`` under ``key`` (overwriting) and return its URI."""
 
     def get(self, uri: str) -> bytes:
-        """Read the object behind a URI this store returned (raises ``ObjectNotFoundError``)."""
+        """Read the object behind a URI inside this store.
+
+        Raises:
+            ObjectNotFoundError: nothing there. ObjectRefusedError: not a URI of this store.
+            ObjectStoreUnavailable: the store failed transiently.
+        """
 
     def uri_for(self, key: str) -> str:
         """The URI ``put(key, ...)`` returns, without writing."""
@@ -78,15 +98,17 @@ class LocalObjectStore:
 
     def get(self, uri: str) -> bytes:
         parsed = urlparse(uri)
-        if parsed.scheme != "file":
-            raise ValueError(f"LocalObjectStore cannot read {uri!r}")
-        path = Path(unquote(parsed.path)).resolve()
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+            raise ObjectRefusedError(f"{uri!r} is not a file:// URI of the local store {self.root.as_uri()}")
+        path = Path(unquote(parsed.path)).resolve()  # resolves symlinks and "..": checked after, not before
         if not path.is_relative_to(self.root):
-            raise ValueError(f"{uri!r} is outside the store root {self.root}")
+            raise ObjectRefusedError(f"{uri!r} is outside the store root {self.root}")
         try:
             return path.read_bytes()
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFoundError(uri) from exc
+        except OSError as exc:
+            raise ObjectStoreUnavailable(f"{uri}: {exc}") from exc
 
 
 class S3ObjectStore:
@@ -151,13 +173,28 @@ class S3ObjectStore:
         return f"s3://{self.bucket}/{full}"
 
     def get(self, uri: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         parsed = urlparse(uri)
-        if parsed.scheme != "s3":
-            raise ValueError(f"S3ObjectStore cannot read {uri!r}")
+        key = unquote(parsed.path).lstrip("/")
+        inside = f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}"
+        if parsed.scheme != "s3" or parsed.netloc != self.bucket or parsed.query or parsed.fragment:
+            raise ObjectRefusedError(f"{uri!r} is outside this store ({inside}...)")
         try:
-            return self.client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
-        except self.client.exceptions.NoSuchKey as exc:
-            raise ObjectNotFoundError(uri) from exc
+            if self.prefix and not key.startswith(self.prefix + "/"):
+                raise ValueError(key)
+            _check_key(key)
+        except ValueError:
+            raise ObjectRefusedError(f"{uri!r} is outside this store ({inside}...)") from None
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFoundError(uri) from exc
+            raise ObjectStoreUnavailable(f"{uri}: S3 error {code}") from exc
+        except BotoCoreError as exc:  # connection refused or reset, timeouts, a dead endpoint
+            raise ObjectStoreUnavailable(f"{uri}: {exc}") from exc
 
 
 def open_object_store(url: str, s3_client_kwargs: dict[str, Any] | None = None, create_bucket: bool = False,

@@ -9,6 +9,8 @@ pixels (ECOSYSTEM.md: preprocessing parity bugs are the classic failure).
 
 from __future__ import annotations
 
+import io
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,7 +19,7 @@ import cv2
 import numpy as np
 
 from services._config import StartupError
-from services._object_store import ObjectStore
+from services._object_store import ObjectNotFoundError, ObjectRefusedError, ObjectStore
 from services.contracts.frames import Frame
 from services.contracts.results import BoundingBox
 
@@ -109,24 +111,67 @@ def decision_thresholds(detector: Any) -> tuple[float, float]:
     return 0.5, raw_threshold(detector)
 
 
+def _image_size(data: bytes, encoding: str) -> tuple[int, int]:
+    """``(width, height)`` from the image's own header, without decoding its pixels (PIL opens lazily).
+
+    Raises:
+        InvalidFrameError: ``undecodable`` (not an image, or not the header's encoding), ``too_large`` (PIL's own
+            decompression-bomb guard fired).
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked next
+            with Image.open(io.BytesIO(data)) as img:
+                fmt, size = img.format, img.size
+    except Image.DecompressionBombError as exc:
+        raise InvalidFrameError("too_large", str(exc)) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise InvalidFrameError("undecodable", f"not a readable image ({type(exc).__name__})") from None
+    if fmt != _FORMATS[encoding]:
+        raise InvalidFrameError("undecodable", f"frame says {encoding}, the bytes are {fmt or 'unknown'}")
+    return size
+
+
+_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
+
+
 def decode_frame(frame: Frame, store: ObjectStore | None, max_pixels: int) -> np.ndarray:
     """Fetch (claim check) and decode one frame, and check it against its own header.
 
+    The pixel count is checked twice before anything is decoded: the header's, and the one in the image's own
+    header (a 30000 x 30000 JPEG or PNG "bomb" is a few kB on the wire and gigabytes decoded).
+
     Raises:
-        InvalidFrameError: reasons ``claim_check_missing``, ``undecodable``, ``shape_mismatch``, ``too_large``.
+        InvalidFrameError: reasons ``claim_check_missing``, ``claim_check_refused`` (a URI outside the configured
+            store: another scheme, bucket, prefix or a local path), ``undecodable``, ``shape_mismatch``,
+            ``too_large``.
+        ObjectStoreUnavailable: the claim check could not be read now (the caller retries; not the frame's fault).
     """
     from ddad_core.preprocess import ImageDecodeError, decode_image
 
+    if frame.width * frame.height > max_pixels:
+        raise InvalidFrameError("too_large", f"{frame.width}x{frame.height} exceeds {max_pixels} pixels")
     data = frame.image
     if data is None:
         if store is None:
             raise InvalidFrameError("claim_check_missing", f"no object store configured for {frame.image_uri}")
         try:
             data = store.get(frame.image_uri)
-        except (KeyError, OSError, ValueError) as exc:
-            raise InvalidFrameError("claim_check_missing", f"{frame.image_uri}: {exc}") from exc
-    if frame.width * frame.height > max_pixels:
-        raise InvalidFrameError("too_large", f"{frame.width}x{frame.height} exceeds {max_pixels} pixels")
+        except ObjectRefusedError as exc:
+            raise InvalidFrameError("claim_check_refused", str(exc)) from None
+        except ObjectNotFoundError as exc:
+            raise InvalidFrameError("claim_check_missing", f"{frame.image_uri}: no such object") from exc
+    width, height = _image_size(data, frame.encoding)
+    if width * height > max_pixels:
+        raise InvalidFrameError("too_large", f"image is {width}x{height} (header says {frame.width}x"
+                                             f"{frame.height}), over {max_pixels} pixels")
+    if (width, height) != (frame.width, frame.height):
+        raise InvalidFrameError("shape_mismatch", f"header says {frame.width}x{frame.height}, image is "
+                                                  f"{width}x{height}")
     try:
         pixels = decode_image(data)
     except ImageDecodeError as exc:

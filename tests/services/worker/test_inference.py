@@ -32,7 +32,7 @@ def test_decode_inline_and_claim_check(tmp_path):
 @pytest.mark.parametrize(("update", "reason"), [
     ({"image": b"\x89PNG broken"}, "undecodable"),
     ({"width": 47}, "shape_mismatch"),
-    ({"image": None, "image_uri": "file:///nonexistent/x.jpg"}, "claim_check_missing"),
+    ({"image": None, "image_uri": "file:///nonexistent/x.jpg"}, "claim_check_refused"),  # outside the store root
 ])
 def test_decode_rejections(tmp_path, update, reason):
     frame = make_frame(1, size=48).model_copy(update=update)
