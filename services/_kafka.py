@@ -11,13 +11,14 @@ Flow step: the transport between every stage. Conventions (ECOSYSTEM.md sections
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
@@ -27,11 +28,13 @@ from kafka.structs import OffsetAndMetadata
 
 from services._config import StartupError
 from services.contracts.topics import (
+    BASE_TOPICS,
     HEADER_DLQ_DETAIL,
     HEADER_DLQ_REASON,
     HEADER_DLQ_SERVICE,
     HEADER_DLQ_SOURCE,
     Topics,
+    read_topic_definitions,
 )
 
 Assignor = Literal["cooperative-sticky", "range", "roundrobin"]
@@ -44,47 +47,142 @@ _ASSIGNORS = {
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """Partitions and retention of one topic (mirrors deploy/kafka/topics.yaml and the README table)."""
+    """Partitions, retention, record size, replication and other configs of one topic.
+
+    Built from ``deploy/kafka/topics.yaml`` by ``load_topic_specs`` / ``default_topic_specs``; ``replicas`` -1 is
+    the broker's ``default.replication.factor`` (the local single-broker stack).
+    """
 
     partitions: int
     retention_ms: int
     max_message_bytes: int = 1048588
+    replicas: int = -1
+    config: tuple[tuple[str, str], ...] = ()  # further Kafka topic configs, e.g. (("cleanup.policy", "delete"),)
+
+    def configs(self) -> dict[str, str]:
+        """Every Kafka config of the topic, as strings."""
+        return {**dict(self.config), "retention.ms": str(self.retention_ms),
+                "max.message.bytes": str(self.max_message_bytes)}
 
 
-def default_topic_specs(topics: Topics, frames_partitions: int = 6) -> dict[str, TopicSpec]:
-    """The product's topics: frames are short-lived (a stale frame is worthless), results and defects are kept."""
-    hour = 3600 * 1000
-    return {
-        topics.frames: TopicSpec(frames_partitions, 1 * hour),
-        topics.frames_dlq: TopicSpec(1, 7 * 24 * hour),
-        topics.results: TopicSpec(frames_partitions, 7 * 24 * hour),
-        topics.defects: TopicSpec(3, 30 * 24 * hour),
-    }
+def load_topic_specs(topics: Topics, path: str | os.PathLike[str] | None = None, *,
+                     cluster: bool = True) -> dict[str, TopicSpec]:
+    """The topics of ``topics.yaml`` (default ``deploy/kafka/topics.yaml``) under their prefixed names.
+
+    Args:
+        topics: The names (with the environment prefix).
+        path: The definitions file; the chart's topic Job passes its rendered copy.
+        cluster: Apply the file's durability (``replicas``, ``minInsyncReplicas``); False for one local broker,
+            which keeps the broker's defaults.
+
+    Raises:
+        ValueError: the file is missing or invalid (``read_topic_definitions``).
+    """
+    defs = read_topic_definitions(path)
+    names = dict(zip(BASE_TOPICS, topics.all(), strict=True))
+    specs = {}
+    for base, d in defs.topics.items():
+        extra = {k: v for k, v in d.config.items() if k not in ("retention.ms", "max.message.bytes")}
+        if cluster:
+            extra["min.insync.replicas"] = str(defs.min_insync_replicas)
+        specs[names[base]] = TopicSpec(d.partitions, d.retention_ms, d.max_message_bytes,
+                                       defs.replicas if cluster else -1, tuple(sorted(extra.items())))
+    return specs
+
+
+def default_topic_specs(topics: Topics, frames_partitions: int | None = None) -> dict[str, TopicSpec]:
+    """The product's topics for one local broker (dev, tests, demo, ``inspection-stack``), from ``topics.yaml``.
+
+    ``frames_partitions`` overrides the partition count of ``frames`` and ``results`` (the worker ceiling).
+    """
+    specs = load_topic_specs(topics, cluster=False)
+    if frames_partitions is not None:
+        for name in (topics.frames, topics.results):
+            specs[name] = replace(specs[name], partitions=frames_partitions)
+    return specs
+
+
+@dataclass
+class TopicChanges:
+    """What ``reconcile_topics`` did: created topics, grown partition counts, changed configs, refusals."""
+
+    created: list[str] = field(default_factory=list)
+    grown: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (partitions before, after)
+    configured: dict[str, list[str]] = field(default_factory=dict)  # name -> config keys that changed
+    larger: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (has, wanted): Kafka cannot shrink
+
+    def lines(self) -> list[str]:
+        """One human-readable line per change (the topic Job's log)."""
+        out = [f"created {name}" for name in self.created]
+        out += [f"grew {n} from {a} to {b} partitions" for n, (a, b) in self.grown.items()]
+        out += [f"set {', '.join(keys)} on {n}" for n, keys in self.configured.items()]
+        out += [f"kept {n} at {a} partitions (wanted {b}; Kafka cannot remove partitions)"
+                for n, (a, b) in self.larger.items()]
+        return out
+
+
+def reconcile_topics(kafka_kwargs: dict[str, Any], specs: dict[str, TopicSpec], *,
+                     update_existing: bool = True) -> TopicChanges:
+    """Create missing topics and, with ``update_existing``, bring existing ones to their spec (idempotent).
+
+    Existing topics get more partitions when the spec has more (never fewer: Kafka cannot shrink a topic, which is
+    reported in ``larger``) and the spec's configs where they differ. Replication of an existing topic is not
+    changed (that is a partition reassignment, an operator's decision).
+
+    Raises:
+        ValueError: a spec asks for more replicas than the cluster has brokers.
+    """
+    admin = KafkaAdminClient(**{k: v for k, v in kafka_kwargs.items() if k != "client_id"},
+                             client_id="inspection-admin")
+    changes = TopicChanges()
+    try:
+        existing = set(admin.list_topics())
+        todo = {name: spec for name, spec in specs.items() if name not in existing}
+        if todo:
+            brokers = len(admin.describe_cluster().get("brokers") or [])
+            short = sorted(n for n, s in todo.items() if s.replicas > brokers)
+            if short:
+                raise ValueError(f"topics {', '.join(short)} need {max(todo[n].replicas for n in short)} replicas but "
+                                 f"the cluster has {brokers} broker(s): lower `replicas` in the topic definitions")
+            try:
+                admin.create_topics({name: {"num_partitions": spec.partitions, "replication_factor": spec.replicas,
+                                            "configs": spec.configs()}
+                                     for name, spec in todo.items()}, wait_for_metadata=True)
+            except TopicAlreadyExistsError:  # another process won the race: fine
+                pass
+            changes.created = sorted(todo)
+        present = sorted(set(specs) & existing)
+        if not update_existing or not present:
+            return changes
+        counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(present)}
+        grow = {name: specs[name].partitions for name in present if counts[name] < specs[name].partitions}
+        if grow:
+            admin.create_partitions(grow)
+            changes.grown = {name: (counts[name], n) for name, n in grow.items()}
+        changes.larger = {n: (counts[n], specs[n].partitions) for n in present if counts[n] > specs[n].partitions}
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in present],
+                                           config_filter="all")
+        current = next(iter(described.values()), {}) if described else {}
+        for name in present:
+            have = {k: (v.get("value") if isinstance(v, dict) else v) for k, v in (current.get(name) or {}).items()}
+            diff = {k: v for k, v in specs[name].configs().items() if have.get(k) != v}
+            if diff:
+                admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=diff)])
+                changes.configured[name] = sorted(diff)
+        return changes
+    finally:
+        admin.close()
 
 
 def ensure_topics(kafka_kwargs: dict[str, Any], specs: dict[str, TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet (dev, tests, demo; production uses deploy/kafka/topics.yaml).
+    """Create the topics that do not exist yet, leaving existing ones as they are (dev, tests, demo, stack).
+
+    The chart's topic Job also updates existing topics (``reconcile_topics``, ``deploy/kafka/ensure_topics.py``).
 
     Returns:
         The names that were created.
     """
-    admin = KafkaAdminClient(**{k: v for k, v in kafka_kwargs.items() if k != "client_id"},
-                             client_id="inspection-admin")
-    try:
-        existing = set(admin.list_topics())
-        todo = {name: spec for name, spec in specs.items() if name not in existing}
-        if not todo:
-            return []
-        try:
-            admin.create_topics({name: {"num_partitions": spec.partitions, "replication_factor": -1,
-                                        "configs": {"retention.ms": str(spec.retention_ms),
-                                                    "max.message.bytes": str(spec.max_message_bytes)}}
-                                 for name, spec in todo.items()}, wait_for_metadata=True)
-        except TopicAlreadyExistsError:  # another process won the race: fine
-            pass
-        return sorted(todo)
-    finally:
-        admin.close()
+    return reconcile_topics(kafka_kwargs, specs, update_existing=False).created
 
 
 TOPICS_HINT = "create them with `inspection-stack` or services._kafka.ensure_topics, or let the broker auto-create them"
@@ -208,10 +306,18 @@ def make_producer(kafka_kwargs: dict[str, Any], *, linger_ms: int = 5, max_reque
     return KafkaProducer(**kwargs)
 
 
+#: Largest original value a DLQ record carries (the DLQ topic and producers keep Kafka's 1 MiB default; headers
+#: need room too). A bigger one is dead-lettered without its value, its size in the ``dlq.value_omitted`` header.
+DLQ_MAX_VALUE_BYTES = 900_000
+HEADER_DLQ_VALUE_OMITTED = "dlq.value_omitted"
+
+
 class DeadLetterPublisher:
     """Sends unprocessable records to the dead-letter topic with the reason in headers.
 
-    The original key and value are kept byte for byte so the record can be replayed after a fix.
+    The original key and value are kept byte for byte so the record can be replayed after a fix; a value over
+    ``DLQ_MAX_VALUE_BYTES`` (an oversized message) is left out and its size recorded instead, so the DLQ record
+    itself can always be written.
     """
 
     def __init__(self, producer: KafkaProducer, topic: str, service: str) -> None:
@@ -219,15 +325,24 @@ class DeadLetterPublisher:
         self.topic = topic
         self.service = service
 
-    def send(self, record: ConsumerRecord, reason: str, detail: str = "") -> Any:
-        """Produce one DLQ record (the caller flushes before committing the original offset)."""
+    def build(self, record: ConsumerRecord, reason: str, detail: str = "") -> dict[str, Any]:
+        """``KafkaProducer.send`` keyword arguments of the DLQ record for ``record``."""
         headers = [
             (HEADER_DLQ_REASON, reason.encode()),
             (HEADER_DLQ_DETAIL, detail[:1000].encode("utf-8", "replace")),
             (HEADER_DLQ_SOURCE, f"{record.topic}/{record.partition}/{record.offset}".encode()),
             (HEADER_DLQ_SERVICE, self.service.encode()),
         ]
-        return self.producer.send(self.topic, key=record.key, value=record.value, headers=headers)
+        value = record.value
+        if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+            headers.append((HEADER_DLQ_VALUE_OMITTED, str(len(value)).encode()))
+            value = None
+        key = record.key if record.key is None or len(record.key) <= 4096 else record.key[:4096]
+        return {"topic": self.topic, "key": key, "value": value, "headers": headers}
+
+    def send(self, record: ConsumerRecord, reason: str, detail: str = "") -> Any:
+        """Produce one DLQ record (the caller flushes before committing the original offset)."""
+        return self.producer.send(**self.build(record, reason, detail))
 
 
 class OffsetTracker:
@@ -299,18 +414,27 @@ class OffsetTracker:
             return sum(len(p) for p in self._pending.values())
 
 
-def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-    """Synchronously commit ``{tp: next_offset}`` (raises ``CommitFailedError`` after a rebalance)."""
+def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int], timeout_ms: int | None = None) -> None:
+    """Synchronously commit ``{tp: next_offset}``.
+
+    Raises:
+        CommitFailedError: after a rebalance. KafkaTimeoutError: no answer within ``timeout_ms`` (default: the
+            consumer's request timeout), e.g. while the broker is down.
+    """
     if offsets:
-        consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}, timeout_ms=timeout_ms)
 
 
-def consumer_lag(consumer: KafkaConsumer) -> dict[str, int]:
-    """Records between the consumer's position and the end of each assigned partition, summed per topic."""
+def consumer_lag(consumer: KafkaConsumer, timeout_ms: int | None = None) -> dict[str, int]:
+    """Records between the consumer's position and the end of each assigned partition, summed per topic.
+
+    Raises:
+        KafkaTimeoutError: the end offsets did not arrive within ``timeout_ms`` (default: the request timeout).
+    """
     assigned = list(consumer.assignment())
     if not assigned:
         return {}
-    ends = consumer.end_offsets(assigned)
+    ends = consumer.end_offsets(assigned, timeout_ms=timeout_ms) if timeout_ms else consumer.end_offsets(assigned)
     lag: dict[str, int] = {}
     for tp in assigned:
         try:
