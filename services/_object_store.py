@@ -85,12 +85,18 @@ class LocalObjectStore:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         path = self.root / _check_key(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except OSError as exc:  # disk full, a lost network mount: the worker waits and retries
+            raise ObjectStoreUnavailable(f"{path}: {exc}") from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise ObjectStoreUnavailable(f"{path}: {exc}") from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -168,8 +174,16 @@ class S3ObjectStore:
         return f"s3://{self.bucket}/{self._full_key(key)}"
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         full = self._full_key(key)
-        self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise ObjectStoreUnavailable(f"s3://{self.bucket}/{full}: S3 error {code}") from exc
+        except BotoCoreError as exc:
+            raise ObjectStoreUnavailable(f"s3://{self.bucket}/{full}: {exc}") from exc
         return f"s3://{self.bucket}/{full}"
 
     def get(self, uri: str) -> bytes:

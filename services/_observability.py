@@ -48,6 +48,8 @@ ANOMALY_SCORE = Histogram("inspection_anomaly_score", "Normalised image scores (
                           buckets=(0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 1.0, 2.0))
 CONSUMER_LAG = Gauge("inspection_consumer_lag", "Records behind the end of the assigned partitions.",
                      ["service", "topic"])
+DEPENDENCY_UP = Gauge("inspection_dependency_up", "0 while writes to a dependency fail and are being retried.",
+                      ["service", "dependency"])
 COMMIT_FAILURES = Counter("inspection_commit_failures_total", "Offset commits that failed (rebalance, broker).",
                           ["service"])
 MODEL_INFO = Gauge("inspection_model_info", "The loaded model (value 1).", ["model_version", "bundle_hash"])

@@ -48,14 +48,19 @@ class WorkerSettings(CommonSettings):
     min_box_area_fraction: float = Field(
         0.001, ge=0, le=1, description="Connected mask regions smaller than this share of the frame get no "
         "bounding box (0.001 = 4 pixels of a 64x64 mask, 66 of 256x256).")
-    max_image_pixels: int = Field(40_000_000, gt=0, description="Larger frames go to the DLQ (decompression bombs).")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Larger frames go to the DLQ (decompression bombs); "
+                                                               "checked on the header and the image's own header, "
+                                                               "before decoding.")
+    max_record_bytes: int = Field(4 * 1024 * 1024, gt=0,
+                                  description="Larger records on frames go to the DLQ unparsed (too_large).")
     decode_threads: int = Field(4, ge=1, le=64)
     sink_threads: int = Field(8, ge=1, le=64)
     write_heatmaps: bool = True
     result_ttl_s: int = Field(86400, gt=0, description="TTL of the Redis result hash and stream.")
     stream_maxlen: int = Field(1000, gt=0, description="Approximate cap of each per-camera Redis stream.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed to finish pending frames.")
-    sink_retries: int = Field(3, ge=0, description="Retries of the sink/produce steps before the worker exits.")
+    sink_retries: int = Field(3, ge=0, description="Kept for compatibility: sink and produce steps are now retried "
+                                                   "until the dependency answers (offsets held back meanwhile).")
     warmup: bool = Field(True, description="Run one batch at max_batch_size before reporting ready.")
     lag_interval_s: float = Field(15.0, gt=0, description="How often consumer lag is measured for the gauge.")
 

@@ -11,6 +11,12 @@ Threading: one loop thread owns the consumer, the batcher and the commit. kafka-
 on its IO thread while the loop thread is blocked inside ``poll()``, so a batch is never in flight during a
 revoke: the batch before the poll has already been flushed and committed ("finish"), and frames still waiting in the
 batcher for revoked partitions are dropped uncommitted ("abandon") so their new owner processes them.
+
+Outages: a write that fails because Kafka, Redis or the object store is down (``dependency_of``) is retried with
+capped backoff until it succeeds, never skipped: the batch's offsets stay uncommitted meanwhile, ``/readyz`` answers
+503 naming the dependency, ``inspection_dependency_up`` is 0, and one ``dependency_unavailable`` error line (then
+one ``dependency_still_unavailable`` per 10 s) is logged; the loop keeps beating ``/healthz`` so an orchestrator
+does not restart it into a crash loop. SIGTERM during an outage exits uncommitted (the batch is replayed).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -32,7 +39,7 @@ from kafka.errors import KafkaError
 
 from services import _observability as obs
 from services._kafka import DeadLetterPublisher, OffsetTracker, commit_offsets, consumer_lag
-from services._object_store import ObjectStore
+from services._object_store import ObjectStore, ObjectStoreUnavailable
 from services._redis import InspectionStore
 from services.contracts.frames import Frame, FrameDecodeError
 from services.contracts.results import DroppedFrame, InspectionResult
@@ -53,6 +60,24 @@ from services.worker.sinks import MaskSink, ResultsProducer
 SERVICE = "worker"
 _IDLE_POLL_MS = 500  # long enough that a group join completes inside one poll (ECOSYSTEM.md section 11)
 _UNASSIGNED_POLL_MS = 1000
+_KAFKA_CALL_TIMEOUT_MS = 10_000  # commit and lag requests: a dead broker must not hold the loop for long
+_RETRY_MAX_S = 5.0
+_OUTAGE_LOG_INTERVAL_S = 10.0
+
+
+def dependency_of(exc: BaseException) -> str | None:
+    """Which dependency a failed write blames (``kafka``, ``redis``, ``object_store``), or None for anything else.
+
+    Writes that fail for one of these are waited out (retried, offsets held back); any other error is a bug and
+    stops the worker uncommitted.
+    """
+    if isinstance(exc, KafkaError):
+        return "kafka"
+    if isinstance(exc, redis.RedisError):
+        return "redis"
+    if isinstance(exc, ObjectStoreUnavailable):
+        return "object_store"
+    return None
 
 
 @dataclass
@@ -118,6 +143,11 @@ class WorkerLoop:
                                                          self.max_frame_age_ms, clock=clock, wall_clock=wall_clock)
         self.tracker = OffsetTracker()
         self.dlq = DeadLetterPublisher(producer, self.topics.frames_dlq, SERVICE)
+        self._stop: threading.Event | None = None
+        self._down: dict[str, tuple[float, float]] = {}  # dependency -> (down since, next log line), monotonic
+        self._commit_due = False
+        for dependency in ("kafka", "redis", "object_store"):
+            obs.DEPENDENCY_UP.labels(SERVICE, dependency).set(1)
         self.results = ResultsProducer(producer, self.topics.results)
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._sink_pool = ThreadPoolExecutor(settings.sink_threads, thread_name_prefix="sink")
@@ -144,6 +174,7 @@ class WorkerLoop:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, then drain (finish what is pending, commit, leave the group)."""
+        self._stop = stop
         try:
             while not stop.is_set():
                 self.step()
@@ -164,7 +195,7 @@ class WorkerLoop:
             if batch is None:
                 break
             self.run_batch(batch)
-        if self._dlq_done:
+        if self._dlq_done or self._commit_due:
             self._finish([])
         self._log_stale()
         if self._clock() >= self._next_lag:
@@ -190,6 +221,12 @@ class WorkerLoop:
         obs.FRAMES_IN.labels(SERVICE).inc()
         with self._lock:
             self.tracker.add(tp, record.offset)
+        size = len(record.value) if record.value is not None else 0
+        if size > self.settings.max_record_bytes:
+            self._dead_letter(record, "too_large", f"record of {size} bytes exceeds WORKER_MAX_RECORD_BYTES "
+                                                   f"({self.settings.max_record_bytes})")
+            self._dlq_done.append((tp, record.offset))
+            return
         try:
             frame = Frame.from_bytes(record.value)
         except FrameDecodeError as exc:
@@ -200,7 +237,7 @@ class WorkerLoop:
             self.batcher.add(_Item(record, frame, tp), frame.camera_id, frame.captured_ts)
 
     def _dead_letter(self, record: ConsumerRecord, reason: str, detail: str) -> None:
-        self.dlq.send(record, reason, detail)
+        self.results.send(**self.dlq.build(record, reason, detail))  # delivery checked by the next flush
         obs.DLQ_RECORDS.labels(SERVICE, reason).inc()
         obs.FRAMES_DROPPED.labels(SERVICE, reason).inc()
         self.log.warning("frame_dead_lettered", reason=reason, detail=detail[:200],
@@ -255,7 +292,7 @@ class WorkerLoop:
             good, images = [], []
             for p, fut in zip(items, futures, strict=True):
                 try:
-                    images.append(fut.result())
+                    images.append(self._decoded(p, fut))
                     good.append(p)
                 except InvalidFrameError as exc:
                     self._dead_letter(p.item.record, exc.reason, exc.detail)
@@ -277,18 +314,9 @@ class WorkerLoop:
                 else:
                     inferred.append((p, out))
 
-            # Steps 3-6 write only idempotent, frame-keyed data, so retrying them after a transient sink error is
-            # safe; if they keep failing the worker exits uncommitted and the batch is replayed after the restart.
-            for attempt in range(self.settings.sink_retries + 1):
-                try:
-                    self._write_outputs(inferred, batch_id, timings, started, log)
-                    break
-                except Exception as exc:  # noqa: BLE001 - any sink error: retry, then give up loudly
-                    if attempt == self.settings.sink_retries:
-                        log.error("sinks_failed", error=repr(exc), attempts=attempt + 1)
-                        raise
-                    log.warning("sink_retry", error=repr(exc), attempt=attempt + 1)
-                    time.sleep(min(5.0, 0.2 * 2**attempt))
+            # Steps 3-6 write only idempotent, frame-keyed data; each one is retried until it succeeds (an outage
+            # holds the commit back, see the module docstring).
+            self._write_outputs(inferred, batch_id, timings, started, log)
             done.extend((p.item.tp, p.item.record.offset) for p, _ in inferred)
             n_inferred = len(inferred)
         else:
@@ -336,8 +364,8 @@ class WorkerLoop:
                        started: float, log: Any) -> None:
         # 3. write masks and heatmaps (object keys by frame id: a replay overwrites)
         t0 = self._clock()
-        uris = self.masks.write([(p.item.frame.camera_id, p.item.frame.frame_id, out) for p, out in inferred],
-                                self.heatmap_threshold)
+        uris = self._until_ok("object_store", lambda: self.masks.write(
+            [(p.item.frame.camera_id, p.item.frame.frame_id, out) for p, out in inferred], self.heatmap_threshold))
         obs.STAGE_DURATION.labels("sink_masks").observe(self._clock() - t0)
         processed_at = datetime.fromtimestamp(self._wall(), UTC)
         results = []
@@ -356,7 +384,7 @@ class WorkerLoop:
                 batch_size=len(inferred), queue_wait_ms=round(max(0.0, started - p.enqueued_at) * 1000.0, 3)))
         # 4. write Redis (one MULTI/EXEC per batch)
         t0 = self._clock()
-        self.inspection_store.write(results)
+        self._until_ok("redis", lambda: self.inspection_store.write(results))
         obs.STAGE_DURATION.labels("sink_redis").observe(self._clock() - t0)
         # 5. produce results (key camera id: per-camera order for the alerter's debounce)
         for r in results:
@@ -372,7 +400,64 @@ class WorkerLoop:
         obs.RESULTS_OUT.labels(SERVICE).inc(len(results))
 
     def _flush(self) -> None:
-        self.results.flush(timeout_s=60.0)
+        self._until_ok("kafka", lambda: self.results.flush(timeout_s=30.0))
+
+    def _decoded(self, p: Pending[_Item], fut: Any) -> Any:
+        """The decoded image of a frame; a claim check the store cannot serve right now is waited for."""
+        try:
+            return fut.result()
+        except ObjectStoreUnavailable:
+            return self._until_ok("object_store", lambda: decode_frame(p.item.frame, self.store,
+                                                                       self.settings.max_image_pixels))
+
+    def _until_ok(self, dependency: str, write: Callable[[], Any]) -> Any:
+        """Run ``write`` until it succeeds, waiting out an outage of ``dependency`` (see the module docstring).
+
+        Raises:
+            Exception: an error no dependency explains (a bug), or any error once stop was asked for.
+        """
+        attempt = 0
+        while True:
+            try:
+                value = write()
+            except Exception as exc:
+                blamed = dependency_of(exc)
+                if blamed is None or (self._stop is not None and self._stop.is_set()):
+                    raise
+                attempt += 1
+                self._mark_down(blamed, exc, attempt)
+                self.health.beat()  # alive and waiting, not stuck: no restart into a crash loop
+                time.sleep(min(_RETRY_MAX_S, 0.2 * 2 ** min(attempt, 5)))
+                continue
+            self._mark_up(dependency)
+            return value
+
+    def _mark_down(self, dependency: str, exc: BaseException, attempt: int) -> None:
+        now = self._clock()
+        since, next_log = self._down.get(dependency, (now, now))
+        if dependency not in self._down:
+            self.log.error("dependency_unavailable", dependency=dependency, error=repr(exc)[:300],
+                           hint="writes are retried and offsets not committed until it answers again")
+            next_log = now + _OUTAGE_LOG_INTERVAL_S
+            obs.DEPENDENCY_UP.labels(SERVICE, dependency).set(0)
+        elif now >= next_log:
+            self.log.warning("dependency_still_unavailable", dependency=dependency, for_s=round(now - since, 1),
+                             attempts=attempt, error=repr(exc)[:300])
+            next_log = now + _OUTAGE_LOG_INTERVAL_S
+        self._down[dependency] = (since, next_log)
+        self.health.set_ready(False, "; ".join(f"{d} unavailable" for d in sorted(self._down)))
+
+    def _mark_up(self, dependency: str) -> None:
+        if dependency not in self._down:
+            return
+        since, _ = self._down.pop(dependency)
+        obs.DEPENDENCY_UP.labels(SERVICE, dependency).set(1)
+        self.log.warning("dependency_recovered", dependency=dependency,
+                         outage_s=round(self._clock() - since, 1))
+        if self._down:
+            self.health.set_ready(False, "; ".join(f"{d} unavailable" for d in sorted(self._down)))
+        else:
+            self.health.set_ready(True, "ready")
 
     def _infer(self, images: list[Any]) -> tuple[list[FrameOutput | InvalidFrameError], dict[str, float]]:
         try:
@@ -407,19 +492,25 @@ class WorkerLoop:
         if not offsets:
             return
         try:
-            commit_offsets(self.consumer, offsets)
+            commit_offsets(self.consumer, offsets, timeout_ms=_KAFKA_CALL_TIMEOUT_MS)
             with self._lock:
                 self.tracker.mark_committed(offsets)
+            self._commit_due = False
+            self._mark_up("kafka")
         except KafkaError as exc:
-            # The group rebalanced under us: the partitions' new owner replays from the last commit, and our
-            # frame-keyed writes make that replay harmless.
+            # The group rebalanced under us (the partitions' new owner replays from the last commit, and our
+            # frame-keyed writes make that replay harmless) or the broker is down (retried on the next step).
             obs.COMMIT_FAILURES.labels(SERVICE).inc()
             self.log.warning("commit_failed", error=repr(exc))
+            self._commit_due = True
 
     def _update_lag(self) -> None:
         try:
-            for topic, lag in consumer_lag(self.consumer).items():
+            for topic, lag in consumer_lag(self.consumer, timeout_ms=_KAFKA_CALL_TIMEOUT_MS).items():
                 obs.CONSUMER_LAG.labels(SERVICE, topic).set(lag)
+            self._mark_up("kafka")
+        except KafkaError as exc:  # the periodic lag request doubles as the broker health check of an idle worker
+            self._mark_down("kafka", exc, 1)
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the loop
             self.log.debug("lag_failed", error=repr(exc))
 

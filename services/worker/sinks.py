@@ -54,28 +54,46 @@ class MaskSink:
 
 
 class ResultsProducer:
-    """Produces ``results`` records (key camera id), inspected or dropped; ``flush`` reports delivery failures."""
+    """Produces ``results`` (and DLQ) records and tracks their delivery until the brokers acknowledge every one.
+
+    ``flush`` can be called again after it failed: records still in flight are waited for, records whose delivery
+    failed (the broker was down past the delivery timeout) are sent once more, and acknowledged ones are never
+    re-sent, so retrying a flush through an outage does not duplicate what already arrived.
+    """
+
+    HEADERS = [(HEADER_SCHEMA, f"results/{RESULTS_SCHEMA_VERSION}".encode())]
 
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
-        self._futures: list[Any] = []
-
-    HEADERS = [(HEADER_SCHEMA, f"results/{RESULTS_SCHEMA_VERSION}".encode())]
+        self._pending: list[tuple[dict[str, Any], Any]] = []  # (send kwargs, future)
 
     def add(self, record: InspectionResult | DroppedFrame) -> None:
-        self._futures.append(self.producer.send(self.topic, key=record_key(record.camera_id), value=record.to_bytes(),
-                                                headers=self.HEADERS))
+        self.send(topic=self.topic, key=record_key(record.camera_id), value=record.to_bytes(), headers=self.HEADERS)
+
+    def send(self, **kwargs: Any) -> None:
+        """Produce any record (``KafkaProducer.send`` keyword arguments) under the same delivery tracking."""
+        self._pending.append((kwargs, self.producer.send(**kwargs)))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def flush(self, timeout_s: float | None = 30.0) -> None:
         """Block until every added record is acknowledged (``acks=all``).
 
         Raises:
-            kafka.errors.KafkaError: a record was not delivered; the caller must not commit.
+            kafka.errors.KafkaError: a record was not delivered (it is re-sent, and the next ``flush`` waits for
+                it) or the flush timed out; the caller must not commit yet.
         """
-        try:
-            self.producer.flush(timeout=timeout_s)
-            for fut in self._futures:
-                fut.get(timeout=0)  # re-raises the delivery error of a failed record
-        finally:
-            self._futures.clear()
+        self.producer.flush(timeout=timeout_s)
+        failed, first_error = [], None
+        for kwargs, fut in self._pending:
+            try:
+                fut.get(timeout=0)
+            except Exception as exc:  # noqa: BLE001 - the delivery error of that record
+                first_error = first_error or exc
+                failed.append((kwargs, self.producer.send(**kwargs)))
+        self._pending = failed
+        if first_error is not None:
+            raise first_error

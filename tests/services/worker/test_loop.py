@@ -69,12 +69,12 @@ class FakeConsumer:
             out.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
         return out
 
-    def commit(self, offsets):
+    def commit(self, offsets, timeout_ms=None):
         self.events.append(("commit", {tp.partition: om.offset for tp, om in offsets.items()}))
         for tp, om in offsets.items():
             self.committed[tp.partition] = om.offset
 
-    def end_offsets(self, tps):
+    def end_offsets(self, tps, timeout_ms=None):
         return {tp: 0 for tp in tps}
 
     def position(self, tp, timeout_ms=None):
