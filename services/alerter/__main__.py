@@ -4,6 +4,7 @@ Flow step: process lifecycle around ``services.alerter.loop``. The ``override`` 
 
     python -m services.alerter override --camera cam1 [--product p1] --sensitivity 0.7 --actor alice --reason "glare"
     python -m services.alerter override --camera cam1 --clear --actor alice
+    python -m services.alerter calibrate [--apply --actor alice]   # thresholds from feedback (feedback.py)
 
 It writes the Redis override and an audit entry in one transaction; running alerters pick it up within
 ``ALERTER_OVERRIDES_REFRESH_S``. Start-up (bundle calibration, Redis, Kafka) fails with one line and exit status 2.
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "override":
         return override(argv[1:])
+    if argv and argv[0] == "calibrate":  # thresholds from operators' feedback (services/alerter/feedback.py)
+        from services.alerter.feedback import calibrate
+
+        return calibrate(argv[1:])
     return run_main(AlerterSettings, lambda s, check: serve(s, check), argv,
                     "Inspection alerter: results -> per-camera rules -> defects", SERVICE)
 
