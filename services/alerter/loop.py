@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from services import _observability as obs
 from services._config import StartupError
 from services._kafka import commit_offsets
+from services._outage import DependencyGuard
 from services._redis import AlertStore, OverrideStore
 from services.alerter.rules import AlertRules
 from services.contracts.defects import DefectAlert, alert_id_for
@@ -104,11 +105,13 @@ class AlerterLoop:
         self._wall = wall_clock
         self._next_refresh = 0.0
         self.alerts_raised = 0
+        self.guard = DependencyGuard(SERVICE, self.health, log)
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topics.results], listener=_Listener(self))
 
     def run(self, stop: threading.Event) -> None:
+        self.guard.stop = stop
         try:
             while not stop.is_set():
                 self.step()
@@ -170,17 +173,31 @@ class AlerterLoop:
                 severity=decision.severity, debounce=f"{decision.hits}/{decision.window}",
                 mask_uri=result.mask_uri, heatmap_uri=result.heatmap_uri, boxes=result.defect_regions,
                 model_version=result.model_version))
-        # 2. record in Redis (idempotent by alert id)
-        self.alert_store.record(alerts)
+        # 2. record in Redis (idempotent by alert id); an outage is waited out (services/_outage.py)
+        self.guard.until_ok("redis", lambda: self.alert_store.record(alerts))
         # 3. produce (key camera id)
         headers = [(HEADER_SCHEMA, f"defects/{DEFECTS_SCHEMA_VERSION}".encode())]
-        futures = [self.producer.send(self.topics.defects, key=record_key(a.camera_id), value=a.to_bytes(),
-                                      headers=headers) for a in alerts]
-        # 4. flush: alerts are acknowledged before their results are marked consumed
-        if futures:
-            self.producer.flush(timeout=60)
-            for fut in futures:
-                fut.get(timeout=0)
+        pending = [(a, self.producer.send(self.topics.defects, key=record_key(a.camera_id), value=a.to_bytes(),
+                                          headers=headers)) for a in alerts]
+
+        # 4. flush: alerts are acknowledged before their results are marked consumed; through a broker outage the
+        # flush is retried, and only alerts whose delivery failed are sent again
+        def deliver() -> None:
+            self.producer.flush(timeout=30)
+            failed, error = [], None
+            for a, fut in pending:
+                try:
+                    fut.get(timeout=0)
+                except KafkaError as exc:
+                    error = error or exc
+                    failed.append((a, self.producer.send(self.topics.defects, key=record_key(a.camera_id),
+                                                         value=a.to_bytes(), headers=headers)))
+            pending[:] = failed
+            if error is not None:
+                raise error
+
+        if pending:
+            self.guard.until_ok("kafka", deliver)
         now = self._wall()
         for a in alerts:
             obs.DEFECTS_OUT.labels(a.camera_id, a.severity).inc()
@@ -191,7 +208,7 @@ class AlerterLoop:
         self.alerts_raised += len(alerts)
         # 5. commit
         try:
-            commit_offsets(self.consumer, offsets)
+            commit_offsets(self.consumer, offsets, timeout_ms=10_000)
         except KafkaError as exc:
             obs.COMMIT_FAILURES.labels(SERVICE).inc()
             self.log.warning("commit_failed", error=repr(exc))

@@ -12,11 +12,9 @@ on its IO thread while the loop thread is blocked inside ``poll()``, so a batch 
 revoke: the batch before the poll has already been flushed and committed ("finish"), and frames still waiting in the
 batcher for revoked partitions are dropped uncommitted ("abandon") so their new owner processes them.
 
-Outages: a write that fails because Kafka, Redis or the object store is down (``dependency_of``) is retried with
-capped backoff until it succeeds, never skipped: the batch's offsets stay uncommitted meanwhile, ``/readyz`` answers
-503 naming the dependency, ``inspection_dependency_up`` is 0, and one ``dependency_unavailable`` error line (then
-one ``dependency_still_unavailable`` per 10 s) is logged; the loop keeps beating ``/healthz`` so an orchestrator
-does not restart it into a crash loop. SIGTERM during an outage exits uncommitted (the batch is replayed).
+Outages: a write that fails because Kafka, Redis or the object store is down is retried until it succeeds, never
+skipped, so the batch's offsets stay uncommitted meanwhile (``services/_outage.py``: readiness, metric and log
+lines). SIGTERM during an outage exits uncommitted (the batch is replayed).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -40,6 +37,7 @@ from kafka.errors import KafkaError
 from services import _observability as obs
 from services._kafka import DeadLetterPublisher, OffsetTracker, commit_offsets, consumer_lag
 from services._object_store import ObjectStore, ObjectStoreUnavailable
+from services._outage import DependencyGuard
 from services._redis import InspectionStore
 from services.contracts.frames import Frame, FrameDecodeError
 from services.contracts.results import DroppedFrame, InspectionResult
@@ -61,23 +59,6 @@ SERVICE = "worker"
 _IDLE_POLL_MS = 500  # long enough that a group join completes inside one poll (ECOSYSTEM.md section 11)
 _UNASSIGNED_POLL_MS = 1000
 _KAFKA_CALL_TIMEOUT_MS = 10_000  # commit and lag requests: a dead broker must not hold the loop for long
-_RETRY_MAX_S = 5.0
-_OUTAGE_LOG_INTERVAL_S = 10.0
-
-
-def dependency_of(exc: BaseException) -> str | None:
-    """Which dependency a failed write blames (``kafka``, ``redis``, ``object_store``), or None for anything else.
-
-    Writes that fail for one of these are waited out (retried, offsets held back); any other error is a bug and
-    stops the worker uncommitted.
-    """
-    if isinstance(exc, KafkaError):
-        return "kafka"
-    if isinstance(exc, redis.RedisError):
-        return "redis"
-    if isinstance(exc, ObjectStoreUnavailable):
-        return "object_store"
-    return None
 
 
 @dataclass
@@ -143,11 +124,9 @@ class WorkerLoop:
                                                          self.max_frame_age_ms, clock=clock, wall_clock=wall_clock)
         self.tracker = OffsetTracker()
         self.dlq = DeadLetterPublisher(producer, self.topics.frames_dlq, SERVICE)
-        self._stop: threading.Event | None = None
-        self._down: dict[str, tuple[float, float]] = {}  # dependency -> (down since, next log line), monotonic
+        self.guard = DependencyGuard(SERVICE, self.health, self.log)
+        self._until_ok = self.guard.until_ok
         self._commit_due = False
-        for dependency in ("kafka", "redis", "object_store"):
-            obs.DEPENDENCY_UP.labels(SERVICE, dependency).set(1)
         self.results = ResultsProducer(producer, self.topics.results)
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._sink_pool = ThreadPoolExecutor(settings.sink_threads, thread_name_prefix="sink")
@@ -174,7 +153,7 @@ class WorkerLoop:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, then drain (finish what is pending, commit, leave the group)."""
-        self._stop = stop
+        self.guard.stop = stop
         try:
             while not stop.is_set():
                 self.step()
@@ -410,55 +389,6 @@ class WorkerLoop:
             return self._until_ok("object_store", lambda: decode_frame(p.item.frame, self.store,
                                                                        self.settings.max_image_pixels))
 
-    def _until_ok(self, dependency: str, write: Callable[[], Any]) -> Any:
-        """Run ``write`` until it succeeds, waiting out an outage of ``dependency`` (see the module docstring).
-
-        Raises:
-            Exception: an error no dependency explains (a bug), or any error once stop was asked for.
-        """
-        attempt = 0
-        while True:
-            try:
-                value = write()
-            except Exception as exc:
-                blamed = dependency_of(exc)
-                if blamed is None or (self._stop is not None and self._stop.is_set()):
-                    raise
-                attempt += 1
-                self._mark_down(blamed, exc, attempt)
-                self.health.beat()  # alive and waiting, not stuck: no restart into a crash loop
-                time.sleep(min(_RETRY_MAX_S, 0.2 * 2 ** min(attempt, 5)))
-                continue
-            self._mark_up(dependency)
-            return value
-
-    def _mark_down(self, dependency: str, exc: BaseException, attempt: int) -> None:
-        now = self._clock()
-        since, next_log = self._down.get(dependency, (now, now))
-        if dependency not in self._down:
-            self.log.error("dependency_unavailable", dependency=dependency, error=repr(exc)[:300],
-                           hint="writes are retried and offsets not committed until it answers again")
-            next_log = now + _OUTAGE_LOG_INTERVAL_S
-            obs.DEPENDENCY_UP.labels(SERVICE, dependency).set(0)
-        elif now >= next_log:
-            self.log.warning("dependency_still_unavailable", dependency=dependency, for_s=round(now - since, 1),
-                             attempts=attempt, error=repr(exc)[:300])
-            next_log = now + _OUTAGE_LOG_INTERVAL_S
-        self._down[dependency] = (since, next_log)
-        self.health.set_ready(False, "; ".join(f"{d} unavailable" for d in sorted(self._down)))
-
-    def _mark_up(self, dependency: str) -> None:
-        if dependency not in self._down:
-            return
-        since, _ = self._down.pop(dependency)
-        obs.DEPENDENCY_UP.labels(SERVICE, dependency).set(1)
-        self.log.warning("dependency_recovered", dependency=dependency,
-                         outage_s=round(self._clock() - since, 1))
-        if self._down:
-            self.health.set_ready(False, "; ".join(f"{d} unavailable" for d in sorted(self._down)))
-        else:
-            self.health.set_ready(True, "ready")
-
     def _infer(self, images: list[Any]) -> tuple[list[FrameOutput | InvalidFrameError], dict[str, float]]:
         try:
             output = self.detector(images)
@@ -496,7 +426,7 @@ class WorkerLoop:
             with self._lock:
                 self.tracker.mark_committed(offsets)
             self._commit_due = False
-            self._mark_up("kafka")
+            self.guard.mark_up("kafka")
         except KafkaError as exc:
             # The group rebalanced under us (the partitions' new owner replays from the last commit, and our
             # frame-keyed writes make that replay harmless) or the broker is down (retried on the next step).
@@ -508,9 +438,9 @@ class WorkerLoop:
         try:
             for topic, lag in consumer_lag(self.consumer, timeout_ms=_KAFKA_CALL_TIMEOUT_MS).items():
                 obs.CONSUMER_LAG.labels(SERVICE, topic).set(lag)
-            self._mark_up("kafka")
+            self.guard.mark_up("kafka")
         except KafkaError as exc:  # the periodic lag request doubles as the broker health check of an idle worker
-            self._mark_down("kafka", exc, 1)
+            self.guard.mark_down("kafka", exc)
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the loop
             self.log.debug("lag_failed", error=repr(exc))
 
