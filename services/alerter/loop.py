@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from services import _observability as obs
 from services._config import StartupError
-from services._kafka import commit_offsets
+from services._kafka import commit_offsets, consumer_lag
 from services._outage import DependencyGuard
 from services._redis import AlertStore, OverrideStore
 from services.alerter.rules import AlertRules
@@ -106,6 +106,8 @@ class AlerterLoop:
         self._next_refresh = 0.0
         self.alerts_raised = 0
         self.guard = DependencyGuard(SERVICE, self.health, log)
+        self.lag_interval_s = 5.0
+        self._next_lag = time.monotonic() + self.lag_interval_s
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topics.results], listener=_Listener(self))
@@ -136,10 +138,24 @@ class AlerterLoop:
         if time.monotonic() >= self._next_refresh:
             self._next_refresh = time.monotonic() + self.refresh_s
             self.refresh_overrides()
+        if time.monotonic() >= self._next_lag:
+            self._next_lag = time.monotonic() + self.lag_interval_s
+            self._check_broker()
         # The long timeout keeps kafka-python's group join inside one poll (ECOSYSTEM.md section 11).
         records = self.consumer.poll(timeout_ms=500, max_records=self.max_poll_records)
         if records:
             self.process([r for recs in records.values() for r in recs])
+
+    def _check_broker(self) -> None:
+        """Consumer lag, which doubles as the broker health check of an idle alerter (readiness during an outage)."""
+        try:
+            for topic, lag in consumer_lag(self.consumer, timeout_ms=5000).items():
+                obs.CONSUMER_LAG.labels(SERVICE, topic).set(lag)
+            self.guard.mark_up("kafka")
+        except KafkaError as exc:
+            self.guard.mark_down("kafka", exc)
+        except Exception as exc:  # noqa: BLE001 - a metric must never stop the loop
+            self.log.debug("lag_failed", error=repr(exc))
 
     def process(self, records: list[Any]) -> list[DefectAlert]:
         """1. parse and decide, 2. record alerts in Redis, 3. produce, 4. flush, 5. commit."""

@@ -18,10 +18,13 @@ import threading
 import time
 from datetime import UTC, datetime
 
+from kafka.errors import KafkaTimeoutError
+
 from services import _observability as obs
 from services._config import StartupChecks, StartupError, run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_producer
 from services._object_store import open_checked
+from services._outage import DependencyGuard
 from services.contracts.topics import Topics
 from services.ingestor.camera import CameraSource, FrameSource, RateLimiter, open_source
 from services.ingestor.config import IngestorSettings
@@ -92,10 +95,19 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
     run_id = format(int(clock_wall() * 1000), "x")
     seq = 0
     health.set_ready(True)
+    guard = DependencyGuard(SERVICE, health, log)
+    stall_s = settings.send_timeout_ms / 1000.0
     log.info("ingestor_started", source=settings.source, fps=settings.fps)
     try:
         while not stop.is_set() and (settings.max_frames == 0 or seq < settings.max_frames):
             health.beat()
+            # The broker's health as the capture loop sees it: frames waiting without any acknowledgement.
+            stalled = publisher.stalled_s()
+            if stalled > stall_s:
+                guard.mark_down("kafka", KafkaTimeoutError(f"no acknowledgement for {stalled:.0f} s, "
+                                                           f"{publisher.inflight} frames waiting"))
+            else:
+                guard.mark_up("kafka")
             limiter.wait()
             got = source.read()
             if got is None:
@@ -115,8 +127,10 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
         producer.close(timeout=10)
         if server is not None:
             server.shutdown()
+    # Every captured frame is in exactly one of these: captured = sent + the four drop counts (+ unacknowledged).
     log.info("ingestor_stopped", captured=seq, sent=publisher.sent, send_failed=publisher.failed,
-             buffer_dropped=buffer.dropped)
+             buffer_dropped=buffer.dropped, claim_check_failed=publisher.not_staged, broker_timeout=publisher.blocked,
+             unacknowledged=publisher.inflight)
     return 0
 
 

@@ -126,8 +126,12 @@ class FramePublisher:
         self.product_id = product_id
         self.inline_limit_bytes = inline_limit_bytes
         self.log = log
-        self.sent = 0
-        self.failed = 0
+        self.sent = 0  # acknowledged by the brokers
+        self.failed = 0  # delivery failed (send_failed)
+        self.not_staged = 0  # claim check could not be written (claim_check_failed)
+        self.blocked = 0  # the producer's buffer stayed full for send_timeout_ms (broker_timeout)
+        self._inflight = 0
+        self._last_progress = time.monotonic()
         self._lock = threading.Lock()
 
     def build(self, c: Captured) -> Frame:
@@ -147,21 +151,45 @@ class FramePublisher:
         try:
             frame = self.build(c)
         except Exception as exc:  # noqa: BLE001 - a frame we cannot stage is dropped, counted, and we carry on
+            with self._lock:
+                self.not_staged += 1
             obs.FRAMES_DROPPED.labels(SERVICE, "claim_check_failed").inc()
             self.log.warning("frame_not_staged", frame_id=c.frame_id, error=repr(exc))
             return
-        fut = self.producer.send(self.topic, key=record_key(self.camera_id), value=frame.to_bytes(),
-                                 headers=[(HEADER_SCHEMA, f"frames/{FRAMES_SCHEMA_VERSION}".encode())])
+        with self._lock:
+            if self._inflight == 0:
+                self._last_progress = time.monotonic()
+            self._inflight += 1
+        try:
+            fut = self.producer.send(self.topic, key=record_key(self.camera_id), value=frame.to_bytes(),
+                                     headers=[(HEADER_SCHEMA, f"frames/{FRAMES_SCHEMA_VERSION}".encode())])
+        except BaseException:
+            with self._lock:
+                self._inflight -= 1
+            raise
         fut.add_callback(self._ok).add_errback(self._err, c.frame_id)
+
+    def stalled_s(self) -> float:
+        """How long frames have been waiting for the brokers without any acknowledgement (0 while delivering)."""
+        with self._lock:
+            return time.monotonic() - self._last_progress if self._inflight else 0.0
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
 
     def _ok(self, _meta: Any) -> None:
         with self._lock:
             self.sent += 1
+            self._inflight -= 1
+            self._last_progress = time.monotonic()
         obs.FRAMES_PUBLISHED.labels(self.camera_id).inc()
 
     def _err(self, exc: Exception, frame_id: str) -> None:
         with self._lock:
             self.failed += 1
+            self._inflight -= 1
+            self._last_progress = time.monotonic()
         obs.FRAMES_DROPPED.labels(SERVICE, "send_failed").inc()
         self.log.warning("frame_send_failed", frame_id=frame_id, error=repr(exc))
 
@@ -176,6 +204,8 @@ def sender_loop(buffer: FrameBuffer, publisher: FramePublisher, stop: threading.
             publisher.send(item)
         except KafkaError as exc:
             # e.g. KafkaTimeoutError: the producer's own buffer stayed full for send_timeout_ms (broker down).
+            with publisher._lock:
+                publisher.blocked += 1
             obs.FRAMES_DROPPED.labels(SERVICE, "broker_timeout").inc()
             publisher.log.warning("frame_send_blocked", frame_id=item.frame_id, error=repr(exc))
             time.sleep(0.1)
