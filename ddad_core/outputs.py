@@ -4,11 +4,15 @@ Field names follow anomalib's ``InferenceBatch`` (``pred_score``, ``pred_label``
 because that is the vocabulary users of inspection systems bring (ECOSYSTEM.md section 2.1). We add the raw score
 (``pred_score_raw``, not normalised), the per-image start timestep of the reverse process (``noise_step``) and
 per-stage latencies of the batch (``timings_ms``). Services turn one ``item(i)`` into one wire message.
+:func:`output_names` names the files ``ddad predict`` writes per input.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,3 +128,35 @@ class InspectionOutput:
             for key, ms in o.timings_ms.items():
                 timings[key] = timings.get(key, 0.0) + ms
         return InspectionOutput(**values, timings_ms=timings)
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Unique, predictable output stems for a list of input files (``ddad predict``).
+
+    The rule: each input's path relative to the common folder of all inputs, without its extension, with the
+    folder separators replaced by ``__``; a name that still repeats (the same file twice, or files that differ
+    only in their extension) gets ``~2``, ``~3``, ... in input order (the first free one).
+
+    Example:
+        >>> output_names(["d/test/good/000.png", "d/test/crack/000.png", "d/test/crack/001.png"])
+        ['good__000', 'crack__000', 'crack__001']
+        >>> output_names(["a/000.png", "a/000.jpg", "a/000.png"])
+        ['000', '000~2', '000~3']
+        >>> output_names(["one/file.png"])
+        ['file']
+    """
+    if not paths:
+        return []
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    names: list[str] = []
+    used: set[str] = set()
+    for path in resolved:
+        stem = name = "__".join(path.relative_to(root).with_suffix("").parts)
+        repeat = 1
+        while name in used:  # also skips a ``~k`` that an input's own name already took
+            repeat += 1
+            name = f"{stem}~{repeat}"
+        used.add(name)
+        names.append(name)
+    return names

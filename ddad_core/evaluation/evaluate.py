@@ -37,9 +37,11 @@ from ddad_core.evaluation.metrics import (
     pixel_auroc,
     roc_curve,
 )
+from ddad_core.evaluation.visualize import jet, render_overlay, to_rgb
 from ddad_core.fitting.recipes import SettingError, recipe_label
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import load_image, preprocess
+from ddad_core.progress import Progress, as_progress, format_timings
 from ddad_core.scoring import normalize_map, score_maps
 
 
@@ -102,9 +104,9 @@ def collect(
     batch_size: int = 16,
     normalization: str = "fixed",
     max_images: int | None = None,
-    log: Callable[[str], None] | None = print,
+    progress: Progress | bool = False,
 ) -> tuple[EvaluationData, dict[str, float]]:
-    """Run the detector over every test image and gather maps, masks and timings.
+    """Run the detector over every test image and gather maps, masks and timings (progress step ``evaluation``).
 
     Returns:
         ``(data, timing)`` with timing keys ``seconds_model`` (pipeline time), ``seconds_total`` (with file IO).
@@ -117,39 +119,41 @@ def collect(
     kept, parts, thumbs, masks, has_mask, skipped = [], [], [], [], [], []
     model_seconds = 0.0
     start_total = time.perf_counter()
-    for start in range(0, len(items), batch_size):
-        batch_items, images = [], []
-        for item in items[start : start + batch_size]:
-            try:
-                image = load_image(item.path)
-            except ValueError as exc:
-                skipped.append((item.path, str(exc)))
-                continue
-            mask = np.zeros((size, size), dtype=bool)
-            mask_ok = item.label == 0
-            if item.mask_path is not None:
+    with as_progress(progress).step("evaluation", total=len(items)) as step:
+        for start in range(0, len(items), batch_size):
+            batch_items, images = [], []
+            for item in items[start : start + batch_size]:
                 try:
-                    mask = resize_mask(load_mask(item.mask_path, image.shape), size)
-                    mask_ok = True
+                    image = load_image(item.path)
                 except ValueError as exc:
-                    warnings.warn(f"mask {item.mask_path} cannot be read ({exc}); image metrics only", stacklevel=2)
-            batch_items.append(item)
-            images.append(image)
-            masks.append(mask)
-            has_mask.append(mask_ok)
-        if not images:
-            continue
-        t0 = time.perf_counter()
-        x = preprocess(images, image_size=size)
-        comps = pipe.components(x)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize()
-        model_seconds += time.perf_counter() - t0
-        parts.append(comps)
-        thumbs.append(((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
-        kept.extend(batch_items)
-        if log is not None:
-            log(f"  evaluated {len(kept)}/{len(items)} images")
+                    skipped.append((item.path, str(exc)))
+                    step.update(1)
+                    continue
+                mask = np.zeros((size, size), dtype=bool)
+                mask_ok = item.label == 0
+                if item.mask_path is not None:
+                    try:
+                        mask = resize_mask(load_mask(item.mask_path, image.shape), size)
+                        mask_ok = True
+                    except ValueError as exc:
+                        warnings.warn(f"mask {item.mask_path} cannot be read ({exc}); image metrics only", stacklevel=2)
+                batch_items.append(item)
+                images.append(image)
+                masks.append(mask)
+                has_mask.append(mask_ok)
+            if not images:
+                continue
+            t0 = time.perf_counter()
+            x = preprocess(images, image_size=size)
+            comps = pipe.components(x)
+            if pipe.device.type == "cuda":
+                torch.cuda.synchronize()
+            model_seconds += time.perf_counter() - t0
+            parts.append(comps)
+            thumbs.append(((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+            kept.extend(batch_items)
+            step.update(len(batch_items))
+            step.set_postfix(s_per_image=f"{model_seconds / len(kept):.2f}")
     if not kept:
         raise ValueError(f"no test image of {folder.root} could be decoded")
     comps = MapComponents.concat(parts)
@@ -248,6 +252,7 @@ def evaluate(
     max_images: int | None = None,
     backbone: str | None = None,
     log: Callable[[str], None] | None = print,
+    progress: Progress | bool = False,
 ) -> dict[str, Any]:
     """Evaluate a bundle on an MVTec-layout folder; optionally write the JSON and the HTML report.
 
@@ -261,7 +266,9 @@ def evaluate(
         normalization: ``fixed`` / ``paper`` (default: the bundle's ``DDADConfig.normalization``).
         max_images: Evaluate an evenly spaced subset (quick runs).
         backbone: Refuse the bundle if it was fitted with another backbone.
-        log: Progress output.
+        log: Where the skipped images and the result line go (None: silent).
+        progress: Progress of the steps ``evaluation``, ``metrics`` and ``report`` (``ddad_core.progress``); their
+            times go to ``results["seconds_per_step"]``.
 
     Returns:
         The results dictionary (also written to ``json_path``).
@@ -269,6 +276,7 @@ def evaluate(
     Raises:
         DatasetLayoutError: not MVTec layout. BundleError / BackboneMismatchError: see ``DDADPipeline.from_bundle``.
     """
+    progress = as_progress(progress)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = DDADPipeline.from_bundle(bundle_dir, device=device, backbone=backbone)
     folder = MVTecFolder(data_dir, require_test=True)
@@ -279,13 +287,14 @@ def evaluate(
             "bundle's recipe normalises each position against held-out good images"
         )
     data, timing = collect(
-        pipe, folder, batch_size=batch_size, normalization=normalization, max_images=max_images, log=log
+        pipe, folder, batch_size=batch_size, normalization=normalization, max_images=max_images, progress=progress
     )
     if data.skipped and log is not None:
         log(f"skipped {len(data.skipped)} undecodable test image(s):")
         for path, reason in data.skipped:
             log(f"  {path}: {reason}")
-    results = compute_results(data)
+    with progress.step("metrics"):
+        results = compute_results(data)
     n = len(data.labels)
     results.update(
         n_images=n,
@@ -302,11 +311,14 @@ def evaluate(
         backbone=pipe.backbone_name,
         autoencoder=(pipe.bundle_config.autoencoder or {}).get("kind") if pipe.bundle_config else None,
     )
+    if report_dir is not None:
+        with progress.step("report", total=len(data.labels)) as step:
+            write_report(report_dir, data, results, pipe, on_image=step.update)
+    results["seconds_per_step"] = {k: round(v, 2) for k, v in progress.timings.items()}
+    results["seconds_total"] = round(progress.total_seconds(), 2)
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(_jsonable(results), indent=2))
-    if report_dir is not None:
-        write_report(report_dir, data, results, pipe)
     if log is not None:
         log(
             f"{Path(data_dir).name}: image AUROC {results['image_auroc']:.4f}, "
@@ -315,6 +327,7 @@ def evaluate(
             f"{n} images, {results['seconds_per_image']:.3f} s/image (recipe {results['recipe']}, "
             f"{normalization} normalisation)"
         )
+        log(f"time per step: {format_timings(progress.timings, progress.total_seconds())}")
     return results
 
 
@@ -334,6 +347,30 @@ def _jsonable(value):
 # HTML report
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+_HIST_COLORS = ("#2ca02c", "#d62728", "#1f77b4")
+#: Side of the pictures in the worst-case tables and of the thumbnails in the grid of all test images (pixels).
+REPORT_IMAGE_SIZE, THUMBNAIL_SIZE = 256, 128
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> np.ndarray:
+    """Round tick values covering ``[low, high]``: steps of 1, 2 or 5 times a power of ten, about ``count`` ticks.
+
+    Example:
+        >>> nice_ticks(0, 1).tolist(), nice_ticks(0, 37).tolist()
+        ([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], [0.0, 10.0, 20.0, 30.0, 40.0])
+    """
+    span = high - low
+    if not np.isfinite(span) or span <= 0:
+        return np.array([low])
+    raw = span / max(count, 1)
+    magnitude = 10 ** np.floor(np.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * 0.999)
+    first, last = np.floor(low / step + 1e-9) * step, np.ceil(high / step - 1e-9) * step
+    return np.round(np.arange(first, last + step / 2, step), 12)
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:.3g}" if abs(value) >= 1e-12 else "0"
 
 
 def _thin(xs: np.ndarray, ys: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
@@ -344,6 +381,70 @@ def _thin(xs: np.ndarray, ys: np.ndarray, points: int = 400) -> tuple[np.ndarray
     return grid, np.interp(grid, xs, ys)
 
 
+class _Axes:
+    """Plot-area geometry of one SVG chart: data -> pixel coordinates, frame, ticks with grid lines, axis titles,
+    and a legend *below* the x-axis title, so it never covers the data."""
+
+    left, right, top, tick_band = 56, 14, 22, 34
+
+    def __init__(self, width: int, xlim, ylim, legend_rows: int) -> None:
+        self.width, self.xlim, self.ylim = width, xlim, ylim
+        self.plot_height = 210
+        self.pw = width - self.left - self.right
+        self.legend_top = self.top + self.plot_height + self.tick_band + 18
+        self.height = self.legend_top + 16 * legend_rows + 6
+        self.parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{self.height}" font-size="11" '
+            'font-family="sans-serif">'
+        ]
+
+    def px(self, x: float, y: float) -> tuple[float, float]:
+        u = self.left + (x - self.xlim[0]) / (self.xlim[1] - self.xlim[0]) * self.pw
+        v = self.top + (1 - (y - self.ylim[0]) / (self.ylim[1] - self.ylim[0])) * self.plot_height
+        return u, v
+
+    def frame(self, xticks, yticks, xlabel: str, ylabel: str) -> None:
+        top, bottom, left = self.top, self.top + self.plot_height, self.left
+        for fx in xticks:
+            u, _ = self.px(fx, self.ylim[0])
+            self.parts.append(f'<line x1="{u:.1f}" y1="{top}" x2="{u:.1f}" y2="{bottom}" stroke="#eee"/>')
+            self.parts.append(f'<line x1="{u:.1f}" y1="{bottom}" x2="{u:.1f}" y2="{bottom + 4}" stroke="#555"/>')
+            self.parts.append(f'<text x="{u:.1f}" y="{bottom + 16}" text-anchor="middle">{_tick_text(fx)}</text>')
+        for fy in yticks:
+            _, v = self.px(self.xlim[0], fy)
+            self.parts.append(
+                f'<line x1="{left}" y1="{v:.1f}" x2="{left + self.pw}" y2="{v:.1f}" stroke="#eee"/>'
+                f'<line x1="{left - 4}" y1="{v:.1f}" x2="{left}" y2="{v:.1f}" stroke="#555"/>'
+            )
+            self.parts.append(f'<text x="{left - 6}" y="{v + 4:.1f}" text-anchor="end">{_tick_text(fy)}</text>')
+        self.parts.append(
+            f'<rect x="{left}" y="{top}" width="{self.pw}" height="{self.plot_height}" fill="none" stroke="#888"/>'
+        )
+        self.parts.append(
+            f'<text x="{left + self.pw / 2}" y="{bottom + self.tick_band}" text-anchor="middle" '
+            f'font-weight="bold">{html.escape(xlabel)}</text>'
+        )
+        mid = top + self.plot_height / 2
+        self.parts.append(
+            f'<text x="14" y="{mid}" text-anchor="middle" font-weight="bold" transform="rotate(-90 14 {mid})">'
+            f"{html.escape(ylabel)}</text>"
+        )
+
+    def legend(self, row: int, color: str, label: str, dashed: bool = False, box: bool = False) -> None:
+        y = self.legend_top + 16 * row
+        x = self.left
+        if box:
+            self.parts.append(f'<rect x="{x}" y="{y - 9}" width="18" height="10" fill="{color}" fill-opacity="0.45"/>')
+        else:
+            dash = ' stroke-dasharray="4"' if dashed else ""
+            self.parts.append(f'<line x1="{x}" y1="{y - 4}" x2="{x + 18}" y2="{y - 4}" stroke="{color}" '
+                              f'stroke-width="2"{dash}/>')  # fmt: skip
+        self.parts.append(f'<text x="{x + 24}" y="{y}">{html.escape(label)}</text>')
+
+    def svg(self) -> str:
+        return "".join(self.parts) + "</svg>"
+
+
 def svg_line_chart(
     series: list[tuple[np.ndarray, np.ndarray, str]],
     xlabel: str,
@@ -351,10 +452,10 @@ def svg_line_chart(
     xlim: tuple[float, float] = (0.0, 1.0),
     ylim: tuple[float, float] = (0.0, 1.0),
     vline: float | None = None,
-    width: int = 360,
-    height: int = 280,
+    width: int = 380,
+    diagonal: bool = False,
 ) -> str:
-    """A small inline SVG line chart.
+    """A small inline SVG line chart: ticks and grid lines on both axes, axis titles, the legend under the plot.
 
     Args:
         series: ``(xs, ys, label)`` per line.
@@ -363,37 +464,23 @@ def svg_line_chart(
         xlim: x range.
         ylim: y range.
         vline: Optional dashed vertical marker.
-        width: Pixel width.
-        height: Pixel height.
+        width: Pixel width (the height follows from the legend).
+        diagonal: Draw the chance line y = x (ROC), labelled in the legend.
 
     Returns:
         ``<svg>`` markup.
     """
-    left, right, top, bottom = 48, 12, 12, 40
-    pw, ph = width - left - right, height - top - bottom
-
-    def px(x, y):
-        u = left + (x - xlim[0]) / (xlim[1] - xlim[0]) * pw
-        v = top + (1 - (y - ylim[0]) / (ylim[1] - ylim[0])) * ph
-        return u, v
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
-    parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
-    for i in range(6):
-        fx = xlim[0] + i / 5 * (xlim[1] - xlim[0])
-        fy = ylim[0] + i / 5 * (ylim[1] - ylim[0])
-        u, _ = px(fx, ylim[0])
-        _, v = px(xlim[0], fy)
-        parts.append(f'<text x="{u:.1f}" y="{top + ph + 14}" text-anchor="middle">{fx:.2g}</text>')
-        parts.append(f'<text x="{left - 4}" y="{v + 4:.1f}" text-anchor="end">{fy:.2g}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{html.escape(xlabel)}</text>')
-    parts.append(
-        f'<text x="12" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 12 {top + ph / 2})">'
-        f"{html.escape(ylabel)}</text>"
-    )
+    axes = _Axes(width, xlim, ylim, legend_rows=len(series) + int(diagonal))
+    axes.frame(nice_ticks(*xlim), nice_ticks(*ylim), xlabel, ylabel)
     if vline is not None and xlim[0] <= vline <= xlim[1]:
-        u, _ = px(vline, 0)
-        parts.append(f'<line x1="{u:.1f}" y1="{top}" x2="{u:.1f}" y2="{top + ph}" stroke="#444" stroke-dasharray="4"/>')
+        u, _ = axes.px(vline, 0)
+        axes.parts.append(
+            f'<line x1="{u:.1f}" y1="{axes.top}" x2="{u:.1f}" y2="{axes.top + axes.plot_height}" stroke="#444" '
+            'stroke-dasharray="4"/>'
+        )
+    if diagonal:
+        (u0, v0), (u1, v1) = axes.px(xlim[0], ylim[0]), axes.px(xlim[1], ylim[1])
+        axes.parts.append(f'<line x1="{u0}" y1="{v0}" x2="{u1}" y2="{v1}" stroke="#999" stroke-dasharray="4"/>')
     for k, (xs, ys, label) in enumerate(series):
         xs, ys = np.asarray(xs, float), np.asarray(ys, float)
         if xs.size and xs[-1] > xlim[1]:
@@ -403,19 +490,21 @@ def svg_line_chart(
         xs, ys = _thin(xs, ys)
         inside = (xs >= xlim[0]) & (xs <= xlim[1])
         points = " ".join(
-            f"{u:.1f},{v:.1f}" for u, v in (px(x, y) for x, y in zip(xs[inside], ys[inside], strict=True))
+            f"{u:.1f},{v:.1f}" for u, v in (axes.px(x, y) for x, y in zip(xs[inside], ys[inside], strict=True))
         )
         color = _COLORS[k % len(_COLORS)]
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.6"/>')
-        parts.append(f'<text x="{left + 8}" y="{top + 14 + 13 * k}" fill="{color}">{html.escape(label)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        axes.parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        axes.legend(k, color, label)
+    if diagonal:
+        axes.legend(len(series), "#999", "chance", dashed=True)
+    return axes.svg()
 
 
 def svg_histogram(
-    groups: list[tuple[np.ndarray, str]], threshold: float | None, bins: int = 40, width: int = 420, height: int = 280
+    groups: list[tuple[np.ndarray, str]], threshold: float | None, bins: int = 40, width: int = 440
 ) -> str:
-    """Overlaid histograms (e.g. good vs defective image scores) with a threshold marker, as inline SVG."""
+    """Overlaid histograms (e.g. good vs defective image scores) with a threshold marker, as inline SVG: counts on a
+    ticked y-axis, the threshold's label above the plot (never on the bars), the legend under it."""
     values = np.concatenate([g for g, _ in groups if len(g)])
     low, high = float(values.min()), float(values.max())
     if threshold is not None:
@@ -425,118 +514,178 @@ def svg_histogram(
     edges = np.linspace(low, high, bins + 1)
     counts = [np.histogram(g, edges)[0] for g, _ in groups]
     peak = max(int(c.max()) for c in counts) or 1
-    left, right, top, bottom = 40, 12, 12, 40
-    pw, ph = width - left - right, height - top - bottom
-    bar = pw / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
-    parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+    yticks = nice_ticks(0, peak, 4)
+    yticks = yticks[yticks == np.round(yticks)]  # whole images only
+    rows = len(groups) + int(threshold is not None)
+    axes = _Axes(width, (low, high), (0, float(max(yticks[-1], peak))), legend_rows=rows)
+    xticks = [t for t in nice_ticks(low, high, 5) if low - 1e-12 <= t <= high + 1e-12]
+    axes.frame(xticks, yticks, "image score (raw)", "images")
+    bar = axes.pw / bins
     for k, ((_, label), c) in enumerate(zip(groups, counts, strict=True)):
-        color = ("#2ca02c", "#d62728", "#1f77b4")[k % 3]
+        color = _HIST_COLORS[k % len(_HIST_COLORS)]
         for i, n in enumerate(c):
             if n:
-                h = n / peak * ph
-                parts.append(
-                    f'<rect x="{left + i * bar:.1f}" y="{top + ph - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                _, v = axes.px(low, n)
+                h = axes.top + axes.plot_height - v
+                axes.parts.append(
+                    f'<rect x="{axes.left + i * bar:.1f}" y="{v:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                     f'fill="{color}" fill-opacity="0.45"/>'
                 )
-        parts.append(f'<text x="{left + 8}" y="{top + 14 + 13 * k}" fill="{color}">{html.escape(label)}</text>')
-    for i in range(5):
-        value = low + i / 4 * (high - low)
-        parts.append(f'<text x="{left + i / 4 * pw:.1f}" y="{top + ph + 14}" text-anchor="middle">{value:.3g}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">image score (raw)</text>')
-    parts.append(f'<text x="{left - 4}" y="{top + 10}" text-anchor="end">{peak}</text>')
+        axes.legend(k, color, f"{label} ({int(c.sum())})", box=True)
     if threshold is not None:
-        u = left + (threshold - low) / (high - low) * pw
-        parts.append(f'<line x1="{u:.1f}" y1="{top}" x2="{u:.1f}" y2="{top + ph}" stroke="#000" stroke-dasharray="4"/>')
-        parts.append(f'<text x="{u + 3:.1f}" y="{top + ph - 4}">threshold</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        u, _ = axes.px(threshold, 0)
+        axes.parts.append(
+            f'<line x1="{u:.1f}" y1="{axes.top}" x2="{u:.1f}" y2="{axes.top + axes.plot_height}" stroke="#000" '
+            'stroke-dasharray="4" stroke-width="1.5"/>'
+        )
+        anchor = "end" if u > axes.left + axes.pw * 0.7 else "start"
+        axes.parts.append(
+            f'<text x="{u:.1f}" y="{axes.top - 6}" text-anchor="{anchor}">threshold {_tick_text(threshold)}</text>'
+        )
+        axes.legend(len(groups), "#000", "image threshold (above = flagged)", dashed=True)
+    return axes.svg()
 
 
-def _png(image: np.ndarray) -> str:
-    """``data:`` URI of an RGB (or gray) uint8 image."""
+def _encoded(image: np.ndarray, fmt: str = ".png") -> str:
+    """``data:`` URI of an RGB (or gray) uint8 image, PNG or JPEG."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 88] if fmt == ".jpg" else []
+    ok, buf = cv2.imencode(fmt, image, params)
     if not ok:
-        raise ValueError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+        raise ValueError(f"{fmt} encoding failed")
+    mime = "jpeg" if fmt == ".jpg" else "png"
+    return f"data:image/{mime};base64," + base64.b64encode(buf.tobytes()).decode()
 
 
-def heatmap_overlay(
-    image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45
-) -> np.ndarray:
-    """JET heatmap (``heat`` in [0, 1]) blended over an RGB image, optional mask contour in red.
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB.
-        heat: ``(H, W)`` float in [0, 1].
-        mask: Optional ``(H, W)`` bool mask whose outline is drawn.
-        alpha: Heatmap opacity.
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB.
-    """
-    colored = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
-    out = cv2.addWeighted(image, 1 - alpha, colored, alpha, 0)
-    if mask is not None and mask.any():
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, (255, 0, 0), 1)
-    return out
+def _colorbar_svg(threshold: float, height: int = 200) -> str:
+    """The report's colour-bar legend (the same JET scale as the pictures), with the threshold marked."""
+    offsets = np.linspace(0, 1, 11)
+    colors = jet(1 - offsets)
+    stops = "".join(
+        f'<stop offset="{o:.2f}" stop-color="rgb({r},{g},{b})"/>' for o, (r, g, b) in zip(offsets, colors, strict=True)
+    )
+    top, bar_h = 10, height - 20
+    y_thr = top + (1 - threshold) * bar_h
+    ticks = "".join(
+        f'<text x="34" y="{top + (1 - v) * bar_h + 4:.1f}">{v:g}</text>'
+        for v in (0, 0.25, 0.5, 0.75, 1)
+        if abs(v - threshold) >= 0.09
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="120" height="{height}" font-size="11" '
+        f'font-family="sans-serif"><defs><linearGradient id="jet" x1="0" y1="0" x2="0" y2="1">{stops}'
+        f'</linearGradient></defs><rect x="8" y="{top}" width="20" height="{bar_h}" fill="url(#jet)" stroke="#666"/>'
+        f'{ticks}<line x1="4" y1="{y_thr:.1f}" x2="32" y2="{y_thr:.1f}" stroke="#000" stroke-width="2"/>'
+        f'<text x="34" y="{y_thr + 4:.1f}" font-weight="bold">threshold</text></svg>'
+    )
 
 
 def write_report(
-    report_dir: str | Path, data: EvaluationData, results: dict[str, Any], pipe: DDADPipeline, per_group: int = 8
+    report_dir: str | Path,
+    data: EvaluationData,
+    results: dict[str, Any],
+    pipe: DDADPipeline,
+    per_group: int = 8,
+    on_image: Callable[[int], None] | None = None,
 ) -> Path:
-    """Write ``index.html``: metrics table, ROC / PRO curves, score histogram, worst misses and false alarms."""
+    """Write ``index.html``: metrics, ROC / PRO curves, score histogram, worst misses and false alarms, and a
+    thumbnail grid of every test image (sortable by score, name or defect type).
+
+    Pictures (``visualize.render_overlay``): heatmap blended over the image, predicted outline magenta, true
+    outline white, colour bar with the threshold; worst cases at ``REPORT_IMAGE_SIZE`` px (plus the bar),
+    thumbnails at ``THUMBNAIL_SIZE`` px. ``on_image(1)`` is called per test image drawn (progress).
+    """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     scores = data.scores
     threshold = data.threshold
-    # Heatmaps: 0.5 = the pixel threshold in fixed mode; min-max over the set in paper mode.
+    # Heatmaps on one scale: 0.5 = the pixel threshold in fixed mode; min-max over the set in paper mode, with the
+    # F1-max cut as the mark.
     if threshold is not None and pipe.calibration is not None:
         heat = normalize_map(torch.from_numpy(data.maps), pipe.calibration).numpy()
         pred_masks = data.pred_masks
+        heat_threshold = 0.5
+        flagged = scores > threshold
     else:
         lo, hi = float(data.maps.min()), float(data.maps.max())
         heat = (data.maps - lo) / max(hi - lo, 1e-12)
         cut = results.get("f1_max_threshold", float("nan"))
         pred_masks = data.maps > cut if np.isfinite(cut) else np.zeros_like(data.masks)
+        heat_threshold = float(np.clip((cut - lo) / max(hi - lo, 1e-12), 0, 1)) if np.isfinite(cut) else 0.5
+        flagged = scores > cut if np.isfinite(cut) else np.zeros(len(scores), bool)
 
     fpr, tpr, _ = roc_curve(scores, data.labels)
-    roc_svg = svg_line_chart([(fpr, tpr, f"image ROC, AUROC {results['image_auroc']:.3f}")], "FPR", "TPR")
+    roc_svg = svg_line_chart(
+        [(fpr, tpr, f"image ROC, AUROC {results['image_auroc']:.3f}")],
+        "false-positive rate (good images flagged)",
+        "true-positive rate",
+        diagonal=True,
+    )
     pro_svg = "<p>no defect regions</p>"
     pix = data.has_mask
     if data.masks[pix].any():
         value, curve = aupro(data.maps[pix], data.masks[pix], return_curve=True)
         pro_svg = svg_line_chart(
-            [(curve.fpr, curve.pro, f"PRO, AUPRO(0.3) {value:.3f}")], "pixel FPR", "PRO", xlim=(0, 0.3), vline=None
+            [(curve.fpr, curve.pro, f"PRO, AUPRO(0.3) {value:.3f}")],
+            "pixel false-positive rate",
+            "per-region overlap",
+            xlim=(0, 0.3),
         )
     hist_svg = svg_histogram([(scores[data.labels == 0], "good"), (scores[data.labels == 1], "defective")], threshold)
 
-    def row(i: int) -> str:
-        thumb = data.thumbnails[i]
-        cells = [
-            _png(thumb),
-            _png(heatmap_overlay(thumb, heat[i], pred_masks[i])),
-            _png((pred_masks[i] * 255).astype(np.uint8)),
-            _png((data.masks[i] * 255).astype(np.uint8)),
-        ]
-        images = "".join(f'<td><img src="{c}" width="160"></td>' for c in cells)
-        caption = (
-            f"{html.escape(data.paths[i].name)}<br>{html.escape(data.defect_types[i])}<br>score {scores[i]:.4f}"
-            f"<br>T&#770; = {int(data.noise_steps[i])}"
+    def overlay(i: int, size: int, bar: bool) -> np.ndarray:
+        true = data.masks[i] if data.labels[i] == 1 else None
+        return render_overlay(
+            data.thumbnails[i], heat[i], pred_masks[i], true, threshold=heat_threshold, size=size, with_colorbar=bar
         )
-        return f"<tr><td>{caption}</td>{images}</tr>"
+
+    def verdict(i: int) -> tuple[str, str]:
+        bad, hit = bool(data.labels[i]), bool(flagged[i])
+        if bad:
+            return ("caught", "ok") if hit else ("missed", "wrong")
+        return ("false alarm", "wrong") if hit else ("passed", "ok")
+
+    def caption(i: int) -> str:
+        word, _ = verdict(i)
+        return (
+            f"{html.escape(data.paths[i].name)}<br>{html.escape(data.defect_types[i])}<br>score {scores[i]:.4f} "
+            f"({word})<br>T&#770; = {int(data.noise_steps[i])}"
+        )
+
+    def row(i: int) -> str:
+        size = REPORT_IMAGE_SIZE
+        image = cv2.resize(to_rgb(data.thumbnails[i]), (size, size), interpolation=cv2.INTER_LINEAR)
+        return (
+            f'<tr><td>{caption(i)}</td><td><img class="picture" src="{_encoded(image, ".jpg")}" width="{size}" '
+            f'height="{size}" alt="image"></td><td><img class="overlay" src="{_encoded(overlay(i, size, True))}" '
+            f'alt="heatmap overlay"></td></tr>'
+        )
 
     header = (
-        "<tr><th></th><th>image</th><th>heatmap + predicted outline</th><th>predicted mask</th><th>true mask</th></tr>"
+        "<tr><th></th><th>image</th><th>heatmap, <span class=pred>predicted</span> and "
+        "<span class=true>true</span> outline, score scale</th></tr>"
     )
     bad = np.flatnonzero(data.labels == 1)
     good = np.flatnonzero(data.labels == 0)
     misses = bad[np.argsort(scores[bad], kind="stable")][:per_group]
     alarms = good[np.argsort(-scores[good], kind="stable")][:per_group]
+    worst_misses = "".join(row(i) for i in misses)
+    worst_alarms = "".join(row(i) for i in alarms)
+
+    cards = []
+    for i in np.argsort(-scores, kind="stable"):
+        word, state = verdict(i)
+        thumb = _encoded(overlay(i, THUMBNAIL_SIZE, False), ".jpg")
+        cards.append(
+            f'<figure class="card {state}" data-score="{scores[i]:.6f}" data-name="{html.escape(str(data.paths[i]))}" '
+            f'data-type="{html.escape(data.defect_types[i])}"><img class="thumb" src="{thumb}" '
+            f'width="{THUMBNAIL_SIZE}" height="{THUMBNAIL_SIZE}" alt="{html.escape(data.paths[i].name)}">'
+            f"<figcaption>{html.escape(data.defect_types[i])}/{html.escape(data.paths[i].name)}<br>"
+            f"{scores[i]:.4f} {word}</figcaption></figure>"
+        )
+        if on_image is not None:
+            on_image(1)
 
     def fmt(v):
         return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
@@ -553,20 +702,53 @@ def write_report(
         if at
         else "Paper-style normalisation: the bundle's threshold does not apply; masks use the F1-max threshold."
     )
+    scale_note = (
+        "0.5 = the bundle's pixel threshold (normalised score)"
+        if threshold is not None
+        else "min-max over this set; the mark is the F1-max threshold"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>D3AD evaluation</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;
-padding:4px;font-size:12px;text-align:center}} .charts{{display:flex;gap:20px;flex-wrap:wrap}}</style></head><body>
+padding:4px;font-size:12px;text-align:center}} .charts{{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}}
+.pred{{color:#c0c;font-weight:bold}} .true{{color:#000;background:#ddd;font-weight:bold;padding:0 2px}}
+.key{{display:flex;gap:16px;align-items:center;font-size:13px}}
+#grid{{display:flex;flex-wrap:wrap;gap:8px}} .card{{margin:0;padding:3px;border:3px solid #ccc;font-size:11px;
+width:{THUMBNAIL_SIZE}px}} .card.wrong{{border-color:#d62728}} .card figcaption{{word-break:break-all}}
+button{{margin-right:6px}}</style></head><body>
 <h1>D3AD evaluation: {html.escape(Path(results.get("data_dir", "")).name)}</h1>
 <p>bundle {html.escape(str(results.get("bundle")))} ({html.escape(str(results.get("model_version")))}), backbone
 {html.escape(str(results.get("backbone")))}, {results["n_images"]} images at {results.get("resolution")} px,
 {results["seconds_per_image"]:.3f} s/image on {html.escape(str(results.get("device")))},
 {html.escape(str(results.get("normalization")))} normalisation. AUPRO is the exact MVTec metric (FPR &le; 0.3);
 aupro_paper is the reference code's 200-threshold variant.</p>
-<table>{"".join(table)}</table><p>{at_text}</p>
+<table id="metrics">{"".join(table)}</table><p>{at_text}</p>
 <div class="charts"><div><h3>ROC</h3>{roc_svg}</div><div><h3>PRO curve</h3>{pro_svg}</div>
 <div><h3>Image scores</h3>{hist_svg}</div></div>
-<h2>Worst misses (defective, lowest scores)</h2><table>{header}{"".join(row(i) for i in misses)}</table>
-<h2>Worst false alarms (good, highest scores)</h2><table>{header}{"".join(row(i) for i in alarms)}</table>
+<h2>How to read the pictures</h2>
+<div class="key"><div>{_colorbar_svg(heat_threshold)}</div><div>Heatmap colour = anomaly score ({scale_note});
+it is transparent where the part looks normal and covers it where the score is high.<br>
+<span class="pred">magenta outline</span>: predicted defect; <span class="true">white outline</span>: true defect
+(ground truth).</div></div>
+<h2>Worst misses (defective, lowest scores)</h2><table id="misses">{header}{worst_misses}</table>
+<h2>Worst false alarms (good, highest scores)</h2><table id="alarms">{header}{worst_alarms}</table>
+<h2>All test images</h2>
+<p>Sort: <button id="sort-score-desc" onclick="sortGrid('score', -1)">score, highest first</button><button
+id="sort-score-asc" onclick="sortGrid('score', 1)">score, lowest first</button><button id="sort-name"
+onclick="sortGrid('name', 1)">file</button><button id="sort-type" onclick="sortGrid('type', 1)">defect type</button>
+Red frame = wrong decision (miss or false alarm).</p>
+<div id="grid">{"".join(cards)}</div>
+<script>
+function sortGrid(key, direction) {{
+  const grid = document.getElementById("grid");
+  const cards = Array.from(grid.children);
+  cards.sort((a, b) => {{
+    const x = a.dataset[key], y = b.dataset[key];
+    const order = key === "score" ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
+    return direction * order;
+  }});
+  cards.forEach((card) => grid.appendChild(card));
+}}
+</script>
 </body></html>"""
     path = report_dir / "index.html"
     path.write_text(page)

@@ -19,7 +19,6 @@ The adapted weights are stored in the bundle (``backbone.safetensors``) and neve
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +29,7 @@ from ddad_core.config import DDADConfig
 from ddad_core.denoise import start_state
 from ddad_core.features import FeatureExtractor
 from ddad_core.noise_level import noise_step_for_bin
+from ddad_core.progress import Progress, as_progress
 from ddad_core.scheduler import DDADScheduler
 
 
@@ -107,7 +107,7 @@ def domain_adapt(
     config: DDADConfig,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    progress: bool = True,
+    progress: Progress | bool = True,
 ) -> list[float]:
     """Fine-tune ``features`` in place for ``config.da_epochs`` epochs; returns the mean loss of each epoch.
 
@@ -121,7 +121,8 @@ def domain_adapt(
             fields.
         device: Where to run.
         seed: Seeds shuffling, the noise levels and posterior samples.
-        progress: Print one line per epoch.
+        progress: Where the batches and the ETA are shown (``ddad_core.progress``), plus one line per epoch; timed as
+            ``domain_adaptation``.
 
     Returns:
         Mean loss per epoch (empty for ``da_epochs == 0``, which keeps the ImageNet weights unchanged).
@@ -139,33 +140,32 @@ def domain_adapt(
     losses = []
     n = len(images)
     batches = math.ceil(n / config.da_batch_size)
-    for epoch in range(config.da_epochs):
-        start = time.perf_counter()
-        features.train()  # BatchNorm statistics adapt to the target domain (part of the method)
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
-        for b in range(batches):
-            x = images[order[b * config.da_batch_size : (b + 1) * config.da_batch_size]].to(device)
-            k = int(torch.randint(1, config.num_bins + 1, (1,), generator=gen))
-            scale_step, grid_step = adaptation_noise_levels(k, config)
-            with torch.no_grad():
-                dist = autoencoder.encode(x)
-                z0 = dist.sample(sample_gen) if config.posterior == "sample" else dist.mean
-                z_hat = reconstruct_for_adaptation(
-                    unet, scheduler, z0, scale_step, grid_step, config.guidance, plain_first=config.grid == "faithful"
-                )
-                x_hat = autoencoder.decode(z_hat)
-            loss = adaptation_loss(features(x), features(x_hat))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach())
-        losses.append(total / batches)
-        if progress:
-            print(
-                f"domain adaptation epoch {epoch + 1}/{config.da_epochs}: loss {losses[-1]:.4f} "
-                f"({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
+    progress = as_progress(progress)
+    with progress.step("domain_adaptation", total=config.da_epochs * batches, unit="batch") as step:
+        for epoch in range(config.da_epochs):
+            features.train()  # BatchNorm statistics adapt to the target domain (part of the method)
+            order = torch.randperm(n, generator=gen)
+            total = 0.0
+            for b in range(batches):
+                x = images[order[b * config.da_batch_size : (b + 1) * config.da_batch_size]].to(device)
+                k = int(torch.randint(1, config.num_bins + 1, (1,), generator=gen))
+                scale_step, grid_step = adaptation_noise_levels(k, config)
+                with torch.no_grad():
+                    dist = autoencoder.encode(x)
+                    z0 = dist.sample(sample_gen) if config.posterior == "sample" else dist.mean
+                    plain_first = config.grid == "faithful"
+                    z_hat = reconstruct_for_adaptation(
+                        unet, scheduler, z0, scale_step, grid_step, config.guidance, plain_first=plain_first
+                    )
+                    x_hat = autoencoder.decode(z_hat)
+                loss = adaptation_loss(features(x), features(x_hat))
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach())
+                step.set_postfix(epoch=f"{epoch + 1}/{config.da_epochs}", loss=f"{total / (b + 1):.4f}")
+                step.update(1)
+            losses.append(total / batches)
+            progress.write(f"domain adaptation epoch {epoch + 1}/{config.da_epochs}: loss {losses[-1]:.4f}")
     features.eval().requires_grad_(False)
     return losses

@@ -27,9 +27,7 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,7 +61,7 @@ from ddad_core.features import (
 from ddad_core.fitting.adapt import domain_adapt
 from ddad_core.fitting.calibration import fit_calibration
 from ddad_core.fitting.recipes import DEFAULT_RECIPE, Recipe, get_recipe
-from ddad_core.fitting.select import select_settings
+from ddad_core.fitting.select import batched_components, select_settings
 from ddad_core.fitting.synthetic import make_synthetic_defects
 from ddad_core.fitting.train import encode_dataset, train_unet
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block
@@ -71,6 +69,7 @@ from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
+from ddad_core.progress import Progress, Step, as_progress, format_seconds, format_timings, map_batches
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.scoring import Calibration
@@ -204,20 +203,30 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
 
 
-def _preprocess_all(images: Sequence[np.ndarray] | torch.Tensor, size: int, chunk: int = 64) -> torch.Tensor:
+def _preprocess_all(
+    images: Sequence[np.ndarray] | torch.Tensor, size: int, chunk: int = 64, step: Step | None = None
+) -> torch.Tensor:
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         if images.ndim != 4 or images.shape[1:] != (3, size, size):
             raise ValueError(f"preprocessed images must be (N, 3, {size}, {size}), got {tuple(images.shape)}")
         return images
-    return torch.cat([preprocess(list(images[i : i + chunk]), image_size=size) for i in range(0, len(images), chunk)])
+    return torch.cat(map_batches(lambda part: preprocess(list(part), image_size=size), images, chunk, step))
 
 
 @torch.inference_mode()
-def _patch_features(features: FeatureExtractor, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    out = [
-        patch_features(features(images[s : s + batch_size].to(device))).cpu() for s in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out)
+def _training_features(
+    features: FeatureExtractor, images: torch.Tensor, batch_size: int, device, pool_size: int, knn: bool, step: Step
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One backbone pass over the training images: the block-2 embeddings of the noise-level bank and, for recipes
+    with a k-NN term, the patch features of its bank."""
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        blocks = features(x.to(device))
+        return embed_block(blocks[DIC_BLOCK], pool_size), patch_features(blocks).cpu() if knn else None
+
+    parts = map_batches(run, images, batch_size, step)
+    patches = torch.cat([p for _, p in parts]) if knn else None
+    return torch.cat([e for e, _ in parts]), patches
 
 
 def split_position_holdout(n: int, component_norm: str) -> tuple[np.ndarray, np.ndarray]:
@@ -262,13 +271,17 @@ def calibrate_pipeline(
     select: bool = False,
     select_grid: dict[str, Sequence[Any]] | None = None,
     log: Callable[[str], None] | None = print,
+    progress: Progress | bool = False,
 ) -> tuple[DDADPipeline, Calibration, dict | None]:
     """Step 6: (optionally select settings, then) fix the map statistics and the thresholds on held-out good images.
+
+    Progress and timings: steps ``selection`` (with ``select``) and ``calibration`` of ``progress``.
 
     Returns:
         ``(pipe, calibration, selection)``: the pipeline with its settings and position statistics, its
         calibration (also set on it), and the selection record (None without ``select``).
     """
+    progress = as_progress(progress)
     cfg = pipe.config
     stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
     # Synthetic defects on the threshold half: they set the pixel threshold (masks that fit the defect) and, with
@@ -286,12 +299,14 @@ def calibrate_pipeline(
             grid=select_grid,
             batch_size=batch_size,
             log=log,
+            progress=progress,
         )
         pipe = pipe.with_settings(**selection["chosen"])
         cfg = pipe.config
         _say(log, f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
-    comps = pipe.components_batched(holdout_images, batch_size)
-    synthetic_comps = pipe.components_batched(synthetic.images, batch_size)
+    with progress.step("calibration", total=len(holdout_images) + len(synthetic.images)) as step:
+        comps = batched_components(pipe, holdout_images, batch_size, step)
+        synthetic_comps = batched_components(pipe, synthetic.images, batch_size, step)
     normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
     # The bundle keeps the statistics of all held-out images (with fewer than 8, the threshold uses them too).
     pipe.position_norm = PositionNorm.fit(comps.maps()) if cfg.component_norm == "position" else None
@@ -330,6 +345,7 @@ def recalibrate(
     log: Callable[[str], None] | None = print,
     device: str | torch.device = "cpu",
     recipe: str | Recipe | None = None,
+    progress: Progress | bool = False,
     **overrides: Any,
 ) -> Path:
     """Step 6 again on a fitted bundle: new sampler/map settings (``overrides``, or a ``recipe``'s), new thresholds.
@@ -371,6 +387,7 @@ def recalibrate(
         seed=old.train.seed,
         select=select,
         log=log,
+        progress=progress,
     )
     tensors = load_bundle(bundle_dir, device="cpu")[1]
     tensors.pop("position_norm", None)
@@ -412,7 +429,7 @@ def fit_images(
     keep_checkpoints: bool = False,
     metadata: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
-    progress: bool = True,
+    progress: Progress | bool = True,
     recipe: str | Recipe | None = None,
     image_names: Sequence[str] | None = None,
     select: bool = False,
@@ -436,8 +453,10 @@ def fit_images(
         overwrite: Replace an existing bundle in ``out_dir`` (one fitted with another backbone only if True too).
         keep_checkpoints: Keep ``<out>/checkpoints`` (the resumable UNet checkpoint) after success.
         metadata: Extra entries for ``bundle.json["metadata"]``.
-        log: Where progress lines go (None: silent).
-        progress: Show progress bars.
+        log: Where the result line of each stage goes (None: silent).
+        progress: Progress of every long step (``ddad_core.progress``: a bar with ETA on a terminal, plain lines
+            otherwise; True = auto, False = silent). Each step's wall time goes to ``metadata["fit_seconds"]``,
+            with ``total`` = the time since the Progress was made (pass a fresh one per fit).
         recipe: The recipe ``config``/``train_config`` were made from (recorded in the bundle); None = the configs
             were built by hand (recorded as ``custom``).
         image_names: Names of the images (recorded for the held-out ones, so tools can find them again).
@@ -452,8 +471,7 @@ def fit_images(
         EmptyTrainSetError: no image.
         BackboneMismatchError: ``out_dir`` holds a bundle of another backbone and ``overwrite`` is False.
     """
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    progress = as_progress(progress)
     if config is None or train_config is None:
         recipe = DEFAULT_RECIPE if recipe is None else recipe
         default_cfg, default_tcfg = make_configs("cpu", recipe=recipe)
@@ -475,17 +493,16 @@ def fit_images(
     torch.manual_seed(tcfg.seed)
 
     # 1. Preprocess and split off the held-out good images.
-    all_images = _preprocess_all(images, cfg.image_size)
+    with progress.step("preprocess", total=len(images)) as step:
+        all_images = _preprocess_all(images, cfg.image_size, step=step)
     fit_idx, hold_idx = split_holdout(len(all_images), tcfg.holdout_fraction, tcfg.seed)
     train_images, holdout_images = all_images[fit_idx], all_images[hold_idx]
     if len(holdout_images) == 0:
         warnings.warn("no held-out good images: calibrating on the training images (optimistic)", stacklevel=2)
         holdout_images = train_images
     _say(log, f"[1/7] {len(train_images)} training + {len(hold_idx)} held-out good images at {cfg.image_size} px")
-    timings["preprocess"] = time.perf_counter() - t_start
 
     # 2. Latent autoencoder.
-    t0 = time.perf_counter()
     ae, ae_spec = resolve_autoencoder(autoencoder, log=log)
     ae.to(device)
     ae_info: dict[str, Any] = {"spec": ae_spec}
@@ -494,7 +511,11 @@ def fit_images(
     if train_autoencoder:
         if not isinstance(ae, ConvAutoencoder):
             raise TypeError(f"only the own ConvAutoencoder can be trained, not {type(ae).__name__}")
-        psnr = fit_conv_autoencoder(ae, train_images, epochs=autoencoder_epochs, device=device, progress=progress)
+        # fit_conv_autoencoder draws its own epoch bar on a terminal; the step adds "still running" lines elsewhere.
+        with progress.step("autoencoder_training", unit="epoch"):
+            psnr = fit_conv_autoencoder(
+                ae, train_images, epochs=autoencoder_epochs, device=device, progress=progress.mode == "bar"
+            )
         ae_info.update(psnr_db=psnr, epochs=autoencoder_epochs, departure="own autoencoder, not the paper's VAE")
         _say(log, f"[2/7] own ConvAutoencoder trained: PSNR {psnr:.2f} dB (departure from the paper)")
     else:
@@ -502,19 +523,21 @@ def fit_images(
             # TAE latents are raw: measure their spread on the training images, as SD's 0.18215 was measured.
             # 64 evenly spaced images estimate the spread to well under 1 % (64 x C x h x w values).
             sample = train_images[np.linspace(0, len(train_images) - 1, min(64, len(train_images))).astype(int)]
-            ae.set_latent_scale(measure_latent_scale(ae, sample))
-        ae_info["psnr_db"] = reconstruction_psnr(ae, train_images[:32])
+            with progress.step("latent_scale", total=len(sample)) as step:
+                ae.set_latent_scale(measure_latent_scale(ae, sample, batch_size=8, on_batch=step.update))
+        psnr_images = train_images[:32]
+        with progress.step("autoencoder_psnr", total=len(psnr_images)) as step:
+            ae_info["psnr_db"] = reconstruction_psnr(ae, psnr_images, batch_size=8, on_batch=step.update)
         _say(
             log,
             f"[2/7] autoencoder {ae.kind} ({ae_spec}): latent scale {ae.latent_scale:.4f}, "
             f"PSNR {ae_info['psnr_db']:.2f} dB",
         )
     ae.eval().requires_grad_(False)
-    timings["autoencoder"] = time.perf_counter() - t0
 
     # 3. UNet on cached latents, resumable.
-    t0 = time.perf_counter()
-    cache = encode_dataset(ae, train_images, batch_size=batch_size)
+    with progress.step("latent_cache", total=len(train_images)) as step:
+        cache = encode_dataset(ae, train_images, batch_size=batch_size, step=step)
     latent_size = cfg.image_size // ae.downsample
     unet = build_unet(tcfg.preset, ae.latent_channels, latent_size, seed=tcfg.seed)
     checkpoint_dir = out_dir / "checkpoints"
@@ -535,58 +558,59 @@ def fit_images(
     unet.eval().requires_grad_(False)
     del cache
     _say(log, f"[3/7] UNet '{tcfg.preset}' trained {tcfg.epochs} epochs, final loss {losses[-1]:.4f}")
-    timings["unet"] = time.perf_counter() - t0
 
     # 4. Domain adaptation of the backbone.
-    t0 = time.perf_counter()
     features, backbone_spec = resolve_backbone(backbone, log=log)
     if requested_backbone is None:
         _check_existing(out_dir, features.name, overwrite)
     scheduler = DDADScheduler(schedule, steps_per_image=cfg.steps_per_image, grid=cfg.grid)
     da_losses = domain_adapt(
-        features, ae, unet, scheduler, train_images, cfg, device=device, seed=tcfg.seed, progress=log is not None
+        features, ae, unet, scheduler, train_images, cfg, device=device, seed=tcfg.seed, progress=progress
     )
     _say(log, f"[4/7] backbone {features.name}: {cfg.da_epochs} epoch(s) of domain adaptation")
-    timings["domain_adaptation"] = time.perf_counter() - t0
 
-    # 5. Dynamic noise level: bank of block-2 embeddings of the training images.
-    t0 = time.perf_counter()
+    # 5. Dynamic noise level: bank of block-2 embeddings of the training images (the same backbone pass gives the
+    # patch features of the k-NN bank).
     features.to(device).eval()
-    embeddings = []
-    with torch.inference_mode():
-        for start in range(0, len(train_images), batch_size):
-            block2 = features(train_images[start : start + batch_size].to(device))[DIC_BLOCK]
-            embeddings.append(embed_block(block2, cfg.dic_pool_size))
-    noise_level = NoiseLevelEstimator(cfg).fit(torch.cat(embeddings))
+    with progress.step("training_features", total=len(train_images)) as step:
+        embeddings, train_patches = _training_features(
+            features, train_images, batch_size, device, cfg.dic_pool_size, cfg.knn_weight > 0, step
+        )
+    noise_level = NoiseLevelEstimator(cfg).fit(embeddings)
     train_steps = noise_level.noise_steps_from_embeddings(noise_level.bank)
     _say(
         log,
         f"[5/7] noise-level bank of {len(train_images)} images; training noise steps "
         f"{sorted(set(train_steps.tolist()))}",
     )
-    timings["noise_level"] = time.perf_counter() - t0
     patch_knn = None
-    if cfg.knn_weight > 0:
-        t0 = time.perf_counter()
-        patch_knn = PatchKNN().fit(
-            _patch_features(features, train_images, batch_size, device), cfg.knn_bank_size, seed=tcfg.seed
-        )
+    if train_patches is not None:
+        # The greedy coreset reports no progress of its own (patch_knn.py): the step shows its elapsed time.
+        with progress.step("coreset", unit="patch"):
+            patch_knn = PatchKNN().fit(train_patches, cfg.knn_bank_size, seed=tcfg.seed)
+        del train_patches
         _say(log, f"[5/7] patch k-NN bank: {patch_knn.bank.shape[0]} coreset patches of {patch_knn.bank.shape[1]} dims")
-        timings["patch_knn"] = time.perf_counter() - t0
 
     # 6. Calibration on the held-out good images: fixed map statistics, then the threshold.
-    t0 = time.perf_counter()
     pipe = DDADPipeline(
         cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed, patch_knn=patch_knn
     )
     pipe, calibration, selection = calibrate_pipeline(
-        pipe, holdout_images, target_fpr, batch_size, seed=tcfg.seed, select=select, select_grid=select_grid, log=log
+        pipe,
+        holdout_images,
+        target_fpr,
+        batch_size,
+        seed=tcfg.seed,
+        select=select,
+        select_grid=select_grid,
+        log=log,
+        progress=progress,
     )
     cfg = pipe.config
-    timings["calibration"] = time.perf_counter() - t0
 
     # 7. Bundle.
-    timings["total"] = time.perf_counter() - t_start
+    # One Progress per fit: its steps (with ``fit``'s image loading) and the time since it was made.
+    total, timings = progress.total_seconds(), dict(progress.timings)
     bundle_cfg = BundleConfig(
         ddad=cfg,
         train=tcfg,
@@ -604,7 +628,7 @@ def fit_images(
             "unet_losses": [float(v) for v in losses],
             "da_losses": [float(v) for v in da_losses],
             "autoencoder": ae_info,
-            "fit_seconds": {k: round(v, 2) for k, v in timings.items()},
+            "fit_seconds": {**{k: round(v, 2) for k, v in timings.items()}, "total": round(total, 2)},
             "selection": selection,
             "device": str(device),
             **(metadata or {}),
@@ -627,10 +651,11 @@ def fit_images(
     _say(
         log,
         f"[7/7] recipe {recipe_info['name']} v{recipe_info['version']}: "
-        f"fitted {len(train_images)} images (+{len(hold_idx)} held out) in {timings['total']:.0f} s: "
+        f"fitted {len(train_images)} images (+{len(hold_idx)} held out) in {format_seconds(total)}: "
         f"autoencoder {ae.kind}, backbone {features.name}, UNet {tcfg.preset} x {tcfg.epochs} epochs "
         f"(loss {losses[-1]:.4f}), threshold {calibration.image_threshold:.4f} -> {out_dir} ({final.model_version})",
     )
+    _say(log, f"time per step: {format_timings(timings, total)}")
     return out_dir
 
 
@@ -666,9 +691,10 @@ def fit(
     if max_train_images is not None and len(paths) > max_train_images:
         keep = np.linspace(0, len(paths) - 1, max_train_images).round().astype(int)
         paths = [paths[i] for i in sorted(set(keep.tolist()))]
-    with warnings.catch_warnings():
+    progress = as_progress(kwargs.pop("progress", True))
+    with warnings.catch_warnings(), progress.step("load_images", total=len(paths)) as step:
         warnings.simplefilter("ignore")  # the skipped files are reported below, once
-        loaded = load_images(paths)
+        loaded = load_images(step.iterate(paths))
     if loaded.skipped:
         _say(log, f"skipped {len(loaded.skipped)} undecodable image(s):")
         for path, reason in loaded.skipped:
@@ -689,15 +715,6 @@ def fit(
         metadata=meta,
         log=log,
         image_names=names,
+        progress=progress,
         **kwargs,
     )
-
-
-def describe_time(seconds: float) -> str:
-    """``"1 h 02 min"`` / ``"3 min 05 s"`` / ``"42 s"``."""
-    seconds = int(math.ceil(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"

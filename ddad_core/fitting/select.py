@@ -30,8 +30,9 @@ from ddad_core.anomaly_map import MapNormalization, combine_maps, component_weig
 from ddad_core.evaluation.metrics import aupro, auroc, pixel_auroc
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.position_norm import PositionNorm
+from ddad_core.progress import Progress, Step, as_progress, map_batches
 
-__all__ = ["DEFAULT_GRID", "SelectionResult", "blend_with", "select_settings"]
+__all__ = ["DEFAULT_GRID", "SelectionResult", "batched_components", "blend_with", "select_settings"]
 
 #: The default grid: guidance w (sampler) x weight of the k-NN term x lambda x normalisation (map only). The recipe's
 #: own values are put first by ``select_settings``.
@@ -45,6 +46,13 @@ DEFAULT_GRID: dict[str, Sequence[Any]] = {
 
 #: Fields a candidate may set without rerunning the pipeline.
 MAP_FIELDS = frozenset({"knn_weight", "latent_weight", "blur_sigma", "component_norm"})
+
+
+def batched_components(
+    pipe: DDADPipeline, images: torch.Tensor, batch_size: int, step: Step | None = None, knn: bool | None = None
+) -> MapComponents:
+    """``pipe.components_batched`` that counts every batch on a progress ``step``."""
+    return MapComponents.concat(map_batches(lambda x: pipe.components(x, knn=knn), images, batch_size, step))
 
 
 def blend_with(
@@ -92,6 +100,7 @@ def select_settings(
     grid: dict[str, Sequence[Any]] | None = None,
     batch_size: int = 16,
     log: Callable[[str], None] | None = None,
+    progress: Progress | bool = False,
 ) -> SelectionResult:
     """Score every candidate of ``grid`` and return the best overrides with the whole table.
 
@@ -103,7 +112,8 @@ def select_settings(
         defect_masks: Their masks ``(K, S, S)``.
         grid: Field -> values (default ``DEFAULT_GRID``); sampler fields rerun the pipeline, ``MAP_FIELDS`` do not.
         batch_size: Images per batch.
-        log: Progress lines.
+        log: One line per candidate.
+        progress: Progress of the pipeline runs (step ``selection``).
     """
     grid = dict(DEFAULT_GRID if grid is None else grid)
     if pipe.patch_knn is None:
@@ -115,18 +125,20 @@ def select_settings(
         key = tuple(sorted((k, v) for k, v in cand.items() if k not in MAP_FIELDS))
         groups.setdefault(key, []).append(cand)
     table = []
-    for key, members in groups.items():
-        variant = pipe.with_settings(**dict(key))
-        stats = variant.components_batched(stats_images, batch_size, knn=knn)
-        good = variant.components_batched(good_images, batch_size, knn=knn)
-        defect = variant.components_batched(defect_images, batch_size, knn=knn)
-        for cand in members:
-            map_part = {k: v for k, v in cand.items() if k in MAP_FIELDS}
-            result = separation(
-                blend_with(variant, stats, good, map_part), blend_with(variant, stats, defect, map_part), defect_masks
-            )
-            table.append({"settings": cand, **result})
-            if log is not None:
-                log(f"  select {cand}: score {result['score']:.4f}")
+    progress = as_progress(progress)
+    per_group = len(stats_images) + len(good_images) + len(defect_images)
+    with progress.step("selection", total=len(groups) * per_group) as step:
+        for key, members in groups.items():
+            variant = pipe.with_settings(**dict(key))
+            stats = batched_components(variant, stats_images, batch_size, step, knn=knn)
+            good = batched_components(variant, good_images, batch_size, step, knn=knn)
+            defect = batched_components(variant, defect_images, batch_size, step, knn=knn)
+            for cand in members:
+                map_part = {k: v for k, v in cand.items() if k in MAP_FIELDS}
+                good_maps = blend_with(variant, stats, good, map_part)
+                result = separation(good_maps, blend_with(variant, stats, defect, map_part), defect_masks)
+                table.append({"settings": cand, **result})
+                if log is not None:
+                    log(f"  select {cand}: score {result['score']:.4f}")
     best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
     return SelectionResult(chosen=table[best]["settings"], table=table, recipe_default=table[0]["settings"])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 
 from ddad_core.autoencoders import LatentAutoencoder
 from ddad_core.config import TrainConfig
+from ddad_core.progress import Progress, Step, as_progress
 from ddad_core.schedule import NoiseSchedule
 
 __all__ = ["CHECKPOINT_NAME", "LatentCache", "TrainingDivergedError", "encode_dataset", "train_unet"]
@@ -87,13 +87,16 @@ class LatentCache:
         return mean + std * noise
 
 
-def encode_dataset(ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 16) -> LatentCache:
+def encode_dataset(
+    ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 16, step: Step | None = None
+) -> LatentCache:
     """Encode every training image once.
 
     Args:
         ae: The (frozen) autoencoder, on the device to encode on.
         images: ``(N, 3, S, S)`` float in [-1, 1], on any device (moved batch by batch).
         batch_size: Images per encoder call.
+        step: Progress step counting the encoded images.
 
     Returns:
         :class:`LatentCache` on the autoencoder's device, float32.
@@ -113,6 +116,8 @@ def encode_dataset(ae: LatentAutoencoder, images: torch.Tensor, batch_size: int 
             dist = ae.encode(images[start : start + batch_size].to(device))
             means.append(dist.mean.float())
             stds.append(dist.std.float())
+            if step is not None:
+                step.update(len(means[-1]))
     return LatentCache(torch.cat(means), torch.cat(stds))
 
 
@@ -160,7 +165,7 @@ def train_unet(
     train_cfg: TrainConfig,
     device: torch.device | str,
     checkpoint_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: Progress | bool = True,
     resume: bool = True,
     max_epochs: int | None = None,
 ) -> list[float]:
@@ -174,7 +179,8 @@ def train_unet(
         device: Where to train. On CUDA the forward runs under bf16 autocast.
         checkpoint_dir: If given, a resumable checkpoint (``unet_checkpoint.pt``) is written there every
             ``checkpoint_every`` epochs and at the end, and (with ``resume``) an existing one is resumed from.
-        progress: Show a tqdm bar with the loss and the ETA.
+        progress: Where the epochs, the loss and the ETA are shown (``ddad_core.progress``; True: a bar on a
+            terminal, lines otherwise; False: silent). The step is timed as ``unet``.
         resume: Continue from the checkpoint in ``checkpoint_dir`` if there is one.
         max_epochs: Stop after this many epochs *of this call* (an interruption, for tests and time budgets);
             the run can be resumed later.
@@ -187,8 +193,6 @@ def train_unet(
             checkpoint on disk is kept).
         ValueError: The cache is empty.
     """
-    from tqdm.auto import tqdm
-
     if len(cache) == 0:
         raise ValueError("train_unet got an empty latent cache: the training set is empty")
     device = torch.device(device)
@@ -272,51 +276,39 @@ def train_unet(
     use_autocast = device.type == "cuda"
     T = schedule.num_train_timesteps
     t_high = min(T, train_cfg.timestep_max) if train_cfg.timestep_max is not None else T
-    bar = tqdm(
-        range(start_epoch, end_epoch),
-        desc="unet",
-        unit="epoch",
-        disable=not progress,
-        initial=start_epoch,
-        total=train_cfg.epochs,
-    )
-    t0 = time.perf_counter()
-    for epoch in bar:
-        order = torch.randperm(len(cache), generator=cpu_gen)
-        timesteps = torch.randint(0, t_high, (steps_per_epoch, batch_size), generator=cpu_gen)
-        total = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
-            index = order[step * batch_size : (step + 1) * batch_size].to(device)
-            t = timesteps[step].to(device)
-            z0 = cache.sample(index, generator=dev_gen)
-            noise = torch.randn(z0.shape, generator=dev_gen, device=device, dtype=z0.dtype)
-            zt = schedule.add_noise(z0, noise, t)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                pred = unet(zt, t).sample
-            loss = F.mse_loss(pred.float(), noise)
-            value = float(loss.detach())  # one sync per step: needed to stop before a NaN reaches the weights
-            if not math.isfinite(value):
-                path, done = last_good if last_good is not None else (None, None)
-                raise TrainingDivergedError(epoch, step, value, path, done)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if lr_sched is not None:
-                lr_sched.step()
-            if ema is not None:
-                ema.update(unet)
-            total += loss.detach()
-        losses.append(float(total) / steps_per_epoch)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        done = epoch + 1
-        if done % train_cfg.checkpoint_every == 0 or done == train_cfg.epochs:
-            save(done)
-    if progress and end_epoch > start_epoch:
-        per_epoch = (time.perf_counter() - t0) / (end_epoch - start_epoch)
-        bar.write(
-            f"UNet: {end_epoch - start_epoch} epochs in {per_epoch * (end_epoch - start_epoch):.0f} s "
-            f"({per_epoch:.2f} s/epoch), final loss {losses[-1]:.4f}"
-        )
+    progress = as_progress(progress)
+    with progress.step("unet", total=train_cfg.epochs, unit="epoch", initial=start_epoch) as bar:
+        for epoch in range(start_epoch, end_epoch):
+            order = torch.randperm(len(cache), generator=cpu_gen)
+            timesteps = torch.randint(0, t_high, (steps_per_epoch, batch_size), generator=cpu_gen)
+            total = torch.zeros((), device=device)
+            for step in range(steps_per_epoch):
+                index = order[step * batch_size : (step + 1) * batch_size].to(device)
+                t = timesteps[step].to(device)
+                z0 = cache.sample(index, generator=dev_gen)
+                noise = torch.randn(z0.shape, generator=dev_gen, device=device, dtype=z0.dtype)
+                zt = schedule.add_noise(z0, noise, t)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                    pred = unet(zt, t).sample
+                loss = F.mse_loss(pred.float(), noise)
+                value = float(loss.detach())  # one sync per step: needed to stop before a NaN reaches the weights
+                if not math.isfinite(value):
+                    path, done = last_good if last_good is not None else (None, None)
+                    raise TrainingDivergedError(epoch, step, value, path, done)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                if lr_sched is not None:
+                    lr_sched.step()
+                if ema is not None:
+                    ema.update(unet)
+                total += loss.detach()
+            losses.append(float(total) / steps_per_epoch)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.update(1)
+            done = epoch + 1
+            if done % train_cfg.checkpoint_every == 0 or done == train_cfg.epochs:
+                save(done)
     if ema is not None:
         ema.copy_to(unet)  # the averaged weights are the trained model (checkpoints keep the raw ones to resume)
     unet.eval()
