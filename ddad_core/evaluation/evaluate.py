@@ -409,24 +409,30 @@ class _Axes:
             u, _ = self.px(fx, self.ylim[0])
             self.parts.append(f'<line x1="{u:.1f}" y1="{top}" x2="{u:.1f}" y2="{bottom}" stroke="#eee"/>')
             self.parts.append(f'<line x1="{u:.1f}" y1="{bottom}" x2="{u:.1f}" y2="{bottom + 4}" stroke="#555"/>')
-            self.parts.append(f'<text x="{u:.1f}" y="{bottom + 16}" text-anchor="middle">{_tick_text(fx)}</text>')
+            self.parts.append(
+                f'<text class="xtick" x="{u:.1f}" y="{bottom + 16}" text-anchor="middle">{_tick_text(fx)}</text>'
+            )
         for fy in yticks:
             _, v = self.px(self.xlim[0], fy)
             self.parts.append(
                 f'<line x1="{left}" y1="{v:.1f}" x2="{left + self.pw}" y2="{v:.1f}" stroke="#eee"/>'
                 f'<line x1="{left - 4}" y1="{v:.1f}" x2="{left}" y2="{v:.1f}" stroke="#555"/>'
             )
-            self.parts.append(f'<text x="{left - 6}" y="{v + 4:.1f}" text-anchor="end">{_tick_text(fy)}</text>')
+            self.parts.append(
+                f'<text class="ytick" x="{left - 6}" y="{v + 4:.1f}" text-anchor="end">{_tick_text(fy)}</text>'
+            )
         self.parts.append(
-            f'<rect x="{left}" y="{top}" width="{self.pw}" height="{self.plot_height}" fill="none" stroke="#888"/>'
+            f'<rect class="frame" x="{left}" y="{top}" width="{self.pw}" height="{self.plot_height}" fill="none" '
+            'stroke="#888"/>'
         )
         self.parts.append(
-            f'<text x="{left + self.pw / 2}" y="{bottom + self.tick_band}" text-anchor="middle" '
+            f'<text class="xlabel" x="{left + self.pw / 2}" y="{bottom + self.tick_band}" text-anchor="middle" '
             f'font-weight="bold">{html.escape(xlabel)}</text>'
         )
         mid = top + self.plot_height / 2
         self.parts.append(
-            f'<text x="14" y="{mid}" text-anchor="middle" font-weight="bold" transform="rotate(-90 14 {mid})">'
+            f'<text class="ylabel" x="14" y="{mid}" text-anchor="middle" font-weight="bold" '
+            f'transform="rotate(-90 14 {mid})">'
             f"{html.escape(ylabel)}</text>"
         )
 
@@ -434,12 +440,16 @@ class _Axes:
         y = self.legend_top + 16 * row
         x = self.left
         if box:
-            self.parts.append(f'<rect x="{x}" y="{y - 9}" width="18" height="10" fill="{color}" fill-opacity="0.45"/>')
+            self.parts.append(
+                f'<rect class="legend" x="{x}" y="{y - 9}" width="18" height="10" fill="{color}" fill-opacity="0.45"/>'
+            )
         else:
             dash = ' stroke-dasharray="4"' if dashed else ""
-            self.parts.append(f'<line x1="{x}" y1="{y - 4}" x2="{x + 18}" y2="{y - 4}" stroke="{color}" '
-                              f'stroke-width="2"{dash}/>')  # fmt: skip
-        self.parts.append(f'<text x="{x + 24}" y="{y}">{html.escape(label)}</text>')
+            self.parts.append(
+                f'<line class="legend" x1="{x}" y1="{y - 4}" x2="{x + 18}" y2="{y - 4}" stroke="{color}" '
+                f'stroke-width="2"{dash}/>'
+            )
+        self.parts.append(f'<text class="legend" x="{x + 24}" y="{y}">{html.escape(label)}</text>')
 
     def svg(self) -> str:
         return "".join(self.parts) + "</svg>"
@@ -514,8 +524,8 @@ def svg_histogram(
     edges = np.linspace(low, high, bins + 1)
     counts = [np.histogram(g, edges)[0] for g, _ in groups]
     peak = max(int(c.max()) for c in counts) or 1
-    yticks = nice_ticks(0, peak, 4)
-    yticks = yticks[yticks == np.round(yticks)]  # whole images only
+    yticks = nice_ticks(0, max(peak, 2), 4)
+    yticks = yticks[yticks == np.round(yticks)]  # whole images only (at least 0, 1, 2)
     rows = len(groups) + int(threshold is not None)
     axes = _Axes(width, (low, high), (0, float(max(yticks[-1], peak))), legend_rows=rows)
     xticks = [t for t in nice_ticks(low, high, 5) if low - 1e-12 <= t <= high + 1e-12]
@@ -540,7 +550,8 @@ def svg_histogram(
         )
         anchor = "end" if u > axes.left + axes.pw * 0.7 else "start"
         axes.parts.append(
-            f'<text x="{u:.1f}" y="{axes.top - 6}" text-anchor="{anchor}">threshold {_tick_text(threshold)}</text>'
+            f'<text class="threshold" x="{u:.1f}" y="{axes.top - 6}" text-anchor="{anchor}">'
+            f"threshold {_tick_text(threshold)}</text>"
         )
         axes.legend(len(groups), "#000", "image threshold (above = flagged)", dashed=True)
     return axes.svg()
@@ -722,8 +733,8 @@ button{{margin-right:6px}}</style></head><body>
 {html.escape(str(results.get("normalization")))} normalisation. AUPRO is the exact MVTec metric (FPR &le; 0.3);
 aupro_paper is the reference code's 200-threshold variant.</p>
 <table id="metrics">{"".join(table)}</table><p>{at_text}</p>
-<div class="charts"><div><h3>ROC</h3>{roc_svg}</div><div><h3>PRO curve</h3>{pro_svg}</div>
-<div><h3>Image scores</h3>{hist_svg}</div></div>
+<div class="charts"><div id="roc"><h3>ROC</h3>{roc_svg}</div><div id="pro"><h3>PRO curve</h3>{pro_svg}</div>
+<div id="histogram"><h3>Image scores</h3>{hist_svg}</div></div>
 <h2>How to read the pictures</h2>
 <div class="key"><div>{_colorbar_svg(heat_threshold)}</div><div>Heatmap colour = anomaly score ({scale_note});
 it is transparent where the part looks normal and covers it where the score is high.<br>

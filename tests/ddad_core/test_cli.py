@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ddad_core.cli import main, parser
@@ -48,7 +49,29 @@ def test_eval_writes_json_and_report(fitted, capsys):
     page = (root / "rep" / "index.html").read_text()
     for marker in ("<svg", "ROC", "PRO curve", "Image scores", "threshold", "Worst misses", "false alarms", "base64"):
         assert marker in page
-    assert "image AUROC" in capsys.readouterr().out
+    assert page.count('class="card ') == 6  # the thumbnail grid holds every test image
+    out = capsys.readouterr().out
+    assert "image AUROC" in out and "time per step: total " in out
+    assert {"evaluation", "metrics", "report"} == set(results["seconds_per_step"])
+    assert results["seconds_total"] >= results["seconds_per_step"]["evaluation"] > 0
+
+
+def test_fit_metadata_times_every_step(fitted):
+    from ddad_core.bundle import read_bundle_config
+
+    seconds = read_bundle_config(fitted[2]).metadata["fit_seconds"]
+    expected = {"load_images", "preprocess", "autoencoder_training", "latent_cache", "unet", "domain_adaptation"}
+    assert expected | {"training_features", "coreset", "calibration", "total"} == set(seconds)
+
+
+def test_fit_and_eval_progress_lines(fitted, tmp_path, capsys):
+    root, data, bundle = fitted
+    argv = ["eval", str(bundle), str(data), "--json", str(tmp_path / "r.json"), "--progress", "lines"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "evaluation: started, 6 img" in err and "evaluation: done, 6 img" in err and "metrics: done" in err
+    assert main([*argv[:-2], "--progress", "off"]) == 0
+    assert "evaluation:" not in capsys.readouterr().err
 
 
 def test_eval_lists_undecodable_images(fitted, tmp_path, capsys):
@@ -100,16 +123,49 @@ def test_eval_states_the_recipe(fitted):
 
 
 def test_predict_writes_overlays_and_masks(fitted, capsys):
+    import cv2
+
+    from ddad_core.evaluation.visualize import colorbar_width
+
     root, data, bundle = fitted
-    images = [data / "test" / "blob" / "000.png", data / "test" / "good" / "000.png", root / "not_an_image.png"]
-    images[2].write_bytes(b"garbage")
-    assert main(["predict", str(bundle), *map(str, images), "--out", str(root / "pred")]) == 0
+    broken = data / "test" / "not_an_image.png"
+    broken.write_bytes(b"garbage")
+    images = [data / "test" / "blob" / "000.png", data / "test" / "good" / "000.png", broken]
+    try:
+        assert main(["predict", str(bundle), *map(str, images), "--out", str(root / "pred")]) == 0
+    finally:
+        broken.unlink()
     out = capsys.readouterr()
     assert "pred_score=" in out.out and "not_an_image.png" in out.err
+    # Names: the path relative to the inputs' common folder (test/), separators replaced.
     written = sorted(p.name for p in (root / "pred").iterdir())
-    assert "predictions.json" in written
-    assert sum(name.endswith("_overlay.png") for name in written) == 2  # same stem in two folders: both kept
-    assert sum(name.endswith("_mask.png") for name in written) == 2
+    assert written == [
+        "blob__000_mask.png", "blob__000_overlay.png", "good__000_mask.png", "good__000_overlay.png",
+        "predictions.json",
+    ]  # fmt: skip
+    summary = json.loads((root / "pred" / "predictions.json").read_text())
+    assert list(summary["predictions"]) == [str(images[0]), str(images[1])]  # keyed by input path, input order
+    first = summary["predictions"][str(images[0])]
+    assert first["overlay"] == "blob__000_overlay.png" and first["mask"] == "blob__000_mask.png"
+    assert {"pred_score", "pred_score_raw", "pred_label", "noise_step"} <= set(first)
+    assert list(summary["skipped"]) == [str(broken)]
+    # The report's overlay style at the input's resolution: picture plus colour bar; the mask at the same size.
+    overlay = cv2.imread(str(root / "pred" / "blob__000_overlay.png"))
+    mask = cv2.imread(str(root / "pred" / "blob__000_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert overlay.shape == (64, 64 + colorbar_width(64), 3) and mask.shape == (64, 64)
+    assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_bad_option_values_name_the_option(capsys):
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "b", "x.png", "--out", "o", "--sensitivity", "2"])
+    assert "--sensitivity" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "b", "d", "--json", "o.json", "--progress-interval", "0"])
+    assert "--progress-interval" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", "d", "--out", "b", "--progress", "loud"])
+    assert "--progress" in capsys.readouterr().err
 
 
 def test_errors_exit_with_code_2(fitted, tmp_path, capsys):

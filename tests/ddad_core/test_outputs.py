@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddad_core.outputs import InspectionItem, InspectionOutput
+from ddad_core.outputs import InspectionItem, InspectionOutput, output_names
 
 
 def _output(batch=3, size=4):
@@ -49,3 +49,14 @@ def test_validation_and_concatenate():
     both = InspectionOutput.concatenate([_output(2), _output(3)])
     assert len(both) == 5 and both.timings_ms == {"encode": 2.0}
     assert len(both.to("cpu")) == 5
+
+
+def test_output_names_are_unique_and_follow_the_relative_path(tmp_path):
+    names = output_names([tmp_path / "test/good/000.png", tmp_path / "test/broken_small/000.png"])
+    assert names == ["good__000", "broken_small__000"]
+    # Always the same rule, whatever came before: a later input never renames an earlier one.
+    names = output_names([tmp_path / "a" / name for name in ("000.png", "000.jpg", "000~2.png", "000.png")])
+    assert names == ["000", "000~2", "000~2~2", "000~3"]
+    assert len(set(names)) == len(names)
+    assert output_names([tmp_path / "x" / "y" / "z.png", tmp_path / "z.png"]) == ["x__y__z", "z"]
+    assert output_names([]) == []
