@@ -73,8 +73,8 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 
 {{/*
 The settings every service shares, as env entries: (dict "root" $ "prefix" "WORKER_").
-Secrets only through secretKeyRef; the Redis password is put into the URL by Kubernetes' $(VAR) expansion from
-INSPECTION_REDIS_PASSWORD (a name no service reads), so no password is ever a literal in the pod spec.
+Secrets only through secretKeyRef (the services merge <PREFIX>_REDIS_PASSWORD into the Redis URL themselves), so
+no password is ever a literal in the pod spec.
 */}}
 {{- define "ddad.commonEnv" -}}
 {{- $v := .root.Values -}}
@@ -113,17 +113,20 @@ INSPECTION_REDIS_PASSWORD (a name no service reads), so no password is ever a li
     secretKeyRef:
       name: {{ $v.redis.urlSecret }}
       key: {{ $v.redis.urlSecretKey }}
-{{- else if $v.redis.auth.existingSecret }}
-- name: INSPECTION_REDIS_PASSWORD
+{{- else }}
+- name: {{ $p }}REDIS_URL
+  value: {{ $v.redis.url | quote }}
+{{- if $v.redis.auth.username }}
+- name: {{ $p }}REDIS_USERNAME
+  value: {{ $v.redis.auth.username | quote }}
+{{- end }}
+{{- if $v.redis.auth.existingSecret }}
+- name: {{ $p }}REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $v.redis.auth.existingSecret }}
       key: {{ $v.redis.auth.passwordKey }}
-- name: {{ $p }}REDIS_URL
-  value: {{ regexReplaceAll "^(rediss?://)" $v.redis.url "${1}:$(INSPECTION_REDIS_PASSWORD)@" | quote }}
-{{- else }}
-- name: {{ $p }}REDIS_URL
-  value: {{ $v.redis.url | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if not .noObjectStore }}

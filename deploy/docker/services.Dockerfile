@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1.7
+# The slim CPU image of the ingestor, the alerter, the dashboard and the topic Job (build context: the repository):
+#   docker build -f deploy/docker/services.Dockerfile -t inspection-services:0.1.0 .
+# Run one with its console script: inspection-ingestor | inspection-alerter | inspection-dashboard (default: alerter).
+# No secret is baked in: every setting comes from <PREFIX>_* environment variables at run time.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+COPY deploy/docker/constraints.txt /tmp/constraints.txt
+# torch's CPU build: the services import ddad_core (bundle calibration) but never run the model.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu --constraint /tmp/constraints.txt torch torchvision
+COPY pyproject.toml README.md /src/
+COPY ddad_core /src/ddad_core
+COPY services /src/services
+RUN pip install --constraint /tmp/constraints.txt /src
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 inspection \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/inspection --create-home --shell /usr/sbin/nologin inspection
+COPY --from=build /opt/venv /opt/venv
+COPY deploy/kafka /app/deploy/kafka
+COPY deploy/docker/healthcheck.py /app/deploy/docker/healthcheck.py
+# Read-only root filesystem in Kubernetes: caches and temporary files go to /tmp (an emptyDir there).
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/inspection \
+    XDG_CACHE_HOME=/tmp/cache
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 CMD ["python", "/app/deploy/docker/healthcheck.py"]
+CMD ["inspection-alerter"]
