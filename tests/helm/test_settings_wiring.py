@@ -1,0 +1,174 @@
+"""The chart and the compose file set only settings the services have, with values they accept.
+
+Flow step: deployment. Every environment variable a rendered pod or a compose service gets is loaded with the
+service's own settings class (``load_settings``: an unknown ``<PREFIX>_*`` name or a bad value raises), with
+Secret references replaced by stand-ins; the compose file uses the same names as the chart for the shared
+Kafka, Redis, object-store and topic settings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services._config import CommonSettings, load_settings
+from services.alerter.config import AlerterSettings
+from services.dashboard.config import DashboardSettings
+from services.ingestor.config import IngestorSettings
+from services.worker.config import WorkerSettings
+from tests.helm._chart import REPO, by_kind, containers, pod_specs, render
+from tests.helm.test_chart import VARIANTS
+
+pytestmark = [pytest.mark.helm, pytest.mark.timeout(120)]
+
+COMPOSE = REPO / "deploy" / "compose" / "compose.yaml"
+
+
+def _script_class(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+SETTINGS = {
+    "WORKER_": WorkerSettings, "INGESTOR_": IngestorSettings, "ALERTER_": AlerterSettings,
+    "DASHBOARD_": DashboardSettings,
+    "TOPICS_": _script_class(REPO / "deploy" / "kafka" / "ensure_topics.py", "TopicJobSettings"),
+    "BUNDLE_": _script_class(REPO / "deploy" / "bundle" / "fetch_bundle.py", "BundleFetchSettings"),
+}
+COMMON = {name.upper() for name in CommonSettings.model_fields}
+
+
+def _load(prefix: str, env: dict[str, str], monkeypatch, where: str):
+    for name in [k for k in os.environ if k.upper().startswith(prefix)]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        return load_settings(SETTINGS[prefix])
+    except ValueError as exc:
+        pytest.fail(f"{where}: {exc}")
+
+
+def _stand_in(name: str, tmp_path: Path) -> str:
+    if name.endswith("KAFKA_SASL_USERNAME"):
+        return "inspection"
+    return "stand-in-secret-value-0123456789"  # long enough for DASHBOARD_TOKEN
+
+
+def _pod_env(container: dict, docs: list[dict], tmp_path: Path) -> dict[str, str]:
+    configmaps = {cm["metadata"]["name"]: cm["data"] for cm in by_kind(docs, "ConfigMap")}
+    env = {}
+    for entry in container.get("env") or []:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif "secretKeyRef" in entry["valueFrom"]:
+            env[entry["name"]] = _stand_in(entry["name"], tmp_path)
+        else:
+            ref = entry["valueFrom"]["configMapKeyRef"]
+            env[entry["name"]] = configmaps[ref["name"]][ref["key"]]
+    for name, value in env.items():
+        if name.endswith("KAFKA_SSL_CAFILE"):  # mounted from the CA Secret in the pod; a real file here
+            ca = tmp_path / Path(value).name
+            ca.write_text("-----BEGIN CERTIFICATE-----\n")
+            env[name] = str(ca)
+    return env
+
+
+def _prefix_of(env: dict[str, str]) -> str:
+    prefixes = {p for p in SETTINGS if any(k.startswith(p) for k in env)}
+    assert len(prefixes) == 1, f"one settings prefix per container, got {prefixes}"
+    return prefixes.pop()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_rendered_env_var_is_a_setting_of_its_service(variant: str, monkeypatch, tmp_path: Path) -> None:
+    docs = render(*VARIANTS[variant])
+    seen = set()
+    for name, spec in pod_specs(docs):
+        for c in containers(spec):
+            env = _pod_env(c, docs, tmp_path)
+            prefix = _prefix_of(env)
+            seen.add(prefix)
+            settings = _load(prefix, env, monkeypatch, f"{name}/{c['name']}")
+            if prefix != "BUNDLE_":
+                assert settings.http_port == 8080 or prefix == "TOPICS_"
+            if variant == "production" and prefix not in ("BUNDLE_",):
+                assert settings.kafka_security_protocol == "SASL_SSL"
+                assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512" and settings.kafka_ssl_cafile
+            if variant == "production" and prefix in ("WORKER_", "ALERTER_", "DASHBOARD_"):
+                assert settings.redis_password is not None and settings.topic_prefix == "plant1"
+    expected = {"WORKER_", "ALERTER_", "TOPICS_"}
+    if variant != "default":
+        expected |= {"INGESTOR_", "BUNDLE_"} | ({"DASHBOARD_"} if variant == "production" else set())
+    assert seen == expected
+
+
+def _compose_env(service: dict, example: dict[str, str]) -> dict[str, str]:
+    def sub(value: str) -> str:
+        return re.sub(r"\$\{(\w+)(?::[?-]([^}]*))?\}", lambda m: example.get(m[1]) or "", str(value))
+    return {k: sub(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def _example_env() -> dict[str, str]:
+    lines = (REPO / "deploy" / "compose" / "example.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_compose_services_use_settings_the_services_have(monkeypatch) -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    example = _example_env()
+    checked = set()
+    for name, service in compose["services"].items():
+        env = _compose_env(service, example)
+        prefixes = {p for p in SETTINGS if any(k.startswith(p) for k in env)}
+        if not prefixes:
+            continue  # kafka, redis, minio: the servers
+        settings = _load(prefixes.pop(), env, monkeypatch, f"compose service {name}")
+        assert settings.kafka_bootstrap_servers == "kafka:9092"
+        checked.add(name)
+    assert checked == {"setup", "worker", "alerter", "ingestor", "dashboard"}
+
+
+def test_compose_and_chart_set_the_shared_settings_by_the_same_names() -> None:
+    chart: dict[str, set[str]] = {}
+    for args in VARIANTS.values():
+        for _, spec in pod_specs(render(*args)):
+            for c in spec["containers"]:
+                names = {e["name"] for e in c.get("env") or []}
+                prefix = next(p for p in SETTINGS if any(n.startswith(p) for n in names))
+                chart.setdefault(prefix, set()).update(n[len(prefix):] for n in names if n.startswith(prefix))
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]
+    for service, prefix in (("worker", "WORKER_"), ("alerter", "ALERTER_"), ("ingestor", "INGESTOR_"),
+                            ("dashboard", "DASHBOARD_")):
+        shared = {n[len(prefix):] for n in compose[service]["environment"]} & COMMON
+        assert shared and shared <= chart[prefix], (service, shared - chart[prefix])
+
+
+def test_compose_runs_kafka_in_kraft_mode_with_pinned_images_and_topics_from_the_file() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]
+    kafka = compose["kafka"]["environment"]
+    assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller" and "CONTROLLER" in kafka["KAFKA_LISTENERS"]
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for name, service in compose.items():
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), (name, image)
+    setup = " ".join(compose["setup"]["command"])
+    assert "ensure_topics.py --local --file /app/deploy/kafka/topics.yaml" in setup
+    for name in ("worker", "alerter", "ingestor", "dashboard"):
+        assert compose[name]["read_only"] is True and compose[name]["cap_drop"] == ["ALL"], name
+        assert compose[name]["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    assert compose["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # secrets come from the (uncommitted) .env file, never from compose.yaml itself
+    text = COMPOSE.read_text()
+    for key in ("REDIS_PASSWORD", "S3_SECRET_ACCESS_KEY", "DASHBOARD_TOKEN"):
+        assert re.search(rf"\$\{{{key}:\?", text), key
+    assert (REPO / "deploy" / "compose" / ".gitignore").read_text().split() == [".env"]
