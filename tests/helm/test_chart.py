@@ -316,3 +316,18 @@ def test_a_values_file_that_violates_the_schema_is_rejected(values: dict, named:
         out = cmd.stdout + cmd.stderr
         assert cmd.returncode != 0, out
         assert "values don't meet the specifications of the schema" in out and named in out, out
+
+
+def test_the_packaged_chart_carries_the_linked_definition_files(tmp_path: Path) -> None:
+    # files/topics.yaml and files/prometheus-rules.yaml link into deploy/; a packaged chart holds their content.
+    import tarfile
+
+    done = run(tool("helm"), "package", CHART, "--destination", tmp_path)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(next(tmp_path.glob("ddad-inspection-*.tgz"))) as archive:
+        topics = archive.extractfile("ddad-inspection/files/topics.yaml").read()
+        rules = archive.extractfile("ddad-inspection/files/prometheus-rules.yaml").read()
+        names = archive.getnames()
+    assert topics == TOPICS_FILE.read_bytes()
+    assert rules == (CHART.parents[1] / "deploy" / "prometheus" / "rules.yaml").read_bytes()
+    assert "ddad-inspection/values.schema.json" in names and "ddad-inspection/templates/NOTES.txt" in names
