@@ -73,17 +73,21 @@ class Dashboard:
         return alert
 
     def result(self, camera_id: str, score: float, seq: int) -> None:
-        now = datetime.now(UTC)
-        r = InspectionResult(frame_id=f"{camera_id}-r{seq}", camera_id=camera_id, line_id="line-1", sequence=seq,
-                             captured_at=now, processed_at=now + timedelta(milliseconds=5), pred_score=score,
-                             pred_score_raw=score * 2, pred_label=score > 0.5, noise_step=120, threshold=0.5,
-                             threshold_raw=1.0, model_version="m-test", bundle_hash="h", batch_id="b", batch_size=1,
-                             queue_wait_ms=0.0)
-        self.publish(self.env.topics.results, camera_id, r.to_bytes())
+        self.publish(self.env.topics.results, camera_id, result_bytes(camera_id, score, seq))
 
     def publish(self, topic: str, camera_id: str, value: bytes) -> None:
         self.producer.send(topic, key=record_key(camera_id), value=value)
         self.producer.flush(10)
+
+
+def result_bytes(camera_id: str, score: float, seq: int) -> bytes:
+    """A ``results`` record of an inspected frame ``{camera_id}-r{seq}`` captured now."""
+    now = datetime.now(UTC)
+    return InspectionResult(frame_id=f"{camera_id}-r{seq}", camera_id=camera_id, line_id="line-1", sequence=seq,
+                            captured_at=now, processed_at=now + timedelta(milliseconds=5), pred_score=score,
+                            pred_score_raw=score * 2, pred_label=score > 0.5, noise_step=120, threshold=0.5,
+                            threshold_raw=1.0, model_version="m-test", bundle_hash="h", batch_id="b", batch_size=1,
+                            queue_wait_ms=0.0).to_bytes()
 
 
 def put_images(store: Any, camera_id: str, frame_id: str, frame: bool = True) -> tuple[str, str]:
