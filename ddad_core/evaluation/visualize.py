@@ -88,15 +88,17 @@ def draw_outline(image: np.ndarray, mask: np.ndarray | None, color: tuple[int, i
     return image
 
 
-def colorbar_width(height: int) -> int:
-    """Width of the colour bar strip drawn beside an image of ``height`` pixels."""
-    return max(48, round(0.24 * height))
+def colorbar_width(height: int, width: int | None = None) -> int:
+    """Width of the colour bar strip drawn beside an image of ``height`` x ``width`` pixels (its text is sized by
+    the shorter side, so a tall narrow part does not get a bar as wide as itself)."""
+    return max(48, round(0.24 * min(height, width or height)))
 
 
-def colorbar(height: int, threshold: float | None = 0.5) -> np.ndarray:
-    """A vertical colour bar ``(height, colorbar_width(height), 3)``: score 1 at the top, 0 at the bottom, numbered
-    ticks, and the threshold (normalised scale) as a black line labelled ``thr``."""
-    width = colorbar_width(height)
+def colorbar(height: int, threshold: float | None = 0.5, image_width: int | None = None) -> np.ndarray:
+    """A vertical colour bar ``(height, colorbar_width(height, image_width), 3)``: score 1 at the top, 0 at the
+    bottom, numbered ticks, and the threshold (normalised scale) as a black line labelled ``thr``."""
+    width = colorbar_width(height, image_width)
+    ref = min(height, image_width or height)
     strip = np.full((height, width, 3), 255, np.uint8)
     pad = max(6, height // 32)
     top, bottom = pad, height - pad
@@ -104,8 +106,8 @@ def colorbar(height: int, threshold: float | None = 0.5) -> np.ndarray:
     values = np.linspace(1.0, 0.0, bottom - top)[:, None].repeat(bar_x1 - bar_x0, axis=1)
     strip[top:bottom, bar_x0:bar_x1] = jet(values)
     cv2.rectangle(strip, (bar_x0, top), (bar_x1 - 1, bottom - 1), (80, 80, 80), 1)
-    scale = max(0.3, height / 700)
-    thick = 1 if height < 600 else 2
+    scale = max(0.3, ref / 700)
+    thick = 1 if ref < 600 else 2
 
     def y_of(value: float) -> int:
         return int(round(top + (1.0 - value) * (bottom - 1 - top)))
@@ -149,7 +151,7 @@ def render_overlay(
         with_colorbar: Append the colour bar strip.
 
     Returns:
-        ``(H', W' + colorbar_width(H'), 3)`` uint8 RGB (without the bar: ``(H', W', 3)``).
+        ``(H', W' + colorbar_width(H', W'), 3)`` uint8 RGB (without the bar: ``(H', W', 3)``).
     """
     image = to_rgb(image)
     if size is not None:
@@ -170,5 +172,5 @@ def render_overlay(
     draw_outline(out, fit(true_mask), TRUE_COLOR)
     draw_outline(out, fit(pred_mask), PRED_COLOR)
     if with_colorbar:
-        out = np.concatenate([out, colorbar(height, threshold)], axis=1)
+        out = np.concatenate([out, colorbar(height, threshold, image_width=width)], axis=1)
     return out
