@@ -10,9 +10,9 @@ Flow step: all of them, on one machine. It
    and says which it used;
 3. starts a local stack with ``services._localstack``: Kafka (KRaft), Redis and the S3 server, so masks, heatmaps and
    any claim-check frames take the real S3 path (``--object-store file`` keeps them in a local folder instead);
-4. runs the worker, the alerter and one ingestor per camera as subprocesses (``python -m services.<name>``, the same
-   commands a deployment runs), streams the frames, and waits until every frame is accounted for (a result, a
-   ``dropped`` record, or the dead-letter topic);
+4. runs the worker, the alerter, the dashboard (its URL and token are printed) and one ingestor per camera as
+   subprocesses (``python -m services.<name>``, the same commands a deployment runs), streams the frames, and waits
+   until every frame is accounted for (a result, a ``dropped`` record, or the dead-letter topic);
 5. prints a summary (frames in, results out, frames dropped as stale, defects raised vs planted, latency
    percentiles capture -> result and capture -> alert, throughput, error lines in the service logs) and writes a
    small HTML gallery of the alerts, with the masks and heatmaps read back from the object store;
@@ -33,6 +33,7 @@ import contextlib
 import html
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -406,6 +407,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--object-store", choices=["s3", "file"], default="s3",
                    help="where masks, heatmaps and claim checks go: the local S3 server (default) or a folder")
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up waiting for results after this long")
+    p.add_argument("--hold-s", type=float, default=0.0,
+                   help="after the stream, keep the stack and the dashboard up this long (negative: until Ctrl-C)")
     return p.parse_args(argv)
 
 
@@ -469,9 +472,17 @@ def run(args: argparse.Namespace) -> dict:
             alerter = procs.start("alerter", "services.alerter", env_for(
                 "ALERTER", BUNDLE_PATH=str(bundle), HTTP_PORT=str(alerter_port), GROUP_ID=f"{topics.prefix}-alerter",
                 SESSION_TIMEOUT_MS="10000", HEARTBEAT_INTERVAL_MS="1000"))
+            dashboard_port, dashboard_token = _free_port(), secrets.token_urlsafe(18)
+            dashboard = procs.start("dashboard", "services.dashboard", env_for(
+                "DASHBOARD", TOKEN=dashboard_token, HTTP_PORT=str(dashboard_port), BIND_HOST="127.0.0.1",
+                GROUP_ID=f"{topics.prefix}-dashboard", SESSION_TIMEOUT_MS="10000", HEARTBEAT_INTERVAL_MS="1000"))
             print("[demo] worker loading the model and warming up ...", flush=True)
             _wait_ready(worker_port, worker, "worker", 300)
             _wait_ready(alerter_port, alerter, "alerter", 60)
+            _wait_ready(dashboard_port, dashboard, "dashboard", 60)
+            dashboard_url = f"http://127.0.0.1:{dashboard_port}/"
+            print(f"[demo] dashboard: {dashboard_url}  token: {dashboard_token}  (log in with any operator name)",
+                  flush=True)
             print(f"[demo] worker ready (metrics on http://127.0.0.1:{worker_port}/metrics); streaming "
                   f"{args.cameras} cameras at {args.fps} fps each; masks to {objects_url}", flush=True)
 
@@ -514,6 +525,11 @@ def run(args: argparse.Namespace) -> dict:
             while time.monotonic() < end:
                 consume(500)
             results_c.close()
+            if args.hold_s:  # keep the stack up to look around the dashboard
+                print(f"[demo] dashboard stays up at {dashboard_url} (token {dashboard_token}) for "
+                      f"{'ever' if args.hold_s < 0 else f'{args.hold_s:g} s'}; Ctrl-C stops", flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    time.sleep(args.hold_s if args.hold_s > 0 else 10**9)
         finally:
             procs.stop()
         summary = summarize(results, alerts, args.cameras * args.frames_per_camera, planted, dlq, started, dropped)
