@@ -5,8 +5,11 @@ Flow step: object store (``services._object_store``) -> dashboard -> browser. La
 * ``frame``: the captured frame, when the object store has it (claim-check frames ``frames/{camera}/{frame}.jpg``);
   otherwise a neutral grey canvas of the mask's size, and the page says the frame was not stored;
 * ``heatmap``: the worker's colour anomaly map, unchanged;
-* ``outline``: the mask's region boundaries as opaque red on transparent pixels, drawn at display scale;
+* ``outline``: the mask's region outlines on transparent pixels, drawn at display scale in the style of the reports
+  (``ddad_core.evaluation.visualize.draw_outline``: magenta with a dark edge);
 * ``thumb``: frame + heatmap blend + outline in one small image, for the feed.
+
+Pixels are RGB here (the visualiser's convention) and converted once, when encoded.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ddad_core.evaluation.visualize import PRED_COLOR, draw_outline
 from services._object_store import ObjectNotFoundError, ObjectStore
 from services.contracts.defects import DefectAlert
 
 LAYERS = ("frame", "heatmap", "outline", "thumb")
-_OUTLINE_BGR = (40, 40, 255)
 _MIN_DISPLAY = 256
+_UNDRAWN = (1, 1, 1)  # background of the outline canvas: neither the outline's colour nor its black edge
 
 
 class ImageMissing(LookupError):
@@ -30,11 +34,12 @@ def _decode(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         raise ImageMissing("stored image is not decodable")
-    return img
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
 
 
 def _png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -70,14 +75,16 @@ def _display_size(alert: DefectAlert, frame: np.ndarray | None, mask: np.ndarray
     return int(round(w * scale)), int(round(h * scale))
 
 
+def _big_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize((mask > 127).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
 def _outline(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """BGRA: red boundary pixels of the mask's regions, transparent elsewhere."""
-    big = cv2.resize((mask > 127).astype(np.uint8) * 255, size, interpolation=cv2.INTER_NEAREST)
-    thickness = max(2, size[0] // 128)
-    edge = cv2.morphologyEx(big, cv2.MORPH_GRADIENT, np.ones((thickness, thickness), np.uint8)) > 0
-    out = np.zeros((size[1], size[0], 4), np.uint8)
-    out[edge] = (*_OUTLINE_BGR, 255)
-    return out
+    """RGBA: the mask's outlines (the reports' style), transparent elsewhere."""
+    canvas = np.full((size[1], size[0], 3), _UNDRAWN, np.uint8)
+    draw_outline(canvas, _big_mask(mask, size), PRED_COLOR)
+    drawn = (canvas != _UNDRAWN).any(axis=2)
+    return np.dstack([canvas, np.where(drawn, 255, 0).astype(np.uint8)])
 
 
 def render(store: ObjectStore, alert: DefectAlert, layer: str) -> bytes:
@@ -112,7 +119,6 @@ def render(store: ObjectStore, alert: DefectAlert, layer: str) -> bytes:
         except ImageMissing:
             pass
     if mask is not None:
-        edge = _outline(mask, size)
-        img[edge[..., 3] > 0] = _OUTLINE_BGR
+        draw_outline(img, _big_mask(mask, size), PRED_COLOR)
     w = 128
     return _png(cv2.resize(img, (w, max(1, int(round(size[1] * w / size[0])))), interpolation=cv2.INTER_AREA))
