@@ -4,7 +4,7 @@
 const CSRF = document.querySelector('meta[name="csrf-token"]').content;
 const FEED_SIZE = parseInt(document.querySelector('meta[name="feed-size"]').content, 10) || 50;
 const PAGE_SIZE = parseInt(document.querySelector('meta[name="page-size"]').content, 10) || 25;
-const state = { feed: new Map(), selected: null, zoom: 1, page: 1, total: 0, streamUp: false,
+const state = { feed: new Map(), selected: null, zoom: 1, page: 1, total: 0, streamUp: true,
                 deps: { kafka: true, redis: true }, apiDown: false };
 
 function el(tag, attrs, ...children) {
