@@ -1,0 +1,118 @@
+"""Bounded soak: a steady offered load below capacity for ~10 minutes, RSS of every service sampled, growth reported.
+
+An ingestor (looping image folder at ``--fps``), the worker and the alerter run as subprocesses on servers of their
+own (``tests/integration/_fault_harness.py``); every ``--sample-s`` seconds the resident memory (VmRSS) of each
+service is read from /proc. After the warm-up (``--warmup-s``: imports, first batches, allocator pools) the growth
+per service is fitted as a straight line (least squares, MiB per 10 minutes) and also given as last minute minus
+first minute (medians). At the end every acknowledged frame must have a result.
+
+    python bench/soak.py                     # 10 minutes at 3 fps
+    python bench/soak.py --duration-s 120    # a quick look
+"""
+
+from __future__ import annotations
+
+from ddad_core.runtime import configure_cpu_threads
+
+configure_cpu_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.integration._fault_harness import (  # noqa: E402
+    FaultStack,
+    Pipeline,
+    ResultsLog,
+    ServiceProcess,
+    image_folder,
+    ingestor_settings,
+)
+
+
+def growth(samples: list[tuple[float, int]], warmup_s: float) -> dict[str, float]:
+    """Fit of RSS (KiB) over time after the warm-up: slope in MiB / 10 min, first/last-minute medians in MiB."""
+    pts = [(t, kb / 1024.0) for t, kb in samples if t >= warmup_s and kb > 0]
+    if len(pts) < 3:
+        return {}
+    ts, ms = [p[0] for p in pts], [p[1] for p in pts]
+    t_mean, m_mean = statistics.fmean(ts), statistics.fmean(ms)
+    var = sum((t - t_mean) ** 2 for t in ts)
+    slope = sum((t - t_mean) * (m - m_mean) for t, m in zip(ts, ms, strict=True)) / var if var else 0.0
+    first = [m for t, m in pts if t < ts[0] + 60]
+    last = [m for t, m in pts if t > ts[-1] - 60]
+    return {"slope_mib_per_10min": round(slope * 600, 2), "first_min_mib": round(statistics.median(first), 1),
+            "last_min_mib": round(statistics.median(last), 1),
+            "last_minus_first_mib": round(statistics.median(last) - statistics.median(first), 1),
+            "max_mib": round(max(ms), 1), "samples": len(pts)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration-s", type=float, default=600.0)
+    parser.add_argument("--fps", type=float, default=3.0, help="offered load (keep it below the worker's capacity)")
+    parser.add_argument("--sample-s", type=float, default=5.0)
+    parser.add_argument("--warmup-s", type=float, default=90.0, help="left out of the growth fit")
+    parser.add_argument("--bundle", type=Path, help="model bundle (default: a tiny one fitted here, 64 px)")
+    parser.add_argument("--out", type=Path, default=Path("bench-soak.json"))
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ddad-soak-"))
+    logs = work / "logs"
+    bundle = args.bundle
+    if bundle is None:
+        from ddad_core.testing import make_tiny_bundle
+
+        bundle = make_tiny_bundle(work / "bundle", image_size=64, seed=0)
+    stack = FaultStack(work / "servers").start()
+    try:
+        pipeline = Pipeline.start(stack, bundle, logs)
+        env = pipeline.env
+        ingestor = ServiceProcess("ingestor", ingestor_settings(env, "soak", image_folder(work / "frames", 32),
+                                                                loop=True, fps=args.fps, encoding="png"),
+                                  logs / "ingestor-soak.log")
+        ingestor.start()
+        ingestor.wait_ready(60)
+        services = {"ingestor": ingestor, "worker": pipeline.worker, "alerter": pipeline.alerter}
+        samples: dict[str, list[tuple[float, int]]] = {name: [] for name in services}
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.duration_s:
+            for name, proc in services.items():
+                if not proc.alive:
+                    raise RuntimeError(f"{name} died during the soak:\n{proc.log_tail()}")
+                samples[name].append((round(time.monotonic() - t0, 1), proc.rss_kb()))
+            time.sleep(args.sample_s)
+        ingestor.terminate()
+        stopped = (ingestor.events("ingestor_stopped") or [{}])[-1]
+        log = ResultsLog(env)
+        sent = int(stopped.get("sent", 0))
+        log.read(lambda _: len(log.frame_ids(lambda f: f.startswith("soak-"))) >= sent, 300)
+        recorded = len(log.frame_ids(lambda f: f.startswith("soak-")))
+        log.close()
+        exits = pipeline.stop()
+    finally:
+        stack.stop()
+    report = {"duration_s": args.duration_s, "fps": args.fps, "sent": sent, "recorded": recorded,
+              "lost": max(0, sent - recorded), "ingestor": stopped, "exits": exits,
+              "growth": {name: growth(s, args.warmup_s) for name, s in samples.items()}, "samples": samples,
+              "logs": str(logs)}
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"soak {args.duration_s:.0f} s at {args.fps} fps: sent {sent}, recorded {recorded}, "
+          f"lost {report['lost']}")
+    print("| service | RSS first minute MiB | last minute MiB | last - first MiB | fitted slope MiB / 10 min |")
+    print("|---|---|---|---|---|")
+    for name, g in report["growth"].items():
+        if g:
+            print(f"| {name} | {g['first_min_mib']} | {g['last_min_mib']} | {g['last_minus_first_mib']} | "
+                  f"{g['slope_mib_per_10min']} |")
+    print(f"figures in {args.out}")
+    return 0 if report["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
