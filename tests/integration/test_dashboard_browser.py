@@ -82,6 +82,10 @@ def page(browser, dash):
     context.close()
 
 
+# The page's Content-Security-Policy forbids eval: every wait_for_function predicate is a function, not a string
+# expression (Playwright evaluates those with eval while polling).
+
+
 def _row(page, alert_id: str):
     return page.locator(f'#feed tr[data-alert-id="{alert_id}"]')
 
@@ -136,7 +140,7 @@ def test_a_published_defect_appears_without_reload_opens_with_its_overlay_and_st
     reader = TopicReader(dash.env, dash.env.topics.feedback)
     try:
         page.click("#a-ack")
-        page.wait_for_function("document.getElementById('d-status').textContent.includes('acknowledge by alice')")
+        page.wait_for_function("() => document.getElementById('d-status').textContent.includes('acknowledge by alice')")
         page.reload()
         _row(page, alert.alert_id).wait_for()
         assert "acknowledge by alice" in _row(page, alert.alert_id).locator(".status").inner_text()
@@ -157,7 +161,7 @@ def test_markup_in_a_record_renders_as_text(page, dash):
     row.wait_for()
     assert row.locator(".source").inner_text() == XSS
     row.click()
-    page.wait_for_function("document.getElementById('d-fields').textContent.includes('bold')")
+    page.wait_for_function("() => document.getElementById('d-fields').textContent.includes('bold')")
     assert "<b>bold</b><script>window.__xss=2</script>" in page.locator("#d-fields").inner_text()
     assert page.evaluate("window.__xss") is None
     assert page.locator('img[src="x"]').count() == 0 and page.locator("#d-fields b").count() == 0
@@ -187,12 +191,12 @@ def test_disconnected_banner_while_redis_is_stopped_and_cleared_after(page, dash
     assert banner.is_hidden()
     own_redis.stop()
     try:
-        page.wait_for_function("!document.getElementById('banner').hidden && "
+        page.wait_for_function("() => !document.getElementById('banner').hidden && "
                                "document.getElementById('banner').textContent.includes('Redis')", timeout=20000)
         assert "disconnected" in banner.inner_text()
     finally:
         own_redis.restart()
-    page.wait_for_function("document.getElementById('banner').hidden", timeout=30000)
+    page.wait_for_function("() => document.getElementById('banner').hidden", timeout=30000)
     alert = dash.alert(camera_id="cam-2", score=0.8)  # and the feed still flows
     _row(page, alert.alert_id).wait_for(timeout=30000)
     with dash.client() as c:
