@@ -128,6 +128,8 @@ def test_a_published_defect_appears_without_reload_opens_with_its_overlay_and_st
     assert pixels["red"] > 100 and pixels["clear"] > pixels["red"] and pixels["heatColours"] > 20, pixels
     fields = page.locator("#d-fields").inner_text()
     assert "0.9100" in fields and "1.8200" in fields and "m-test" in fields
+    noise = page.locator("#d-fields dt:text-is('noise level (start step)') + dd").inner_text()
+    assert noise == "120"  # from the worker's result hash in Redis
     assert "s3://" not in page.content()  # images come through the service only
     page.uncheck("#t-heatmap")
     assert page.locator("#layer-heatmap").is_hidden()

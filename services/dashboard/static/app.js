@@ -5,7 +5,8 @@ const CSRF = document.querySelector('meta[name="csrf-token"]').content;
 const FEED_SIZE = parseInt(document.querySelector('meta[name="feed-size"]').content, 10) || 50;
 const PAGE_SIZE = parseInt(document.querySelector('meta[name="page-size"]').content, 10) || 25;
 const state = { feed: new Map(), selected: null, zoom: 1, page: 1, total: 0, streamUp: true,
-                deps: { kafka: true, redis: true }, apiDown: false };
+                deps: { kafka: true, redis: true }, apiDown: false,
+                historyTimer: null };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -83,6 +84,9 @@ function renderFeed() {
 function addAlert(a) {
   const known = state.feed.get(a.alert_id);
   state.feed.set(a.alert_id, known ? Object.assign({}, a, { status: known.status, status_by: known.status_by }) : a);
+  if (state.page === 1 && !state.historyTimer) {  // the newest history page follows the feed (at most twice a second)
+    state.historyTimer = setTimeout(() => { state.historyTimer = null; loadHistory().catch(() => {}); }, 500);
+  }
   if (state.feed.size > FEED_SIZE * 2) {
     const oldest = [...state.feed.values()].sort((x, y) => x.captured_at.localeCompare(y.captured_at));
     for (const o of oldest.slice(0, state.feed.size - FEED_SIZE)) state.feed.delete(o.alert_id);

@@ -17,6 +17,7 @@ import numpy as np
 from services._kafka import TopicSpec, ensure_topics, make_producer
 from services._localstack import create_bucket
 from services._object_store import open_object_store
+from services._redis import InspectionStore, connect
 from services.contracts.defects import DefectAlert, alert_id_for
 from services.contracts.results import BoundingBox, InspectionResult
 from services.contracts.topics import record_key
@@ -42,6 +43,7 @@ class Dashboard:
     token: str = TOKEN
     store: Any = None
     producer: Any = None
+    redis: Any = None
     _seq: list[int] = field(default_factory=lambda: [0])
 
     @property
@@ -68,6 +70,8 @@ class Dashboard:
                             debounce="1/1", mask_uri=mask_uri, heatmap_uri=heat_uri,
                             boxes=[BoundingBox(x=16, y=16, width=16, height=16, area_fraction=0.06)],
                             model_version=model_version)
+        # the worker's result hash of the frame (the detail view reads the noise level from it)
+        InspectionStore(self.redis, prefix=self.env.prefix).write([result_record(camera_id, score, i, frame_id)])
         if publish:
             self.publish(self.env.topics.defects, alert.camera_id, alert.to_bytes())
         return alert
@@ -80,14 +84,19 @@ class Dashboard:
         self.producer.flush(10)
 
 
-def result_bytes(camera_id: str, score: float, seq: int) -> bytes:
-    """A ``results`` record of an inspected frame ``{camera_id}-r{seq}`` captured now."""
+def result_record(camera_id: str, score: float, seq: int, frame_id: str | None = None) -> InspectionResult:
+    """An inspected frame (``{camera_id}-r{seq}`` unless named) captured now, noise level 120."""
     now = datetime.now(UTC)
-    return InspectionResult(frame_id=f"{camera_id}-r{seq}", camera_id=camera_id, line_id="line-1", sequence=seq,
-                            captured_at=now, processed_at=now + timedelta(milliseconds=5), pred_score=score,
-                            pred_score_raw=score * 2, pred_label=score > 0.5, noise_step=120, threshold=0.5,
-                            threshold_raw=1.0, model_version="m-test", bundle_hash="h", batch_id="b", batch_size=1,
-                            queue_wait_ms=0.0).to_bytes()
+    return InspectionResult(frame_id=frame_id or f"{camera_id}-r{seq}", camera_id=camera_id, line_id="line-1",
+                            sequence=seq, captured_at=now, processed_at=now + timedelta(milliseconds=5),
+                            pred_score=score, pred_score_raw=score * 2, pred_label=score > 0.5, noise_step=120,
+                            threshold=0.5, threshold_raw=1.0, model_version="m-test", bundle_hash="h", batch_id="b",
+                            batch_size=1, queue_wait_ms=0.0)
+
+
+def result_bytes(camera_id: str, score: float, seq: int) -> bytes:
+    """The ``results`` record value of ``result_record``."""
+    return result_record(camera_id, score, seq).to_bytes()
 
 
 def put_images(store: Any, camera_id: str, frame_id: str, frame: bool = True) -> tuple[str, str]:
@@ -118,7 +127,7 @@ def start_dashboard(env: StreamEnv, redis_url: str | None = None, **kw: Any) -> 
     assert wait_for(lambda: bool(ports) or st.error is not None or not st.thread.is_alive(), 60), "dashboard not ready"
     assert st.error is None, st.error
     dash = Dashboard(env, st, ports[0], store=open_object_store(env.object_store_url, env.s3_client_kwargs),
-                     producer=make_producer(env.kafka))
+                     producer=make_producer(env.kafka), redis=connect(redis_url or env.redis_url))
     return dash
 
 

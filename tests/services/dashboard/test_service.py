@@ -119,6 +119,7 @@ def test_a_published_defect_is_listed_streamed_and_served_with_its_images(dash):
     with dash.client() as c:
         d = c.get(f"/api/alerts/{alert.alert_id}").json()
         assert d["pred_score_raw"] == pytest.approx(1.86) and d["model_version"] == "m-test" and d["has_frame"]
+        assert d["noise_step"] == 120
         assert "s3://" not in json.dumps(d)  # no bucket URLs reach the page
         layers = {}
         for layer in ("frame", "heatmap", "outline", "thumb"):
