@@ -82,7 +82,8 @@ def serve(settings: DashboardSettings, check_only: bool = False, stop: threading
         make_consumer(kafka, settings.group_id, auto_offset_reset=settings.start_from, max_poll_records=256,
                       session_timeout_ms=settings.session_timeout_ms,
                       heartbeat_interval_ms=settings.heartbeat_interval_ms),
-        make_producer(kafka), topics, AlertStore(redis_client, settings.alert_ttl_s, settings.redis_key_prefix),
+        make_producer(kafka, max_block_ms=5000),  # a send during a broker outage fails in 5 s, not 60
+        topics, AlertStore(redis_client, settings.alert_ttl_s, settings.redis_key_prefix),
         FeedbackStore(redis_client, settings.feedback_ttl_s, settings.redis_key_prefix), live, hub, log, health)
     consumer.subscribe()
     kafka_thread = threading.Thread(target=consumer.run, args=(stop,), name="dashboard-kafka", daemon=True)
@@ -113,7 +114,7 @@ def serve(settings: DashboardSettings, check_only: bool = False, stop: threading
         kafka_thread.join(timeout=15)
         sock.close()
     log.info("stopped")
-    return 0
+    return 1 if consumer.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ class DashboardConsumer:
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_ms = probe_timeout_ms
         self.assigned = threading.Event()
+        self.failed = False
         self._pending: list[DefectAlert] = []
         self._pending_offsets: dict[TopicPartition, int] = {}
         self._next_probe = 0.0
@@ -70,9 +71,15 @@ class DashboardConsumer:
         self.consumer.subscribe([self.topics.defects, self.topics.results], listener=_Listener())
 
     def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop``; an unexpected error is logged and stops the whole service (``failed``)."""
         try:
             while not stop.is_set():
                 self.step()
+        except Exception as exc:
+            self.failed = True
+            self.log.error("kafka_thread_failed", error=repr(exc)[:500], exc_info=True)
+            stop.set()
+            raise
         finally:
             try:
                 self.consumer.close()
@@ -177,7 +184,7 @@ class DashboardConsumer:
         """One bounded offsets request: answers within the timeout = connected. Also exports the consumer lag."""
         try:
             self.consumer.end_offsets([TopicPartition(self.topics.defects, 0)], timeout_ms=self.probe_timeout_ms)
-        except KafkaError as exc:
+        except Exception as exc:  # noqa: BLE001 - timeouts, lost connections: all mean "not reachable now"
             if self.live.kafka_ok:
                 self.log.warning("kafka_unavailable", error=repr(exc)[:300])
             self.live.set_dependency("kafka", False)
