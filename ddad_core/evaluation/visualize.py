@@ -37,14 +37,15 @@ FADE_FROM, FULL_AT, MAX_ALPHA = 0.2, 0.7, 0.65
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` gray or ``(H, W, 1|3)`` uint8 as ``(H, W, 3)`` RGB."""
+    """``(H, W)`` gray or ``(H, W, 1|3)`` uint8 as a C-contiguous ``(H, W, 3)`` RGB array (OpenCV draws only on
+    those; a channels-last view of a tensor is not one)."""
     if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise ValueError(f"expected a gray or RGB image, got shape {image.shape}")
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif not (image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"expected a gray or RGB image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ def blend_heatmap(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
         raise ValueError(f"heat {heat.shape} and image {image.shape[:2]} differ in size")
     alpha = MAX_ALPHA * np.clip((heat - FADE_FROM) / (FULL_AT - FADE_FROM), 0.0, 1.0)[..., None]
     out = image.astype(np.float32) * (1 - alpha) + jet(heat).astype(np.float32) * alpha
-    return out.round().clip(0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out.round().clip(0, 255).astype(np.uint8))
 
 
 def draw_outline(image: np.ndarray, mask: np.ndarray | None, color: tuple[int, int, int]) -> np.ndarray:

@@ -44,6 +44,10 @@ def test_outlines_in_distinct_colours_and_bar_beside_the_picture():
     assert (picture[10:30, 10:30] == PRED_COLOR).all(axis=-1).sum() < 20 * 20  # an outline, not a filled box
     resized = render_overlay(_part(), heat, pred, true, size=256, with_colorbar=False)
     assert resized.shape == (256, 256, 3)
+    # A channels-last view (what the evaluation's thumbnails are: a permuted tensor) at its own size.
+    view = np.stack([_part()] * 3).transpose(1, 2, 0)
+    assert not view.flags.c_contiguous
+    assert render_overlay(view, heat, pred, true).shape == out.shape
 
 
 def test_colour_bar_marks_the_threshold_and_fits_tall_parts():
