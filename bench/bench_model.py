@@ -15,7 +15,8 @@ Two flows run on the same networks:
   map, and the same two again for the visualisation-only maps), the k-NN on the CPU (scikit-learn, L1, brute force),
   per-image ``.item()`` score collection, every map kept until the end, gathered with repeated ``torch.cat``, and the
   test-set min-max pass at the end.
-* ``serving``: ``DDADPipeline.run_tensor`` with the fast-path options of ``DDADPipeline.optimize``.
+* ``serving``: ``DDADPipeline.run_tensor`` as served (channels-last weights, the default), with ``--compile``
+  also ``torch.compile`` (``DDADPipeline.optimize``).
 
 Both start from the same preprocessed images (preprocessing is the same code in both and is timed separately).
 The check that the speed-up is not bought with a different result: each flow's raw image score (the max of the
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--no-optimize", action="store_true", help="serve without DDADPipeline.optimize()")
+    p.add_argument("--no-channels-last", action="store_true", help="serve with NCHW weights (as the reference)")
     p.add_argument("--compile", action="store_true", help="also torch.compile the UNet (serving flow)")
     p.add_argument("--scaling", action="store_true", help="serving only: images/s at batch 1..32")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max relative score difference accepted")
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or fit_timing_bundle(args, Path(tmp) / "bundle", load_images(args, 24))
-        pipe = DDADPipeline.from_bundle(bundle, device=device, dtype=dtype)
+        pipe = DDADPipeline.from_bundle(bundle, device=device, dtype=dtype, channels_last=False)
     if args.autoencoder == "sd-random":
         # Same latent geometry as the bundle is not possible (4 vs 32 channels): the UNet is rebuilt for 4 channels
         # with the bundle's architecture and random weights; every other network keeps the bundle's weights.
@@ -467,9 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe.unet = pipe._place(unet_from_config(unet_cfg))
     ref_pipe = pipe
     serve_pipe = copy.deepcopy(pipe)  # its own networks: the fast-path options must not reach the reference flow
-    if not args.no_optimize:
-        sizes = [1, 2, 4, 8, 16, 32] if args.scaling else args.batches
-        serve_pipe.optimize(compile=args.compile, batch_sizes=sizes)
+    sizes = [1, 2, 4, 8, 16, 32] if args.scaling else args.batches
+    serve_pipe.optimize(channels_last=not args.no_channels_last, compile=args.compile, batch_sizes=sizes)
     ref = ReferenceFlow(ref_pipe)
     n = max(args.images_per_batch_size, max(args.batches))
     x = preprocess(load_images(args, n), image_size=pipe.image_size, device=device)

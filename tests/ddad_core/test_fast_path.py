@@ -48,10 +48,12 @@ def test_padded_batches_score_like_unpadded(pipe, frames):
     _close(plain, padded)
 
 
-def test_channels_last_scores_like_the_plain_pipeline(pipe, frames):
-    fast = copy.deepcopy(pipe).optimize(channels_last=True)
-    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    _close(pipe(frames), fast(frames))
+def test_channels_last_default_scores_like_nchw(pipe, frames):
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # the default
+    nchw = copy.deepcopy(pipe).optimize(channels_last=False)
+    assert nchw.unet.conv_in.weight.is_contiguous()
+    assert not nchw.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    _close(pipe(frames), nchw(frames))
 
 
 @pytest.mark.slow
