@@ -462,7 +462,7 @@ def svg_line_chart(
     xlim: tuple[float, float] = (0.0, 1.0),
     ylim: tuple[float, float] = (0.0, 1.0),
     vline: float | None = None,
-    width: int = 380,
+    width: int = 360,
     diagonal: bool = False,
 ) -> str:
     """A small inline SVG line chart: ticks and grid lines on both axes, axis titles, the legend under the plot.
@@ -511,7 +511,7 @@ def svg_line_chart(
 
 
 def svg_histogram(
-    groups: list[tuple[np.ndarray, str]], threshold: float | None, bins: int = 40, width: int = 440
+    groups: list[tuple[np.ndarray, str]], threshold: float | None, bins: int = 40, width: int = 420
 ) -> str:
     """Overlaid histograms (e.g. good vs defective image scores) with a threshold marker, as inline SVG: counts on a
     ticked y-axis, the threshold's label above the plot (never on the bars), the legend under it."""
@@ -528,7 +528,7 @@ def svg_histogram(
     yticks = yticks[yticks == np.round(yticks)]  # whole images only (at least 0, 1, 2)
     rows = len(groups) + int(threshold is not None)
     axes = _Axes(width, (low, high), (0, float(max(yticks[-1], peak))), legend_rows=rows)
-    xticks = [t for t in nice_ticks(low, high, 5) if low - 1e-12 <= t <= high + 1e-12]
+    xticks = [t for t in nice_ticks(low, high, 8) if low - 1e-12 <= t <= high + 1e-12]
     axes.frame(xticks, yticks, "image score (raw)", "images")
     bar = axes.pw / bins
     for k, ((_, label), c) in enumerate(zip(groups, counts, strict=True)):
