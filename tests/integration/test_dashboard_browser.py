@@ -91,9 +91,9 @@ def _row(page, alert_id: str):
 
 
 def test_a_published_defect_appears_without_reload_opens_with_its_overlay_and_stays_acknowledged(page, dash, shots):
-    for i in range(3):  # camera tiles with a few results each
-        for s in range(4):
-            dash.result(f"cam-{i + 1}", 0.2 + 0.05 * s + 0.1 * i, s)
+    for i in range(3):  # camera tiles with a few results each (a sparkline that goes up and down)
+        for s in range(12):
+            dash.result(f"cam-{i + 1}", 0.25 + 0.1 * i + 0.12 * ((s * (i + 3)) % 5) / 4, s)
     page.evaluate("window.__sameDocument = 'yes'")
     older = dash.alert(camera_id="cam-2", score=0.62)
     _row(page, older.alert_id).wait_for()
@@ -109,6 +109,7 @@ def test_a_published_defect_appears_without_reload_opens_with_its_overlay_and_st
     assert "cam-1" in row.locator(".camera").inner_text() and "0.910 / 0.500" in row.inner_text()
     assert "high" in row.inner_text()
     page.locator('.tile[data-camera="cam-3"]').wait_for()
+    page.locator(f'#history tr[data-alert-id="{alert.alert_id}"]').wait_for()  # history's first page follows
     _keep(shots, page, "feed.png")
 
     row.click()
