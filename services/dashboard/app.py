@@ -214,7 +214,8 @@ def create_app(ctx: DashboardContext) -> FastAPI:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         name, token = (form.get("name") or [""])[0], (form.get("token") or [""])[0]
         if not ctx.auth.check_token(token):
-            ctx.log.warning("login_refused", actor=name[:64])
+            # what was typed is not logged: a token pasted into the wrong field must not end up in the logs
+            ctx.log.warning("login_refused", client=request.client.host if request.client else "")
             return login_page("wrong token", 401)
         try:
             actor = clean_actor(name)
