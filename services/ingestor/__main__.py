@@ -85,7 +85,8 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
                              max_request_size=settings.inline_limit_bytes + 64 * 1024,
                              max_block_ms=settings.send_timeout_ms)
     publisher = FramePublisher(producer, topics.frames, store, settings.camera_id,
-                               settings.line_id, settings.product_id, settings.inline_limit_bytes, log)
+                               settings.line_id, settings.product_id, settings.inline_limit_bytes, log,
+                               settings.max_inflight_frames, settings.send_timeout_ms / 1000.0)
     buffer = FrameBuffer(settings.buffer_frames, settings.drop_policy)
     sender_stop = threading.Event()
     sender = threading.Thread(target=sender_loop, args=(buffer, publisher, sender_stop), name="sender", daemon=True)

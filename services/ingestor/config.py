@@ -38,4 +38,8 @@ class IngestorSettings(CommonSettings):
         "drop_oldest", description="What a full buffer drops: oldest keeps the stream fresh (inspection default).")
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
-    send_timeout_ms: int = Field(5000, gt=0, description="How long one send may block on a full producer buffer.")
+    send_timeout_ms: int = Field(5000, gt=0, description="How long one send may wait for a free in-flight slot "
+                                                         "before the frame is dropped (broker_timeout).")
+    max_inflight_frames: int = Field(256, ge=1, description="Frames sent but not yet acknowledged by the brokers; "
+                                                            "at the limit sends wait (broker down) and the capture "
+                                                            "buffer drops by drop_policy.")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from services import _observability as obs
 from services._object_store import ObjectStore
@@ -117,7 +117,8 @@ class FramePublisher:
     """
 
     def __init__(self, producer: Any, topic: str, store: ObjectStore | None, camera_id: str, line_id: str,
-                 product_id: str | None, inline_limit_bytes: int, log: Any) -> None:
+                 product_id: str | None, inline_limit_bytes: int, log: Any, max_inflight: int = 256,
+                 send_timeout_s: float = 5.0) -> None:
         self.producer = producer
         self.topic = topic
         self.store = store
@@ -133,6 +134,11 @@ class FramePublisher:
         self._inflight = 0
         self._last_progress = time.monotonic()
         self._lock = threading.Lock()
+        # kafka-python's producer buffers without a bound while the broker is away; this bound turns a long outage
+        # into back-pressure on the capture buffer (whose drop policy then decides), not into unbounded memory.
+        self._slots = threading.BoundedSemaphore(max_inflight)
+        self.max_inflight = max_inflight
+        self.send_timeout_s = send_timeout_s
 
     def build(self, c: Captured) -> Frame:
         """The wire frame: inline bytes, or a claim-check URI for big frames."""
@@ -156,6 +162,8 @@ class FramePublisher:
             obs.FRAMES_DROPPED.labels(SERVICE, "claim_check_failed").inc()
             self.log.warning("frame_not_staged", frame_id=c.frame_id, error=repr(exc))
             return
+        if not self._slots.acquire(timeout=self.send_timeout_s):
+            raise KafkaTimeoutError(f"{self.max_inflight} frames unacknowledged for {self.send_timeout_s:g} s")
         with self._lock:
             if self._inflight == 0:
                 self._last_progress = time.monotonic()
@@ -166,6 +174,7 @@ class FramePublisher:
         except BaseException:
             with self._lock:
                 self._inflight -= 1
+            self._slots.release()
             raise
         fut.add_callback(self._ok).add_errback(self._err, c.frame_id)
 
@@ -183,6 +192,7 @@ class FramePublisher:
             self.sent += 1
             self._inflight -= 1
             self._last_progress = time.monotonic()
+        self._slots.release()
         obs.FRAMES_PUBLISHED.labels(self.camera_id).inc()
 
     def _err(self, exc: Exception, frame_id: str) -> None:
@@ -190,6 +200,7 @@ class FramePublisher:
             self.failed += 1
             self._inflight -= 1
             self._last_progress = time.monotonic()
+        self._slots.release()
         obs.FRAMES_DROPPED.labels(SERVICE, "send_failed").inc()
         self.log.warning("frame_send_failed", frame_id=frame_id, error=repr(exc))
 
@@ -203,7 +214,7 @@ def sender_loop(buffer: FrameBuffer, publisher: FramePublisher, stop: threading.
         try:
             publisher.send(item)
         except KafkaError as exc:
-            # e.g. KafkaTimeoutError: the producer's own buffer stayed full for send_timeout_ms (broker down).
+            # KafkaTimeoutError: max_inflight frames stayed unacknowledged for send_timeout_ms (broker down).
             with publisher._lock:
                 publisher.blocked += 1
             obs.FRAMES_DROPPED.labels(SERVICE, "broker_timeout").inc()

@@ -467,20 +467,27 @@ class HealthWatch:
         return any(n == name and t0 <= t <= t1 and c == code and text in b for t, n, c, b in self.samples)
 
 
+#: Ingestor limits during the broker outage: small enough that 30 s without acknowledgements fill them, so the
+#: capture buffer's drop policy really runs (and every drop must be counted).
+SMALL_INGESTOR_BUFFERS = {"max_inflight_frames": 16, "buffer_frames": 8, "send_timeout_ms": 1000}
+
+
 def outage(stack: FaultStack, pipeline: Pipeline, server: str, logs: Path, outage_s: float = 30.0,
            fps: float = 4.0, lead_s: float = 3.0, tail_s: float = 4.0, timeout_s: float = 120.0,
            claim_checks: int = 8) -> Outcome:
     """Stop one server for ``outage_s`` while an ingestor streams, restart it, and check nothing acknowledged was lost.
 
-    The ingestor runs for ``lead_s + outage_s + tail_s`` at ``fps``. For the object-store outage, ``claim_checks``
-    frames whose images are in the bucket are produced just before the store goes away, so the worker has to fetch
-    claim checks during the outage too. Returns the figures, the health observations and the ingestor's counts.
+    The ingestor runs for ``lead_s + outage_s + tail_s`` at ``fps`` (with ``SMALL_INGESTOR_BUFFERS`` when the broker
+    is the one stopped). For the object-store outage, ``claim_checks`` frames whose images are in the bucket are
+    produced just before the store goes away, so the worker has to fetch claim checks during the outage too.
+    Returns the figures, the health observations and the ingestor's counts.
     """
     env, cam = pipeline.env, f"o-{server}-{uuid.uuid4().hex[:4]}"
     folder = image_folder(logs / f"frames-{cam}", 16)
     total = int(fps * (lead_s + outage_s + tail_s))
+    limits = SMALL_INGESTOR_BUFFERS if server == "kafka" else {}
     ingestor = ServiceProcess("ingestor", ingestor_settings(env, cam, folder, loop=True, fps=fps, max_frames=total,
-                                                            encoding="png"), logs / f"ingestor-{cam}.log")
+                                                            encoding="png", **limits), logs / f"ingestor-{cam}.log")
     claim_frames: list[Frame] = []
     if server == "s3" and claim_checks:
         store = open_object_store(env.object_store_url, {k: v for k, v in stack.s3.client_kwargs().items()})

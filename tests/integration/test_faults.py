@@ -79,6 +79,10 @@ def test_server_outage_loses_nothing_and_is_reported(stack, pipeline, logs, serv
     assert o.extra["redis_stream_duplicates"] == 0, o
     if server != "kafka":
         assert o.dropped == 0, o  # the broker was up: the ingestor had no reason to drop anything
+    else:  # 30 s without acknowledgements overflow the (deliberately small) ingestor buffers: drops, all counted
+        counts = o.extra["ingestor"]
+        assert o.dropped > 0 and counts["send_failed"] == counts["claim_check_failed"] == 0, o
+        assert counts["buffer_dropped"] > 0, o
     # Health endpoints: the worker says which dependency is down, and is ready again afterwards.
     assert o.extra["readyz_503_during"]["worker"], (o, tails)
     assert o.extra["readyz_200_after"]["worker"] and o.extra["readyz_200_after"]["alerter"], (o, tails)
