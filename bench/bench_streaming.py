@@ -86,7 +86,8 @@ def offline_throughput(detector, frames, batch: int, rounds: int) -> dict:
 
 
 def start_worker(
-    bundle: Path, stack: dict, topics: Topics, objects: Path, batch: int, delay_ms: float, logdir: Path, device: str
+    bundle: Path, stack: dict, topics: Topics, objects: Path, batch: int, delay_ms: float, logdir: Path, device: str,
+    threads: int | None = None, name: str = "worker", compile: bool = False,
 ) -> tuple[subprocess.Popen, int]:
     import socket
 
@@ -111,7 +112,11 @@ def start_worker(
         "WORKER_HEARTBEAT_INTERVAL_MS": "1000",
         "WORKER_LOG_LEVEL": "WARNING",
     }
-    log = open(logdir / f"worker-{topics.prefix}.log", "wb")  # noqa: SIM115
+    if compile:
+        env["WORKER_COMPILE"] = "true"
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    log = open(logdir / f"{name}-{topics.prefix}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.worker"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -220,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ddad-bench-streaming")
     p.add_argument("--output", type=Path, help="also write the numbers as JSON here")
+    p.add_argument("--workers", type=int, default=1,
+                   help="scaling: also drain with 1 and with this many worker processes (cores split between them)")
+    p.add_argument("--compile", action="store_true", help="workers run with WORKER_COMPILE=true")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "logs").mkdir(exist_ok=True)
@@ -248,7 +256,29 @@ def main(argv: list[str] | None = None) -> int:
 
         def worker_on(topics: Topics):
             objects, logs = args.workdir / "objects", args.workdir / "logs"
-            return start_worker(bundle, stack, topics, objects, batch, args.max_queue_delay_ms, logs, args.device)
+            return start_worker(bundle, stack, topics, objects, batch, args.max_queue_delay_ms, logs, args.device,
+                                compile=args.compile)
+
+        def drain_with(n_workers: int) -> dict:
+            """Start ``n_workers`` on a fresh topic, let the group settle, then offer a backlog; frames/s of the
+            drain (first to last result), with the machine's cores split evenly between the workers."""
+            topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
+            ensure_topics(kafka, default_topic_specs(topics, frames_partitions=max(args.cameras, n_workers)))
+            threads = max(1, (os.cpu_count() or 1) // n_workers)
+            objects, logs = args.workdir / "objects", args.workdir / "logs"
+            procs = [start_worker(bundle, stack, topics, objects, batch, args.max_queue_delay_ms, logs, args.device,
+                                  threads=threads, name=f"worker{i}", compile=args.compile)[0]
+                     for i in range(n_workers)]
+            try:
+                time.sleep(12)  # the group's join and first assignment (session timeout 10 s)
+                produce(kafka, topics.frames, frames, None, size)
+                results = collect(kafka, topics.results, len(frames), timeout_s=1800)
+            finally:
+                for proc in procs:
+                    stop(proc)
+            done = sorted(r.processed_at.timestamp() for r in results)
+            fps = (len(done) - 1) / max(1e-9, done[-1] - done[0]) if len(done) > 1 else float("nan")
+            return {"workers": n_workers, "threads_per_worker": threads, "frames_per_s": fps, "results": len(results)}
 
         # 2. saturated: backlog first, then start the worker and time the drain
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
@@ -302,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             "target_p99_ms": bound,
         }
 
+        if args.workers > 1:
+            print(f"[bench] scaling: drain with 1 and {args.workers} workers ...", flush=True)
+            one, many = drain_with(1), drain_with(args.workers)
+            report["scaling"] = {"one": one, "many": many, "ratio": many["frames_per_s"] / one["frames_per_s"]}
+
     o, s, ol = report["offline"], report["streaming_saturated"], report["offered_load"]
     print("\n=== bench_streaming ===")
     print(
@@ -322,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         f"p95 {ol['latency_ms_p95']:.0f} ms, p99 {ol['latency_ms_p99']:.0f} ms "
         f"(target <= {ol['target_p99_ms']:.0f} ms), mean batch {ol['mean_batch_size']:.1f}"
     )
+    if "scaling" in report:
+        sc = report["scaling"]
+        one = sc["one"]
+        print(f"scaling: 1 worker ({one['threads_per_worker']} threads) {one['frames_per_s']:.2f} frames/s, "
+              f"{sc['many']['workers']} workers ({sc['many']['threads_per_worker']} threads each) "
+              f"{sc['many']['frames_per_s']:.2f} frames/s: ratio {sc['ratio']:.2f}")
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
     return 0

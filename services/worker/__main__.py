@@ -32,7 +32,8 @@ from services.worker.loop import SERVICE, WorkerLoop
 
 def _load_model(settings: WorkerSettings, detector: Any) -> tuple[tuple[Any, float | None], str]:
     """The ``model`` start-up step: load the bundle (unless given) and warm up; returns the warm-up time too."""
-    detector = detector or load_detector(settings.bundle_path, settings.device, settings.dtype)
+    detector = detector or load_detector(settings.bundle_path, settings.device, settings.dtype,
+                                         compile=settings.compile, max_batch_size=settings.max_batch_size)
     warmup_s = warm_up(detector, settings.max_batch_size) if settings.warmup else None
     detail = f"{settings.bundle_path}: model {detector.model_version}"
     if warmup_s is not None:

@@ -42,7 +42,17 @@ class Detector(Protocol):
     def __call__(self, images: list[np.ndarray]) -> Any: ...
 
 
-def load_detector(bundle_path: str, device: str = "auto", dtype: str | None = None) -> Any:
+def compiled_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two below ``max_batch_size``, and ``max_batch_size`` itself (each compiles once)."""
+    sizes, size = {max_batch_size}, 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+def load_detector(bundle_path: str, device: str = "auto", dtype: str | None = None, compile: bool = False,
+                  max_batch_size: int = 8) -> Any:
     """Load the pipeline from a bundle (imported lazily: the ingestor and alerter never import torch).
 
     Raises:
@@ -61,9 +71,12 @@ def load_detector(bundle_path: str, device: str = "auto", dtype: str | None = No
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
     try:
-        return DDADPipeline.from_bundle(bundle_path, **kwargs)
+        pipe = DDADPipeline.from_bundle(bundle_path, **kwargs)
     except (BundleError, OSError) as exc:
         raise StartupError(str(exc)) from None
+    if compile:
+        pipe.optimize(compile=True, batch_sizes=compiled_batch_sizes(max_batch_size))
+    return pipe
 
 
 def warm_up(detector: Any, batch_size: int, image_size: int | None = None) -> float:
@@ -72,6 +85,8 @@ def warm_up(detector: Any, batch_size: int, image_size: int | None = None) -> fl
     Returns:
         Its wall time in seconds (the worker derives the "auto" frame-age limit from it).
     """
+    if getattr(detector, "compiled_batch_sizes", ()):
+        detector.warmup(batch_size)  # compiles every batch size; then time a plain batch below
     start = time.perf_counter()
     if hasattr(detector, "warmup"):
         detector.warmup(batch_size)

@@ -96,3 +96,11 @@ def test_boxes_need_a_minimum_area():
     many = np.zeros((64, 64), bool)
     many[::8, ::8] = True
     assert len(mask_to_boxes(many, 64, 64, min_area_fraction=0.0, max_regions=16)) == 16
+
+
+def test_compiled_batch_sizes_cover_every_batch_up_to_the_cap():
+    from services.worker.inference import compiled_batch_sizes
+
+    assert compiled_batch_sizes(1) == (1,)
+    assert compiled_batch_sizes(8) == (1, 2, 4, 8)
+    assert compiled_batch_sizes(12) == (1, 2, 4, 8, 12)
