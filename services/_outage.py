@@ -96,7 +96,7 @@ class DependencyGuard:
         since, next_log = self._down.get(dependency, (now, now))
         if dependency not in self._down:
             self.log.error("dependency_unavailable", dependency=dependency, error=repr(exc)[:300],
-                           hint="writes are retried and offsets not committed until it answers again")
+                           hint="waiting for it: the work is retried, not skipped, and no offset moves past it")
             next_log = now + LOG_INTERVAL_S
             obs.DEPENDENCY_UP.labels(self.service, dependency).set(0)
         elif now >= next_log:
