@@ -82,7 +82,7 @@ def _big_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _outline(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """RGBA: the mask's outlines (the reports' style), transparent elsewhere."""
     canvas = np.full((size[1], size[0], 3), _UNDRAWN, np.uint8)
-    draw_outline(canvas, _big_mask(mask, size), PRED_COLOR)
+    canvas = draw_outline(canvas, _big_mask(mask, size), PRED_COLOR)
     drawn = (canvas != _UNDRAWN).any(axis=2)
     return np.dstack([canvas, np.where(drawn, 255, 0).astype(np.uint8)])
 
@@ -119,6 +119,6 @@ def render(store: ObjectStore, alert: DefectAlert, layer: str) -> bytes:
         except ImageMissing:
             pass
     if mask is not None:
-        draw_outline(img, _big_mask(mask, size), PRED_COLOR)
+        img = draw_outline(np.ascontiguousarray(img), _big_mask(mask, size), PRED_COLOR)
     w = 128
     return _png(cv2.resize(img, (w, max(1, int(round(size[1] * w / size[0])))), interpolation=cv2.INTER_AREA))
