@@ -714,7 +714,7 @@ def write_report(
         else "Paper-style normalisation: the bundle's threshold does not apply; masks use the F1-max threshold."
     )
     scale_note = (
-        "0.5 = the bundle's pixel threshold (normalised score)"
+        "normalised so that 0.5 is the bundle's pixel threshold"
         if threshold is not None
         else "min-max over this set; the mark is the F1-max threshold"
     )
@@ -736,7 +736,7 @@ aupro_paper is the reference code's 200-threshold variant.</p>
 <div class="charts"><div id="roc"><h3>ROC</h3>{roc_svg}</div><div id="pro"><h3>PRO curve</h3>{pro_svg}</div>
 <div id="histogram"><h3>Image scores</h3>{hist_svg}</div></div>
 <h2>How to read the pictures</h2>
-<div class="key"><div>{_colorbar_svg(heat_threshold)}</div><div>Heatmap colour = anomaly score ({scale_note});
+<div class="key"><div>{_colorbar_svg(heat_threshold)}</div><div>Heatmap colour = anomaly score, {scale_note};
 it is transparent where the part looks normal and covers it where the score is high.<br>
 <span class="pred">magenta outline</span>: predicted defect; <span class="true">white outline</span>: true defect
 (ground truth).</div></div>
