@@ -209,7 +209,7 @@ def test_more_partitions_allow_more_workers() -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_the_topic_job_applies_the_single_topic_definitions_file(variant: str, rendered) -> None:
+def test_the_topic_job_applies_the_single_topic_definitions_file(variant: str, rendered, tmp_path: Path) -> None:
     docs = rendered[variant]
     cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-topics"))
     job = by_kind(docs, "Job")[0]
@@ -218,12 +218,9 @@ def test_the_topic_job_applies_the_single_topic_definitions_file(variant: str, r
     assert weight < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])  # the ConfigMap exists first
     assert "ensure_topics.py" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
     # What the Job reads is valid for the Job's own parser, and equals deploy/kafka/topics.yaml plus the overrides.
-    path = Path(cm["metadata"]["name"] + ".yaml")
-    try:
-        path.write_text(cm["data"]["topics.yaml"])
-        job_defs = read_topic_definitions(path)
-    finally:
-        path.unlink()
+    path = tmp_path / "topics.yaml"
+    path.write_text(cm["data"]["topics.yaml"])
+    job_defs = read_topic_definitions(path)
     file_defs = read_topic_definitions(TOPICS_FILE)
     expected = {name: d.partitions for name, d in file_defs.topics.items()}
     if variant != "default":
