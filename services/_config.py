@@ -176,8 +176,25 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
             name = f"{prefix}{field.upper()}" if field else settings_cls.__name__
-            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})" if field else f"{name}: {err['msg']}")
+            problems.append(f"{name}: {err['msg']}{_shown_input(settings_cls, field, err)}" if field
+                            else f"{name}: {err['msg']}")
         raise ValueError("invalid setting(s): " + "; ".join(problems)) from None
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key", "credential", "sasl", "url")
+
+
+def _shown_input(settings_cls: type, field: str, err: dict) -> str:
+    """`` (got 'value')`` for a bad value, unless it could hold a secret: a missing field's "input" is every other
+    value given (secrets included), and secret-typed or secret-named fields (passwords, tokens, URLs with
+    credentials) are never echoed."""
+    if err.get("type") == "missing" or "input" not in err or isinstance(err["input"], dict):
+        return ""
+    info = settings_cls.model_fields.get(field.split(".")[0])
+    annotation = str(getattr(info, "annotation", ""))
+    if "Secret" in annotation or any(word in field.lower() for word in _SECRET_WORDS):
+        return " (value not shown: it may be a secret)"
+    return f" (got {err['input']!r})"
 
 
 T = TypeVar("T")

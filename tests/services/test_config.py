@@ -109,3 +109,26 @@ def test_check_mode_runs_every_step_and_reports_each(monkeypatch):
     assert [line.split()[2:4] for line in lines] == [["rules", "ok"], ["redis", "FAILED"], ["kafka", "ok"]]
     with pytest.raises(StartupError, match="1 of 3 start-up checks failed: redis"):
         checks.finish()
+
+
+def test_config_errors_never_echo_secrets(monkeypatch):
+    from pydantic_settings import SettingsConfigDict
+
+    from services._config import CommonSettings
+
+    class NeedsCamera(CommonSettings):
+        model_config = SettingsConfigDict(env_prefix="WORKER_")
+        camera: str  # required: pydantic's "missing" error carries every other value as its input
+
+    monkeypatch.setenv("WORKER_REDIS_PASSWORD", "hunter2-redis")
+    monkeypatch.setenv("WORKER_KAFKA_SASL_PASSWORD", "hunter2-kafka")
+    with pytest.raises(ValueError) as missing:
+        load_settings(NeedsCamera)
+    assert "WORKER_CAMERA" in str(missing.value)
+    assert "hunter2" not in str(missing.value)
+    # A bad value of a credential-bearing field is named but not shown.
+    monkeypatch.setenv("WORKER_CAMERA", "cam-1")
+    monkeypatch.setenv("WORKER_REDIS_URL", "ftp://user:hunter2-url@redis:6379/0")
+    with pytest.raises(ValueError) as bad:
+        load_settings(NeedsCamera)
+    assert "hunter2" not in str(bad.value)
