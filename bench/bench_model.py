@@ -56,7 +56,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from ddad_core.anomaly_map import gaussian_kernel1d
 from ddad_core.features import DIC_BLOCK, MAP_BLOCKS
-from ddad_core.pipeline import DDADPipeline
+from ddad_core.pipeline import DDADPipeline, _Timer
 from ddad_core.preprocess import preprocess
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -174,9 +174,9 @@ class ReferenceFlow:
         return total
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, timer: dict[str, float]) -> tuple[list[float], list[int]]:
+    def __call__(self, x: torch.Tensor, timer: _Timer) -> tuple[list[float], list[int]]:
         cfg, pipe, size = self.cfg, self.pipe, self.cfg.image_size
-        lap = _Lap(self.device, timer)
+        lap = timer.lap
         x = x.to(self.device)
         z0 = pipe.autoencoder.encode(x).mean
         lap("encode")
@@ -213,23 +213,6 @@ class ReferenceFlow:
         """The test-set min-max pass at the end (13.2 item 7): every map normalised by the set's own range."""
         maps = self.all_maps
         return (maps - maps.min()) / (maps.max() - maps.min())
-
-
-class _Lap:
-    def __init__(self, device: torch.device, timer: dict[str, float]) -> None:
-        self.sync = device.type == "cuda"
-        self.timer = timer
-        self.last = self._now()
-
-    def _now(self) -> float:
-        if self.sync:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = self._now()
-        self.timer[name] = self.timer.get(name, 0.0) + (now - self.last) * 1000.0
-        self.last = now
 
 
 # ------------------------------------------------------------------------------------------------------ memory
@@ -360,18 +343,15 @@ def run_batch(args, pipe: DDADPipeline, ref: ReferenceFlow, x: torch.Tensor, bat
 
     def reference() -> tuple[list[float], list[int], dict]:
         ref.reset()
-        timer: dict[str, float] = {}
+        timer = _Timer(device)
         scores, steps = [], []
         for c in chunks:
             s, t = ref(c, timer)
             scores += s
             steps += t
-        start = time.perf_counter()
         ref.finish()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timer["post"] = timer.get("post", 0.0) + (time.perf_counter() - start) * 1000
-        return scores, steps, timer
+        timer.lap("post")
+        return scores, steps, timer.times
 
     def serving() -> tuple[list[float], list[int], dict]:
         timer: dict[str, float] = {}
