@@ -240,78 +240,45 @@ _build_go_tools() {
 [ "$_need_mvn" = 1 ] && { _boot_say "fetching server jars from Maven Central in the background (first time only)"; \
     _boot_bg jars _fetch_all_jars; }
 
-# ------------------------------------------------------------------------------------------------------- redis
-_t="$(_boot_now)"
-if [ -n "${REDIS_URL:-}" ]; then
-    _boot_done redis "$_t" "using REDIS_URL (no local redis-server needed)"
-elif command -v redis-server >/dev/null 2>&1; then
-    _boot_done redis "$_t" "$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/redis \1/p')"
-else
-    [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 || _boot_die "MISSING redis-server: install Debian's" \
-        "redis-server (as root: apt-get install redis-server) or set REDIS_URL to an existing server"
-    command -v apt-get >/dev/null 2>&1 || _boot_die "MISSING redis-server and no apt-get: install redis-server with" \
-        "your package manager or set REDIS_URL to an existing server"
-    _sudo=""; [ "$(id -u)" = 0 ] || _sudo="sudo"
-    _boot_say "installing Debian's redis-server (first time only)"
-    # Keep the package's init script from starting a system-wide Redis on 6379: the tests start their own.
-    _policy_added=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | $_sudo tee /usr/sbin/policy-rc.d >/dev/null && $_sudo chmod +x /usr/sbin/policy-rc.d
-        _policy_added=1
+# ---------------------------------------------------------------------------------------- Debian packages
+# Redis (the tests' key-value server), Chromium (the dashboard and report browser tests, driven by Playwright: no
+# browser download) and etcd (the state of the Kubernetes API server the chart is installed into, tests/helm).
+_boot_apt() {  # step command package override_var override_hint -- install a Debian package when its command is missing
+    local step="$1" cmd="$2" pkg="$3" var="$4" hint="$5" t rc=0 policy_added=0 sudo=""
+    t="$(_boot_now)"
+    if [ -n "${!var:-}" ]; then
+        _boot_done "$step" "$t" "using $var=${!var}"
+        return
     fi
-    _rc=0
-    { $_sudo apt-get update -qq && $_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends redis-server; } >"$_BOOT_LOGS/redis.log" 2>&1 || _rc=$?
-    [ "$_policy_added" = 1 ] && $_sudo rm -f /usr/sbin/policy-rc.d
-    [ "$_rc" = 0 ] || _boot_die "apt-get install redis-server failed (log: $_BOOT_LOGS/redis.log): is Debian's" \
-        "mirror reachable? Or set REDIS_URL to an existing server"
-    _boot_done redis "$_t" "installed $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/redis \1/p')"
-fi
-
-# ----------------------------------------------------------------------------------------------------- chromium
-# Debian's chromium drives the dashboard and report browser tests through Playwright (no browser download).
-_t="$(_boot_now)"
-if [ -n "${DDAD_CHROMIUM:-}" ]; then
-    _boot_done chromium "$_t" "using DDAD_CHROMIUM=$DDAD_CHROMIUM"
-elif command -v chromium >/dev/null 2>&1; then
-    _boot_done chromium "$_t" "$(chromium --version 2>/dev/null | head -1)"
-else
-    [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 || _boot_die "MISSING chromium: install Debian's" \
-        "chromium (as root: apt-get install chromium) or set DDAD_CHROMIUM to a Chromium binary"
-    command -v apt-get >/dev/null 2>&1 || _boot_die "MISSING chromium and no apt-get: install Chromium with your" \
-        "package manager or set DDAD_CHROMIUM to a Chromium binary"
-    _sudo=""; [ "$(id -u)" = 0 ] || _sudo="sudo"
-    _boot_say "installing Debian's chromium (first time only)"
-    { $_sudo apt-get update -qq && $_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends chromium fonts-dejavu-core; } >"$_BOOT_LOGS/chromium.log" 2>&1 \
-        || _boot_die "apt-get install chromium failed (log: $_BOOT_LOGS/chromium.log): is Debian's mirror" \
-            "reachable? Or set DDAD_CHROMIUM to a Chromium binary"
-    _boot_done chromium "$_t" "installed $(chromium --version 2>/dev/null | head -1)"
-fi
-
-# -------------------------------------------------------------------------------------------------------- etcd
-# Debian's etcd stores the state of the Kubernetes API server the chart tests install into (tests/helm).
-_t="$(_boot_now)"
-if [ -n "${DDAD_ETCD:-}" ] || command -v etcd >/dev/null 2>&1; then
-    _boot_done etcd "$_t" "${DDAD_ETCD:-$(etcd --version 2>/dev/null | head -1)}"
-else
-    command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; } \
-        || _boot_die "MISSING etcd: install Debian's etcd-server (as root: apt-get install etcd-server) or set DDAD_ETCD"
-    _sudo=""; [ "$(id -u)" = 0 ] || _sudo="sudo"
-    _boot_say "installing Debian's etcd-server (first time only)"
-    _policy_added=0   # keep the package from starting a system-wide etcd: the tests start their own
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | $_sudo tee /usr/sbin/policy-rc.d >/dev/null && $_sudo chmod +x /usr/sbin/policy-rc.d
-        _policy_added=1
+    if command -v "$cmd" >/dev/null 2>&1; then
+        _boot_done "$step" "$t" "$(_boot_version_of "$cmd")"
+        return
     fi
-    _rc=0
-    { $_sudo apt-get update -qq && $_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends etcd-server; } >"$_BOOT_LOGS/etcd.log" 2>&1 || _rc=$?
-    [ "$_policy_added" = 1 ] && $_sudo rm -f /usr/sbin/policy-rc.d
-    [ "$_rc" = 0 ] || _boot_die "apt-get install etcd-server failed (log: $_BOOT_LOGS/etcd.log): is Debian's mirror" \
-        "reachable? Or set DDAD_ETCD to an etcd binary"
-    _boot_done etcd "$_t" "installed $(etcd --version 2>/dev/null | head -1)"
-fi
+    { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; } && command -v apt-get >/dev/null 2>&1 \
+        || _boot_die "MISSING $cmd: install Debian's $pkg (as root: apt-get install $pkg) or set $var $hint"
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    _boot_say "installing Debian's $pkg (first time only)"
+    # Keep the package's init script from starting a system-wide server: the tests start their own.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null && $sudo chmod +x /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
+    { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends $pkg; } >"$_BOOT_LOGS/$step.log" 2>&1 || rc=$?
+    [ "$policy_added" = 1 ] && $sudo rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || _boot_die "apt-get install $pkg failed (log: $_BOOT_LOGS/$step.log): is Debian's mirror" \
+        "reachable? Or set $var $hint"
+    _boot_done "$step" "$t" "installed $(_boot_version_of "$cmd")"
+}
+_boot_version_of() {
+    case "$1" in
+        redis-server) redis-server --version | sed -n 's/.* v=\([^ ]*\).*/redis \1/p' ;;
+        *) "$1" --version 2>/dev/null | head -1 ;;
+    esac
+}
+_boot_apt redis redis-server redis-server REDIS_URL "to an existing server"
+_boot_apt chromium chromium "chromium fonts-dejavu-core" DDAD_CHROMIUM "to a Chromium binary"
+_boot_apt etcd etcd etcd-server DDAD_ETCD "to an etcd binary"
 
 # -------------------------------------------------------------------------------------------------------- venv
 _t="$(_boot_now)"
