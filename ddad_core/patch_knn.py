@@ -17,6 +17,8 @@ The bank is built from the training images (never the held-out ones) and travels
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,7 @@ __all__ = ["PatchKNN", "greedy_coreset", "patch_features"]
 
 #: Queries per ``cdist`` call (bounds the temporary ``queries x bank`` matrix).
 _QUERY_CHUNK = 4096
+_PROGRESS_EVERY = 256  # centres between two progress callbacks
 
 
 def patch_features(blocks: list[torch.Tensor], zero_padded: bool = False) -> torch.Tensor:
@@ -61,7 +64,12 @@ def flatten_patches(features: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_coreset(
-    patches: torch.Tensor, size: int, projection_dim: int = 64, seed: int = 0, chunk: int = 1 << 16
+    patches: torch.Tensor,
+    size: int,
+    projection_dim: int = 64,
+    seed: int = 0,
+    chunk: int = 1 << 16,
+    on_progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Indices of a greedy k-centre coreset: each new centre is the patch farthest from all chosen ones.
 
@@ -74,6 +82,7 @@ def greedy_coreset(
         projection_dim: Dimensions of the projection (``>= C``: no projection).
         seed: Seed of the projection and of the first centre.
         chunk: Rows per distance update (bounds temporary memory).
+        on_progress: Called with the number of centres chosen since its last call (every 256 and at the end).
 
     Returns:
         ``(min(size, N),)`` long indices, in selection order.
@@ -85,6 +94,8 @@ def greedy_coreset(
     """
     n = patches.shape[0]
     if size >= n:
+        if on_progress is not None:
+            on_progress(n)
         return torch.arange(n, device=patches.device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = patches.float()
@@ -103,6 +114,10 @@ def greedy_coreset(
             d = (part - centre).pow_(2).sum(dim=1)
             torch.minimum(min_dist[start : start + chunk], d, out=min_dist[start : start + chunk])
         current = int(torch.argmax(min_dist))
+        if on_progress is not None and (i + 1) % _PROGRESS_EVERY == 0:
+            on_progress(_PROGRESS_EVERY)
+    if on_progress is not None and size % _PROGRESS_EVERY:
+        on_progress(size % _PROGRESS_EVERY)
     return chosen
 
 
@@ -126,10 +141,13 @@ class PatchKNN(nn.Module):
     def is_fitted(self) -> bool:
         return self.bank.numel() > 0
 
-    def fit(self, features: torch.Tensor, bank_size: int, seed: int = 0) -> PatchKNN:
-        """Build the bank from training patch features ``(N, C, h, w)`` (coreset-reduced to ``bank_size``)."""
+    def fit(
+        self, features: torch.Tensor, bank_size: int, seed: int = 0, on_progress: Callable[[int], None] | None = None
+    ) -> PatchKNN:
+        """Build the bank from training patch features ``(N, C, h, w)`` (coreset-reduced to ``bank_size``;
+        ``on_progress`` as in :func:`greedy_coreset`)."""
         patches = flatten_patches(features.float())
-        keep = greedy_coreset(patches, bank_size, seed=seed)
+        keep = greedy_coreset(patches, bank_size, seed=seed, on_progress=on_progress)
         self.bank = patches[keep].contiguous()
         return self
 

@@ -585,9 +585,9 @@ def fit_images(
     )
     patch_knn = None
     if train_patches is not None:
-        # The greedy coreset reports no progress of its own (patch_knn.py): the step shows its elapsed time.
-        with progress.step("coreset", unit="patch"):
-            patch_knn = PatchKNN().fit(train_patches, cfg.knn_bank_size, seed=tcfg.seed)
+        centres = min(cfg.knn_bank_size, train_patches.shape[0] * train_patches.shape[2] * train_patches.shape[3])
+        with progress.step("coreset", total=centres, unit="centre") as step:
+            patch_knn = PatchKNN().fit(train_patches, cfg.knn_bank_size, seed=tcfg.seed, on_progress=step.update)
         del train_patches
         _say(log, f"[5/7] patch k-NN bank: {patch_knn.bank.shape[0]} coreset patches of {patch_knn.bank.shape[1]} dims")
 

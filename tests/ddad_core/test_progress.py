@@ -141,3 +141,16 @@ def test_fit_reports_and_times_every_step(tmp_path):
     assert set(steps) | {"total"} == set(seconds)
     assert seconds["total"] >= max(v for k, v in seconds.items() if k != "total")
     assert lines[-1].startswith("time per step: total ") and "unet " in lines[-1]
+
+
+def test_coreset_reports_every_centre_it_chooses():
+    import torch
+
+    from ddad_core.patch_knn import greedy_coreset
+
+    counts: list[int] = []
+    keep = greedy_coreset(torch.randn(2000, 8), 600, on_progress=counts.append)
+    assert len(keep) == 600 and sum(counts) == 600 and counts[:2] == [256, 256]
+    counts.clear()
+    greedy_coreset(torch.randn(10, 8), 50, on_progress=counts.append)  # smaller than the bank: every patch
+    assert counts == [10]
