@@ -18,7 +18,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from services import _observability as obs
 from services._config import StartupChecks, StartupError, run_main
@@ -124,8 +124,16 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
         source.close()
         sender_stop.set()
         sender.join(timeout=60)
-        producer.flush(timeout=30)
-        producer.close(timeout=10)
+        try:
+            producer.flush(timeout=30)
+        except KafkaError as exc:
+            # The broker is still away at shutdown: nothing more can be sent; the frames still waiting are counted
+            # as unacknowledged in the summary below instead of ending the process with a traceback.
+            log.warning("final_flush_failed", error=repr(exc), unacknowledged=publisher.inflight)
+        try:
+            producer.close(timeout=10)
+        except KafkaError as exc:
+            log.warning("producer_close_failed", error=repr(exc))
         if server is not None:
             server.shutdown()
     # Every captured frame is in exactly one of these: captured = sent + the four drop counts (+ unacknowledged).
