@@ -516,6 +516,12 @@ def outage(stack: FaultStack, pipeline: Pipeline, server: str, logs: Path, outag
         wanted = sent + len(claim_frames)
         log.read(lambda _: len(log.frame_ids(lambda fid: fid.startswith(cam))) >= wanted, timeout_s)
         caught_up = time.monotonic()
+        # Readiness may follow the data by one periodic broker check (WORKER_LAG_INTERVAL_S): wait for it, bounded.
+        ready_by = caught_up + 30.0
+        while time.monotonic() < ready_by and not all(
+                any(n == name and t >= caught_up and c == 200 for t, n, c, _ in watch.samples)
+                for name in ("worker", "alerter")):
+            time.sleep(0.5)
         time.sleep(1.0)  # one more health sample after recovery
     got = log.frame_ids(lambda fid: fid.startswith(cam))
     log.read(lambda _: False, 1.0)
