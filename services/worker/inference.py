@@ -85,10 +85,11 @@ def warm_up(detector: Any, batch_size: int, image_size: int | None = None) -> fl
     Returns:
         Its wall time in seconds (the worker derives the "auto" frame-age limit from it).
     """
-    if getattr(detector, "compiled_batch_sizes", ()):
-        detector.warmup(batch_size)  # compiles every batch size; then time a plain batch below
+    compiled = bool(getattr(detector, "compiled_batch_sizes", ()))
+    if compiled:
+        detector.warmup(batch_size)  # compiles every batch size (untimed); the timed batch below is one plain batch
     start = time.perf_counter()
-    if hasattr(detector, "warmup"):
+    if hasattr(detector, "warmup") and not compiled:
         detector.warmup(batch_size)
     else:
         size = image_size or int(getattr(detector, "image_size", 64))

@@ -104,3 +104,24 @@ def test_compiled_batch_sizes_cover_every_batch_up_to_the_cap():
     assert compiled_batch_sizes(1) == (1,)
     assert compiled_batch_sizes(8) == (1, 2, 4, 8)
     assert compiled_batch_sizes(12) == (1, 2, 4, 8, 12)
+
+
+def test_warm_up_of_a_compiled_detector_times_one_batch_after_compiling_every_size():
+    from services.worker.inference import warm_up
+
+    class Compiled:
+        compiled_batch_sizes = (1, 2, 4)
+        image_size = 8
+
+        def __init__(self):
+            self.calls = []
+
+        def warmup(self, batch_size):
+            self.calls.append(("warmup", batch_size))
+
+        def __call__(self, frames):
+            self.calls.append(("batch", len(frames)))
+
+    det = Compiled()
+    assert warm_up(det, 4) >= 0
+    assert det.calls == [("warmup", 4), ("batch", 4)]  # compile pass once, then exactly one timed batch
