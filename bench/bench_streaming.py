@@ -87,7 +87,7 @@ def offline_throughput(detector, frames, batch: int, rounds: int) -> dict:
 
 def start_worker(
     bundle: Path, stack: dict, topics: Topics, objects: Path, batch: int, delay_ms: float, logdir: Path, device: str,
-    threads: int | None = None, name: str = "worker", compile: bool = False,
+    threads: int | None = None, name: str = "worker", compile: bool = False, pipeline_depth: int | None = None,
 ) -> tuple[subprocess.Popen, int]:
     import socket
 
@@ -114,6 +114,8 @@ def start_worker(
     }
     if compile:
         env["WORKER_COMPILE"] = "true"
+    if pipeline_depth is not None:
+        env["WORKER_PIPELINE_DEPTH"] = str(pipeline_depth)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     log = open(logdir / f"{name}-{topics.prefix}.log", "wb")  # noqa: SIM115
@@ -228,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1,
                    help="scaling: also drain with 1 and with this many worker processes (cores split between them)")
     p.add_argument("--compile", action="store_true", help="workers run with WORKER_COMPILE=true")
+    p.add_argument("--compare-depths", default="",
+                   help="e.g. '0,1': also drain the backlog with each WORKER_PIPELINE_DEPTH, alternating, "
+                        "--compare-rounds times each (pipelined vs sequential worker, side by side)")
+    p.add_argument("--compare-rounds", type=int, default=2)
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "logs").mkdir(exist_ok=True)
@@ -254,10 +260,28 @@ def main(argv: list[str] | None = None) -> int:
     with local_stack(args.workdir) as stack:
         kafka = {"bootstrap_servers": [stack["kafka"]], "client_id": "bench"}
 
-        def worker_on(topics: Topics):
+        def worker_on(topics: Topics, pipeline_depth: int | None = None):
             objects, logs = args.workdir / "objects", args.workdir / "logs"
             return start_worker(bundle, stack, topics, objects, batch, args.max_queue_delay_ms, logs, args.device,
-                                compile=args.compile)
+                                compile=args.compile, pipeline_depth=pipeline_depth)
+
+        def saturated(pipeline_depth: int | None = None) -> dict:
+            """Backlog first, then start the worker and time the drain."""
+            topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
+            ensure_topics(kafka, default_topic_specs(topics, frames_partitions=args.cameras))
+            produce(kafka, topics.frames, frames, None, size)
+            proc, _ = worker_on(topics, pipeline_depth)
+            try:
+                results = collect(kafka, topics.results, len(frames), timeout_s=1800)
+            finally:
+                stop(proc)
+            # Throughput over the drain: from the first batch's completion to the last one's, per processed frame
+            # after the first batch (the first batch's start is not visible in the results).
+            done = sorted(r.processed_at.timestamp() for r in results)
+            first_batch = sum(1 for t in done if t == done[0])
+            fps = (len(done) - first_batch) / max(1e-9, done[-1] - done[0]) if len(done) > first_batch else float("nan")
+            return {"frames_per_s": fps, "results": len(results),
+                    "mean_batch_size": float(np.mean([r.batch_size for r in results]))}
 
         def drain_with(n_workers: int) -> dict:
             """Start ``n_workers`` on a fresh topic, let the group settle, then offer a backlog; frames/s of the
@@ -280,27 +304,20 @@ def main(argv: list[str] | None = None) -> int:
             fps = (len(done) - 1) / max(1e-9, done[-1] - done[0]) if len(done) > 1 else float("nan")
             return {"workers": n_workers, "threads_per_worker": threads, "frames_per_s": fps, "results": len(results)}
 
-        # 2. saturated: backlog first, then start the worker and time the drain
-        topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
-        ensure_topics(kafka, default_topic_specs(topics, frames_partitions=args.cameras))
-        produce(kafka, topics.frames, frames, None, size)
+        # 2. saturated: the worker as configured (default pipeline depth) drains a backlog
         print("[bench] streaming (saturated): worker drains a backlog ...", flush=True)
-        proc, _ = worker_on(topics)
-        try:
-            results = collect(kafka, topics.results, len(frames), timeout_s=1800)
-        finally:
-            stop(proc)
-        # Throughput over the drain: from the first batch's completion to the last one's, per processed frame
-        # after the first batch (the first batch's start is not visible in the results).
-        done = sorted(r.processed_at.timestamp() for r in results)
-        first_batch = sum(1 for t in done if t == done[0])
-        sat = (len(done) - first_batch) / max(1e-9, done[-1] - done[0]) if len(done) > first_batch else float("nan")
-        report["streaming_saturated"] = {
-            "frames_per_s": sat,
-            "results": len(results),
-            "mean_batch_size": float(np.mean([r.batch_size for r in results])),
-        }
-        report["streaming_vs_offline"] = sat / offline["frames_per_s"]
+        report["streaming_saturated"] = saturated()
+        report["streaming_vs_offline"] = report["streaming_saturated"]["frames_per_s"] / offline["frames_per_s"]
+        if args.compare_depths:
+            depths = [int(d) for d in args.compare_depths.split(",")]
+            runs: dict[int, list[float]] = {d: [] for d in depths}
+            for r in range(args.compare_rounds):
+                for d in depths:  # A B A B: machine noise hits both alike
+                    print(f"[bench] drain with WORKER_PIPELINE_DEPTH={d} (round {r + 1}) ...", flush=True)
+                    runs[d].append(saturated(d)["frames_per_s"])
+            report["pipeline_depths"] = {
+                str(d): {"frames_per_s": fps, "median": float(np.median(fps)),
+                         "vs_offline": float(np.median(fps)) / offline["frames_per_s"]} for d, fps in runs.items()}
 
         # 3. offered load: frames arrive over time from several cameras; latency capture -> result
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
@@ -357,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         f"p95 {ol['latency_ms_p95']:.0f} ms, p99 {ol['latency_ms_p99']:.0f} ms "
         f"(target <= {ol['target_p99_ms']:.0f} ms), mean batch {ol['mean_batch_size']:.1f}"
     )
+    for d, row in report.get("pipeline_depths", {}).items():
+        print(f"{'  drain, WORKER_PIPELINE_DEPTH=' + d:34}{row['median']:>10.2f}   = {row['vs_offline']:.0%} of "
+              f"offline (median of {', '.join(f'{v:.2f}' for v in row['frames_per_s'])})")
     if "scaling" in report:
         sc = report["scaling"]
         one = sc["one"]

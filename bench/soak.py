@@ -8,6 +8,11 @@ first minute (medians). At the end every acknowledged frame must have a result.
 
     python bench/soak.py                     # 10 minutes at 3 fps
     python bench/soak.py --duration-s 120    # a quick look
+    python bench/soak.py --duration-s 3600 --tracemalloc   # an hour, and where the worker's Python heap grew
+
+``--tracemalloc`` has the worker write a tracemalloc snapshot every ``--snapshot-s`` (``services/_memory.py``) and
+prints the allocation sites that grew most between the first snapshot after the warm-up and the last one; RSS
+growth that the traced heap does not show comes from native code or the C allocator.
 """
 
 from __future__ import annotations
@@ -53,6 +58,20 @@ def growth(samples: list[tuple[float, int]], warmup_s: float) -> dict[str, float
             "max_mib": round(max(ms), 1), "samples": len(pts)}
 
 
+def heap_growth(directory: Path) -> dict:
+    """Traced-heap growth of the worker between its first snapshot (one interval after start, past the warm-up
+    when ``--snapshot-s`` >= ``--warmup-s``) and its last one."""
+    from services._memory import growth as traced_growth
+    from services._memory import snapshot_files
+
+    files = snapshot_files(directory)
+    if len(files) < 2:
+        return {}
+    (t_first, first), (t_last, last) = files[0], files[-1]
+    return {"minutes_between": round((t_last - t_first) / 60.0, 1), "snapshots": len(files),
+            **traced_growth(first, last)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=600.0)
@@ -61,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=90.0, help="left out of the growth fit")
     parser.add_argument("--bundle", type=Path, help="model bundle (default: a tiny one fitted here, 64 px)")
     parser.add_argument("--out", type=Path, default=Path("bench-soak.json"))
+    parser.add_argument("--tracemalloc", action="store_true", help="worker traces its Python heap (slower)")
+    parser.add_argument("--snapshot-s", type=float, default=300.0)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ddad-soak-"))
     logs = work / "logs"
@@ -71,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         bundle = make_tiny_bundle(work / "bundle", image_size=64, seed=0)
     stack = FaultStack(work / "servers").start()
     try:
-        pipeline = Pipeline.start(stack, bundle, logs)
+        snapshots = work / "worker-snapshots"
+        worker_kw = ({"memory_snapshot_dir": str(snapshots), "memory_snapshot_interval_s": args.snapshot_s}
+                     if args.tracemalloc else {})
+        pipeline = Pipeline.start(stack, bundle, logs, **worker_kw)
         env = pipeline.env
         ingestor = ServiceProcess("ingestor", ingestor_settings(env, "soak", image_folder(work / "frames", 32),
                                                                 loop=True, fps=args.fps, encoding="png"),
@@ -101,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
               "lost": max(0, sent - recorded), "ingestor": stopped, "exits": exits,
               "growth": {name: growth(s, args.warmup_s) for name, s in samples.items()}, "samples": samples,
               "logs": str(logs)}
+    if args.tracemalloc:
+        report["worker_heap"] = heap_growth(snapshots)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"soak {args.duration_s:.0f} s at {args.fps} fps: sent {sent}, recorded {recorded}, "
           f"lost {report['lost']}")
@@ -110,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         if g:
             print(f"| {name} | {g['first_min_mib']} | {g['last_min_mib']} | {g['last_minus_first_mib']} | "
                   f"{g['slope_mib_per_10min']} |")
+    heap = report.get("worker_heap")
+    if heap:
+        print(f"worker Python heap (tracemalloc) over {heap['minutes_between']} min: {heap['traced_first_kib']:.0f} -> "
+              f"{heap['traced_last_kib']:.0f} KiB ({heap['traced_growth_kib']:+.0f} KiB); sites that grew most:")
+        for site in heap["top"][:10]:
+            where = " <- ".join(site["where"][::-1][:3])
+            print(f"  {site['size_diff_kib']:+8.1f} KiB {site['count_diff']:+6d} blocks  {where}")
     print(f"figures in {args.out}")
     return 0 if report["lost"] == 0 else 1
 

@@ -68,6 +68,10 @@ class CommonSettings(BaseSettings):
     connect_timeout_s: float = Field(10.0, gt=0, le=300,
                                      description="Longest wait for Kafka, Redis or the object store to answer at "
                                                  "start-up (and for each later connection attempt).")
+    memory_snapshot_dir: str | None = Field(
+        None, description="Debugging memory growth: trace Python allocations and write a tracemalloc snapshot here "
+        "every memory_snapshot_interval_s (slows the service; services/_memory.py).")
+    memory_snapshot_interval_s: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _sasl(self) -> CommonSettings:
@@ -276,6 +280,10 @@ def run_main(settings_cls: type[S], run: Callable[[S, bool], int], argv: list[st
     if args.print_config:
         print(json.dumps(masked_config(settings), indent=2, sort_keys=True))
         return 0
+    if settings.memory_snapshot_dir and not args.check:
+        from services._memory import start_snapshots
+
+        start_snapshots(settings.memory_snapshot_dir, settings.memory_snapshot_interval_s)
     try:
         return run(settings, args.check)
     except StartupError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -423,6 +423,17 @@ def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int], 
     """
     if offsets:
         consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}, timeout_ms=timeout_ms)
+
+
+def commit_offsets_async(consumer: KafkaConsumer, offsets: dict[TopicPartition, int],
+                         callback: Callable[[Any, Any], None] | None = None) -> None:
+    """Commit ``{tp: next_offset}`` without blocking: the one commit a rebalance listener can make.
+
+    kafka-python 3 runs rebalance listeners on its IO thread, where the blocking ``commit`` raises RuntimeError; the
+    request queued here goes out before the group's next JoinGroup. ``callback(offsets, response_or_error)``.
+    """
+    if offsets:
+        consumer.commit_async({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}, callback=callback)
 
 
 def consumer_lag(consumer: KafkaConsumer, timeout_ms: int | None = None) -> dict[str, int]:

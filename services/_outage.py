@@ -61,6 +61,7 @@ class DependencyGuard:
         self._clock = clock
         self._sleep = sleep
         self._down: dict[str, tuple[float, float]] = {}  # dependency -> (down since, next log line)
+        self._lock = threading.RLock()  # the worker's loop and writer threads both report
         for dependency in DEPENDENCIES:
             obs.DEPENDENCY_UP.labels(service, dependency).set(1)
 
@@ -92,6 +93,10 @@ class DependencyGuard:
             return value
 
     def mark_down(self, dependency: str, exc: BaseException, attempt: int = 1) -> None:
+        with self._lock:
+            self._mark_down(dependency, exc, attempt)
+
+    def _mark_down(self, dependency: str, exc: BaseException, attempt: int) -> None:
         now = self._clock()
         since, next_log = self._down.get(dependency, (now, now))
         if dependency not in self._down:
@@ -107,6 +112,10 @@ class DependencyGuard:
         self.health.set_ready(False, "; ".join(f"{d} unavailable" for d in sorted(self._down)))
 
     def mark_up(self, dependency: str) -> None:
+        with self._lock:
+            self._mark_up(dependency)
+
+    def _mark_up(self, dependency: str) -> None:
         if dependency not in self._down:
             return
         since, _ = self._down.pop(dependency)

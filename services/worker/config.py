@@ -56,6 +56,10 @@ class WorkerSettings(CommonSettings):
     decode_threads: int = Field(4, ge=1, le=64)
     sink_threads: int = Field(8, ge=1, le=64)
     write_heatmaps: bool = True
+    pipeline_depth: int = Field(
+        1, ge=0, le=4, description="Batches whose sink writes (masks, Redis, results, flush) may still run on the "
+        "writer thread while the next batch is decoded and inferred; offsets are committed only after a batch's "
+        "writes are flushed, in order. 0 runs decode, inference and writes of each batch one after the other.")
     result_ttl_s: int = Field(86400, gt=0, description="TTL of the Redis result hash and stream.")
     stream_maxlen: int = Field(1000, gt=0, description="Approximate cap of each per-camera Redis stream.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed to finish pending frames.")

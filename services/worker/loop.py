@@ -1,4 +1,4 @@
-"""The worker loop: consume -> micro-batch -> infer -> sinks -> produce -> flush -> commit.
+"""The worker loop: consume -> micro-batch -> decode -> infer -> sinks -> produce -> flush -> commit.
 
 Flow step: Kafka ``frames`` -> micro-batch -> ddad_core -> object store / Redis / Kafka ``results`` -> commit.
 
@@ -7,10 +7,19 @@ produced is durable, so a crash anywhere before the commit replays the batch, an
 frame id and inference is deterministic, the replay overwrites instead of duplicating. ``run_batch`` spells the
 steps out; read it first.
 
-Threading: one loop thread owns the consumer, the batcher and the commit. kafka-python calls the rebalance listener
-on its IO thread while the loop thread is blocked inside ``poll()``, so a batch is never in flight during a
-revoke: the batch before the poll has already been flushed and committed ("finish"), and frames still waiting in the
-batcher for revoked partitions are dropped uncommitted ("abandon") so their new owner processes them.
+Pipelining (``WORKER_PIPELINE_DEPTH``, default 1): three batches are in flight at once. While the loop thread runs
+inference on batch n, the decode pool already decodes batch n+1 and the writer thread writes batch n-1's masks,
+Redis hashes and results and flushes them. The writer runs one batch at a time in order, so batches finish in the
+order they were inferred; the loop thread commits a batch's offsets only when its writes have finished (the offset
+tracker never lets a commit pass a frame still in flight). With depth 0 every step of a batch runs in turn.
+
+Threading: one loop thread owns the consumer, the batcher and the commit; the writer thread owns nothing but its
+batch (its producer sends and flushes are safe beside the loop thread's DLQ sends: ``ResultsProducer`` locks).
+kafka-python 3 calls the rebalance listener on its IO thread (during the loop thread's ``poll()``), so the listener
+touches only locked state. On a revoke it waits (bounded) for the writes in flight and commits, without blocking,
+what they finished for the revoked partitions while this worker still owns them ("settle"), so their new owner
+does not replay finished batches; frames still waiting in the batcher for those partitions are dropped
+uncommitted ("abandon") so the new owner processes them.
 
 Outages: a write that fails because Kafka, Redis or the object store is down is retried until it succeeds, never
 skipped, so the batch's offsets stay uncommitted meanwhile (``services/_outage.py``: readiness, metric and log
@@ -22,9 +31,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +45,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from services import _observability as obs
-from services._kafka import DeadLetterPublisher, OffsetTracker, commit_offsets, consumer_lag
+from services._kafka import DeadLetterPublisher, OffsetTracker, commit_offsets, commit_offsets_async, consumer_lag
 from services._object_store import ObjectStore, ObjectStoreUnavailable
 from services._outage import DependencyGuard
 from services._redis import InspectionStore
@@ -59,6 +69,9 @@ SERVICE = "worker"
 _IDLE_POLL_MS = 500  # long enough that a group join completes inside one poll (ECOSYSTEM.md section 11)
 _UNASSIGNED_POLL_MS = 1000
 _KAFKA_CALL_TIMEOUT_MS = 10_000  # commit and lag requests: a dead broker must not hold the loop for long
+_WRITES_POLL_MS = 50  # poll timeout while writes are in flight: their commit follows soon after they finish
+_REVOKE_SETTLE_S = 5.0  # a revoke waits at most this long for in-flight writes (a healthy one takes < 1 s); it
+# blocks kafka-python's IO thread, heartbeats included, so it is also kept below a third of the session timeout
 
 
 @dataclass
@@ -70,6 +83,28 @@ class _Item:
     tp: TopicPartition
 
 
+@dataclass
+class _Prepared:
+    """A batch taken from the batcher: stale frames announced, decodes running in the pool."""
+
+    batch_id: str
+    started: float
+    items: list[Pending[_Item]]
+    decodes: list[Future]
+    done: list[tuple[TopicPartition, int]]  # finished once this batch's writes are flushed
+    stale: int
+
+
+@dataclass
+class _Write:
+    """Sink writes of one batch (or a flush of DLQ records) queued on the writer thread."""
+
+    future: Future
+    done: list[tuple[TopicPartition, int]]
+    inferred: int
+    is_batch: bool
+
+
 class _RebalanceListener(ConsumerRebalanceListener):
     """Abandons waiting frames of partitions that leave this worker (see the module docstring)."""
 
@@ -77,6 +112,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
         self.loop = loop
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.loop.settle(revoked)
         self.loop.abandon(revoked, "revoked")
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -130,6 +166,9 @@ class WorkerLoop:
         self.results = ResultsProducer(producer, self.topics.results)
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._sink_pool = ThreadPoolExecutor(settings.sink_threads, thread_name_prefix="sink")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="writer")  # one at a time: batches finish in order
+        self._writes: deque[_Write] = deque()  # in submission order, at most ``pipeline_depth``
+        self._writes_lock = threading.Lock()  # the deque vs. the rebalance listener's snapshot
         self.masks = MaskSink(store, self._sink_pool, settings.write_heatmaps)
         self.threshold, self.threshold_raw = decision_thresholds(detector)
         self.heatmap_threshold = raw_threshold(detector)  # the heatmaps' mid-scale
@@ -158,6 +197,9 @@ class WorkerLoop:
             while not stop.is_set():
                 self.step()
             self.drain()
+        except BaseException:
+            stop.set()  # a write still waiting out an outage on the writer thread gives up: the process goes down
+            raise
         finally:
             self.close()
 
@@ -168,13 +210,16 @@ class WorkerLoop:
         for tp_records in records.values():
             for record in tp_records:
                 self._accept(record)
-        while True:
-            with self._lock:
-                batch = self.batcher.take() if self.batcher.ready() else None
-            if batch is None:
-                break
-            self.run_batch(batch)
-        if self._dlq_done or self._commit_due:
+        self._reap()
+        current = self._take_ready()
+        while current is not None:
+            # Decode of the next batch (already taken: its frames are not waiting for company any more) overlaps
+            # the inference of this one, and this one's writes overlap the next one's inference.
+            ahead = self._take_ready() if self.settings.pipeline_depth else None
+            self.run_batch(current)
+            current = ahead if ahead is not None else self._take_ready()
+            self._reap()
+        if (self._dlq_done or self._commit_due) and not self._writes:
             self._finish([])
         self._log_stale()
         if self._clock() >= self._next_lag:
@@ -186,10 +231,11 @@ class WorkerLoop:
             # Not in the group yet: poll in long rounds and do nothing else, or kafka-python 3.0.12 may drop the
             # join (ECOSYSTEM.md section 11).
             return _UNASSIGNED_POLL_MS
+        longest = _WRITES_POLL_MS if self._writes else _IDLE_POLL_MS
         wait = self.batcher.time_to_ready()
         if wait is None:
-            return _IDLE_POLL_MS
-        return int(min(_IDLE_POLL_MS, max(1.0, wait * 1000.0)))
+            return longest
+        return int(min(longest, max(1.0, wait * 1000.0)))
 
     def _poll_max_records(self) -> int:
         # Fetch at most about a batch beyond what waits: anything more would sit in memory uncommitted.
@@ -222,6 +268,37 @@ class WorkerLoop:
         self.log.warning("frame_dead_lettered", reason=reason, detail=detail[:200],
                          source=f"{record.topic}/{record.partition}/{record.offset}")
 
+    def settle(self, revoked: set[TopicPartition]) -> None:
+        """Before a revoke: wait (bounded) for the writes in flight, then commit what they finished of ``revoked``.
+
+        Runs on kafka-python's IO thread, so the commit is the non-blocking one; the loop thread reaps the same
+        writes later as usual (finishing an offset twice is harmless).
+        """
+        with self._writes_lock:
+            writes = list(self._writes)
+        if not writes:
+            return
+        timeout_s = min(_REVOKE_SETTLE_S, self.settings.session_timeout_ms / 3000.0)
+        wait_futures([w.future for w in writes], timeout=timeout_s)
+        finished = [w for w in writes if w.future.done() and w.future.exception() is None]
+        with self._lock:
+            for w in finished:
+                for tp, offset in w.done:
+                    if tp in revoked:
+                        self.tracker.done(tp, offset)
+            offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in revoked}
+        try:
+            commit_offsets_async(self.consumer, offsets, callback=self._settle_committed)
+        except Exception as exc:  # noqa: BLE001 - the new owner then replays them (idempotent overwrites)
+            self.log.warning("settle_commit_failed", error=repr(exc)[:300])
+        if len(finished) < len(writes):
+            self.log.warning("revoke_before_writes_finished", batches=len(writes) - len(finished),
+                             hint="their frames are replayed by the partitions' new owner (idempotent overwrites)")
+
+    def _settle_committed(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            self.log.warning("settle_commit_failed", error=repr(response)[:300])
+
     def abandon(self, partitions: set[TopicPartition], why: str) -> None:
         """Drop waiting frames of partitions this worker no longer owns; they stay uncommitted for the new owner."""
         parts = set(partitions)
@@ -234,21 +311,14 @@ class WorkerLoop:
 
     # ------------------------------------------------------------------------------------------- one batch
 
-    def run_batch(self, batch: Batch[_Item]) -> None:
-        """Process one micro-batch; offsets are committed last.
+    def _take_ready(self) -> _Prepared | None:
+        """Take the next ready batch and start it, or None when no batch is ready."""
+        with self._lock:
+            batch = self.batcher.take() if self.batcher.ready() else None
+        return None if batch is None else self._prepare(batch)
 
-        Steps (repeated as comments in the body):
-
-        1. decode and validate in the thread pool (bad frames go to the DLQ, the rest carry on);
-        2. infer: one batched pipeline call for all good frames (mixed noise levels in one batch);
-        3. write masks and heatmaps to the object store;
-        4. write the Redis result hashes and per-camera streams (one transaction);
-        5. produce the results (and a ``dropped`` record per stale frame);
-        6. flush the producer (results, dropped and DLQ records acknowledged by the brokers);
-        7. commit offsets (only of frames that are finished; stale drops count as finished).
-        """
-        batch_id = uuid.uuid4().hex[:12]
-        log = self.log.bind(batch_id=batch_id)
+    def _prepare(self, batch: Batch[_Item]) -> _Prepared:
+        """Announce the batch's stale frames and submit its decodes to the pool (they run while we infer)."""
         started = self._clock()
         done: list[tuple[TopicPartition, int]] = []
         for p in batch.stale:
@@ -256,61 +326,120 @@ class WorkerLoop:
             # (a `dropped` record on results, the metric, a warning line per interval), and committed.
             self._drop_stale(p)
             done.append((p.item.tp, p.item.record.offset))
-        items = batch.items
-        timings: dict[str, float] = {}
-        n_inferred = 0
-        if items:
-            obs.BATCH_SIZE.observe(len(items))
-            for p in items:
-                obs.QUEUE_WAIT.observe(max(0.0, started - p.enqueued_at))
+        # Claim-check fetch + JPEG/PNG decode release the GIL: a thread pool scales.
+        decodes = [self._decode_pool.submit(decode_frame, p.item.frame, self.store, self.settings.max_image_pixels)
+                   for p in batch.items]
+        return _Prepared(uuid.uuid4().hex[:12], started, batch.items, decodes, done, len(batch.stale))
 
-            # 1. decode and validate (claim-check fetch + JPEG/PNG decode release the GIL: a thread pool scales)
-            t0 = self._clock()
-            futures = [self._decode_pool.submit(decode_frame, p.item.frame, self.store, self.settings.max_image_pixels)
-                       for p in items]
-            good, images = [], []
-            for p, fut in zip(items, futures, strict=True):
-                try:
-                    images.append(self._decoded(p, fut))
-                    good.append(p)
-                except InvalidFrameError as exc:
-                    self._dead_letter(p.item.record, exc.reason, exc.detail)
-                    done.append((p.item.tp, p.item.record.offset))
-            timings["decode"] = (self._clock() - t0) * 1000.0
+    def run_batch(self, prep: _Prepared) -> None:
+        """Decode and infer one micro-batch on this thread, then hand its writes to the writer thread.
 
-            # 2. infer: one batched call; a failing batch is retried frame by frame to isolate a poison frame
-            t0 = self._clock()
-            outputs, pipeline_timings = self._infer(images) if images else ([], {})
-            timings["infer"] = (self._clock() - t0) * 1000.0
-            timings.update({f"pipeline.{k}": float(v) for k, v in pipeline_timings.items()})
-            for stage, ms in timings.items():  # decode, infer and the pipeline's own stages (encode, denoise, ...)
-                obs.STAGE_DURATION.labels(stage.removeprefix("pipeline.")).observe(ms / 1000.0)
-            inferred = []
-            for p, out in zip(good, outputs, strict=True):
-                if isinstance(out, InvalidFrameError):
-                    self._dead_letter(p.item.record, out.reason, out.detail)
-                    done.append((p.item.tp, p.item.record.offset))
-                else:
-                    inferred.append((p, out))
+        Steps (repeated as comments in the body):
 
-            # Steps 3-6 write only idempotent, frame-keyed data; each one is retried until it succeeds (an outage
-            # holds the commit back, see the module docstring).
-            self._write_outputs(inferred, batch_id, timings, started, log)
-            done.extend((p.item.tp, p.item.record.offset) for p, _ in inferred)
-            n_inferred = len(inferred)
-        else:
+        1. decode and validate (submitted to the pool by ``_prepare``; bad frames go to the DLQ, the rest carry
+           on);
+        2. infer: one batched pipeline call for all good frames (mixed noise levels in one batch);
+
+        then on the writer thread (``_write_batch``, while the next batch is inferred):
+
+        3. write masks and heatmaps to the object store;
+        4. write the Redis result hashes and per-camera streams (one transaction);
+        5. produce the results (and a ``dropped`` record per stale frame);
+        6. flush the producer (results, dropped and DLQ records acknowledged by the brokers);
+
+        and back on this thread once those writes are done (``_reap``):
+
+        7. commit offsets (only of frames that are finished; stale drops count as finished).
+        """
+        done = prep.done
+        if not prep.items:
             # Only stale drops: flush their `dropped` records (and DLQ records from earlier steps).
-            self._flush()
+            self._submit_write(self._flush, done, inferred=0)
+            return
+        obs.BATCH_SIZE.observe(len(prep.items))
+        for p in prep.items:
+            obs.QUEUE_WAIT.observe(max(0.0, prep.started - p.enqueued_at))
+        timings: dict[str, float] = {}
 
-        # 7. commit offsets (everything above is durable now)
+        # 1. decode and validate: wait for the pool (about nothing when the decodes overlapped the last inference)
         t0 = self._clock()
-        self._finish(done, flushed=True)
+        good, images = [], []
+        for p, fut in zip(prep.items, prep.decodes, strict=True):
+            try:
+                images.append(self._decoded(p, fut))
+                good.append(p)
+            except InvalidFrameError as exc:
+                self._dead_letter(p.item.record, exc.reason, exc.detail)
+                done.append((p.item.tp, p.item.record.offset))
+        timings["decode"] = (self._clock() - t0) * 1000.0
+
+        # 2. infer: one batched call; a failing batch is retried frame by frame to isolate a poison frame
+        t0 = self._clock()
+        outputs, pipeline_timings = self._infer(images) if images else ([], {})
+        timings["infer"] = (self._clock() - t0) * 1000.0
+        timings.update({f"pipeline.{k}": float(v) for k, v in pipeline_timings.items()})
+        for stage, ms in timings.items():  # decode, infer and the pipeline's own stages (encode, denoise, ...)
+            obs.STAGE_DURATION.labels(stage.removeprefix("pipeline.")).observe(ms / 1000.0)
+        inferred = []
+        for p, out in zip(good, outputs, strict=True):
+            if isinstance(out, InvalidFrameError):
+                self._dead_letter(p.item.record, out.reason, out.detail)
+                done.append((p.item.tp, p.item.record.offset))
+            else:
+                inferred.append((p, out))
+        done.extend((p.item.tp, p.item.record.offset) for p, _ in inferred)
+        self._submit_write(lambda: self._write_batch(prep, inferred, timings), done, inferred=len(inferred))
+
+    def _write_batch(self, prep: _Prepared, inferred: list[tuple[Any, FrameOutput]],
+                     timings: dict[str, float]) -> None:
+        """Steps 3-6 of ``run_batch`` (writer thread)."""
+        log = self.log.bind(batch_id=prep.batch_id)
+        # Steps 3-6 write only idempotent, frame-keyed data; each one is retried until it succeeds (an outage
+        # holds the commit back, see the module docstring).
+        self._write_outputs(inferred, prep.batch_id, timings, prep.started, log)
+        log.info("batch_done", frames=len(prep.items), stale=prep.stale, inferred=len(inferred),
+                 ms=round((self._clock() - prep.started) * 1000.0, 1), infer_ms=round(timings.get("infer", 0.0), 1))
+
+    def _submit_write(self, write: Callable[[], None], done: list[tuple[TopicPartition, int]], inferred: int,
+                      is_batch: bool = True) -> None:
+        """Queue a batch's writes on the writer thread (waiting while ``pipeline_depth`` are in flight)."""
+        with self._lock:  # DLQ records sent before these writes are covered by their flush
+            done = [*done, *self._dlq_done]
+            self._dlq_done = []
+        if not self.settings.pipeline_depth:
+            write()
+            self._finished(_Write(Future(), done, inferred, is_batch))
+            return
+        while len(self._writes) >= self.settings.pipeline_depth:
+            self._reap(wait_first=True)
+        with self._writes_lock:
+            self._writes.append(_Write(self._writer.submit(write), done, inferred, is_batch))
+
+    def _reap(self, wait_first: bool = False) -> None:
+        """Finish the writes that are done, in order: their offsets become committable and are committed.
+
+        Raises:
+            Exception: the error of a failed write (it stays first in line, so nothing behind it is committed).
+        """
+        while self._writes and (wait_first or self._writes[0].future.done()):
+            self._writes[0].future.result()
+            with self._writes_lock:
+                write = self._writes.popleft()
+            self._finished(write)
+            wait_first = False
+
+    def finish_writes(self) -> None:
+        """Wait for every write in flight and commit what they finished (raises a failed write's error)."""
+        while self._writes:
+            self._reap(wait_first=True)
+
+    def _finished(self, write: _Write) -> None:
+        # 7. commit offsets (everything the write produced is durable now)
+        t0 = self._clock()
+        self._finish(write.done, flushed=True)
         obs.STAGE_DURATION.labels("commit").observe(self._clock() - t0)
-        self.batches_run += 1
-        self.frames_inferred += n_inferred
-        log.info("batch_done", frames=len(items), stale=len(batch.stale), inferred=n_inferred,
-                 ms=round((self._clock() - started) * 1000.0, 1),
-                 infer_ms=round(timings.get("infer", 0.0), 1))
+        self.batches_run += int(write.is_batch)
+        self.frames_inferred += write.inferred
 
     def _drop_stale(self, p: Pending[_Item]) -> None:
         f = p.item.frame
@@ -411,13 +540,19 @@ class WorkerLoop:
         return outputs, {}
 
     def _finish(self, done: list[tuple[TopicPartition, int]], flushed: bool = False) -> None:
-        """Mark frames finished and commit what became committable (after a flush, never before)."""
+        """Mark frames finished and commit what became committable (after a flush, never before).
+
+        ``flushed=True``: the caller flushed everything ``done`` produced. Otherwise this flushes first, and the
+        parse-time DLQ records sent so far are finished with it.
+        """
         if not flushed:
+            with self._lock:
+                done = [*done, *self._dlq_done]
+                self._dlq_done = []
             self._flush()
         with self._lock:
-            for tp, offset in [*done, *self._dlq_done]:
+            for tp, offset in done:
                 self.tracker.done(tp, offset)
-            self._dlq_done = []
             offsets = self.tracker.committable()
         if not offsets:
             return
@@ -454,7 +589,8 @@ class WorkerLoop:
             with self._lock:
                 batch = self.batcher.take()
             drained += len(batch.items)
-            self.run_batch(batch)
+            self.run_batch(self._prepare(batch))
+        self.finish_writes()
         self._finish([])
         self._log_stale(force=True)
         self.log.info("drained", frames=drained, left_uncommitted=len(self.batcher), stale_total=self.frames_stale)
@@ -464,5 +600,6 @@ class WorkerLoop:
         try:
             self.consumer.close()
         finally:
+            self._writer.shutdown(wait=False)
             self._decode_pool.shutdown(wait=False)
             self._sink_pool.shutdown(wait=False)

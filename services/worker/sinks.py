@@ -7,6 +7,7 @@ after a crash between "write" and "commit", the replay overwrites instead of dup
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Executor
 from typing import Any
 
@@ -59,6 +60,10 @@ class ResultsProducer:
     ``flush`` can be called again after it failed: records still in flight are waited for, records whose delivery
     failed (the broker was down past the delivery timeout) are sent once more, and acknowledged ones are never
     re-sent, so retrying a flush through an outage does not duplicate what already arrived.
+
+    Thread-safe: the worker's writer thread adds and flushes a batch's results while the loop thread sends DLQ and
+    ``dropped`` records. A ``flush`` covers every record sent before it began; one sent meanwhile is checked by the
+    next flush.
     """
 
     HEADERS = [(HEADER_SCHEMA, f"results/{RESULTS_SCHEMA_VERSION}".encode())]
@@ -66,6 +71,7 @@ class ResultsProducer:
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
+        self._lock = threading.Lock()
         self._pending: list[tuple[dict[str, Any], Any]] = []  # (send kwargs, future)
 
     def add(self, record: InspectionResult | DroppedFrame) -> None:
@@ -73,27 +79,36 @@ class ResultsProducer:
 
     def send(self, **kwargs: Any) -> None:
         """Produce any record (``KafkaProducer.send`` keyword arguments) under the same delivery tracking."""
-        self._pending.append((kwargs, self.producer.send(**kwargs)))
+        future = self.producer.send(**kwargs)
+        with self._lock:
+            self._pending.append((kwargs, future))
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        with self._lock:
+            return len(self._pending)
 
     def flush(self, timeout_s: float | None = 30.0) -> None:
-        """Block until every added record is acknowledged (``acks=all``).
+        """Block until every record added before this call is acknowledged (``acks=all``).
 
         Raises:
             kafka.errors.KafkaError: a record was not delivered (it is re-sent, and the next ``flush`` waits for
                 it) or the flush timed out; the caller must not commit yet.
         """
-        self.producer.flush(timeout=timeout_s)
-        failed, first_error = [], None
-        for kwargs, fut in self._pending:
-            try:
-                fut.get(timeout=0)
-            except Exception as exc:  # noqa: BLE001 - the delivery error of that record
-                first_error = first_error or exc
-                failed.append((kwargs, self.producer.send(**kwargs)))
-        self._pending = failed
+        with self._lock:
+            checking, self._pending = self._pending, []
+        failed, first_error, checked = [], None, 0
+        try:
+            self.producer.flush(timeout=timeout_s)
+            for kwargs, fut in checking:
+                try:
+                    fut.get(timeout=0)
+                except Exception as exc:  # noqa: BLE001 - the delivery error of that record
+                    first_error = first_error or exc
+                    failed.append((kwargs, self.producer.send(**kwargs)))
+                checked += 1
+        finally:
+            with self._lock:  # failed and unchecked records (a flush timeout) wait for the next flush
+                self._pending[:0] = [*failed, *checking[checked:]]
         if first_error is not None:
             raise first_error

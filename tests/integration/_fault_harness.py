@@ -425,9 +425,9 @@ class Pipeline:
     alerter: ServiceProcess
 
     @classmethod
-    def start(cls, stack: FaultStack, bundle: Path, logs: Path) -> Pipeline:
+    def start(cls, stack: FaultStack, bundle: Path, logs: Path, **worker_kw: Any) -> Pipeline:
         env = stack.env()
-        p = cls(env, ServiceProcess("worker", worker_settings(env, bundle), logs / "worker-outages.log"),
+        p = cls(env, ServiceProcess("worker", worker_settings(env, bundle, **worker_kw), logs / "worker-outages.log"),
                 ServiceProcess("alerter", alerter_settings(env, bundle), logs / "alerter-outages.log"))
         p.worker.start()
         p.alerter.start()
