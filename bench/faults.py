@@ -18,16 +18,15 @@ configure_cpu_threads()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration._fault_harness import (  # noqa: E402
-    FaultStack,
     Outcome,
     Pipeline,
+    bench_workspace,
     hostile,
     outage,
     rebalance,
@@ -52,14 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"faults: unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="ddad-faults-"))
-    logs = work / "logs"
-    bundle = args.bundle
-    if bundle is None:
-        from ddad_core.testing import make_tiny_bundle
-
-        bundle = make_tiny_bundle(work / "bundle", image_size=64, seed=0)
-    stack = FaultStack(work / "servers").start()
+    work, logs, bundle, stack = bench_workspace("ddad-faults-", args.bundle)
     rows: list[Outcome] = []
     t0 = time.monotonic()
     try:

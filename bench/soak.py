@@ -25,17 +25,16 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration._fault_harness import (  # noqa: E402
-    FaultStack,
     Pipeline,
     ResultsLog,
     ServiceProcess,
+    bench_workspace,
     image_folder,
     ingestor_settings,
 )
@@ -83,14 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracemalloc", action="store_true", help="worker traces its Python heap (slower)")
     parser.add_argument("--snapshot-s", type=float, default=300.0)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="ddad-soak-"))
-    logs = work / "logs"
-    bundle = args.bundle
-    if bundle is None:
-        from ddad_core.testing import make_tiny_bundle
-
-        bundle = make_tiny_bundle(work / "bundle", image_size=64, seed=0)
-    stack = FaultStack(work / "servers").start()
+    work, logs, bundle, stack = bench_workspace("ddad-soak-", args.bundle)
     try:
         snapshots = work / "worker-snapshots"
         worker_kw = ({"memory_snapshot_dir": str(snapshots), "memory_snapshot_interval_s": args.snapshot_s}

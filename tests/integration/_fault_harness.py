@@ -50,6 +50,19 @@ PREFIXES = {"worker": "WORKER_", "alerter": "ALERTER_", "ingestor": "INGESTOR_"}
 # ----------------------------------------------------------------------------------------------- servers
 
 
+def bench_workspace(prefix: str, bundle: Path | None) -> tuple[Path, Path, Path, FaultStack]:
+    """What ``bench/faults.py`` and ``bench/soak.py`` start from: a temp dir, its log dir, the bundle (a tiny 64 px
+    one fitted there when None) and started servers (the caller stops them)."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    if bundle is None:
+        from ddad_core.testing import make_tiny_bundle
+
+        bundle = make_tiny_bundle(work / "bundle", image_size=64, seed=0)
+    return work, work / "logs", bundle, FaultStack(work / "servers").start()
+
+
 class FaultStack:
     """Kafka, a persistent Redis and s3proxy of our own, each restartable on the same port with its data."""
 
