@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         snapshots = work / "worker-snapshots"
         worker_kw = ({"memory_snapshot_dir": str(snapshots), "memory_snapshot_interval_s": args.snapshot_s}
                      if args.tracemalloc else {})
-        pipeline = Pipeline.start(stack, bundle, logs, **worker_kw)
+        # traced from start-up, the worker's imports and model load take minutes instead of seconds
+        pipeline = Pipeline.start(stack, bundle, logs, ready_timeout_s=900.0 if args.tracemalloc else 120.0,
+                                  **worker_kw)
         env = pipeline.env
         ingestor = ServiceProcess("ingestor", ingestor_settings(env, "soak", image_folder(work / "frames", 32),
                                                                 loop=True, fps=args.fps, encoding="png"),

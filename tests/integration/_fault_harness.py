@@ -438,14 +438,15 @@ class Pipeline:
     alerter: ServiceProcess
 
     @classmethod
-    def start(cls, stack: FaultStack, bundle: Path, logs: Path, **worker_kw: Any) -> Pipeline:
+    def start(cls, stack: FaultStack, bundle: Path, logs: Path, ready_timeout_s: float = 120.0,
+              **worker_kw: Any) -> Pipeline:
         env = stack.env()
         p = cls(env, ServiceProcess("worker", worker_settings(env, bundle, **worker_kw), logs / "worker-outages.log"),
                 ServiceProcess("alerter", alerter_settings(env, bundle), logs / "alerter-outages.log"))
         p.worker.start()
         p.alerter.start()
-        p.worker.wait_ready()
-        p.alerter.wait_ready()
+        p.worker.wait_ready(ready_timeout_s)
+        p.alerter.wait_ready(ready_timeout_s)
         return p
 
     def stop(self) -> dict[str, int | None]:
