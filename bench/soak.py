@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-s", type=float, default=300.0)
     args = parser.parse_args(argv)
     work, logs, bundle, stack = bench_workspace("ddad-soak-", args.bundle)
+    started: list[ServiceProcess] = []
     try:
         snapshots = work / "worker-snapshots"
         worker_kw = ({"memory_snapshot_dir": str(snapshots), "memory_snapshot_interval_s": args.snapshot_s}
@@ -90,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         # traced from start-up, the worker's imports and model load take minutes instead of seconds
         pipeline = Pipeline.start(stack, bundle, logs, ready_timeout_s=900.0 if args.tracemalloc else 120.0,
                                   **worker_kw)
+        started += [pipeline.worker, pipeline.alerter]
         env = pipeline.env
         ingestor = ServiceProcess("ingestor", ingestor_settings(env, "soak", image_folder(work / "frames", 32),
                                                                 loop=True, fps=args.fps, encoding="png"),
                                   logs / "ingestor-soak.log")
+        started.append(ingestor)
         ingestor.start()
         ingestor.wait_ready(60)
         services = {"ingestor": ingestor, "worker": pipeline.worker, "alerter": pipeline.alerter}
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
         exits = pipeline.stop()
     finally:
+        for proc in started:  # after a failure: nothing may outlive the servers
+            if proc.alive:
+                proc.terminate(timeout_s=30)
         stack.stop()
     report = {"duration_s": args.duration_s, "fps": args.fps, "sent": sent, "recorded": recorded,
               "lost": max(0, sent - recorded), "ingestor": stopped, "exits": exits,

@@ -445,8 +445,12 @@ class Pipeline:
                 ServiceProcess("alerter", alerter_settings(env, bundle), logs / "alerter-outages.log"))
         p.worker.start()
         p.alerter.start()
-        p.worker.wait_ready(ready_timeout_s)
-        p.alerter.wait_ready(ready_timeout_s)
+        try:
+            p.worker.wait_ready(ready_timeout_s)
+            p.alerter.wait_ready(ready_timeout_s)
+        except BaseException:
+            p.stop()  # a service left running would outlive the servers it was started against
+            raise
         return p
 
     def stop(self) -> dict[str, int | None]:
