@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if heap:
         print(f"worker Python heap (tracemalloc) over {heap['minutes_between']} min: {heap['traced_first_kib']:.0f} -> "
               f"{heap['traced_last_kib']:.0f} KiB ({heap['traced_growth_kib']:+.0f} KiB); sites that grew most:")
+        if heap.get("tracemalloc_own_last_kib") is not None:
+            print(f"  tracemalloc's own tables (in the worker's RSS above, not the worker's): "
+                  f"{heap['tracemalloc_own_first_kib']:.0f} -> {heap['tracemalloc_own_last_kib']:.0f} KiB")
         for site in heap["top"][:10]:
             where = " <- ".join(site["where"][::-1][:3])
             print(f"  {site['size_diff_kib']:+8.1f} KiB {site['count_diff']:+6d} blocks  {where}")

@@ -10,6 +10,7 @@ the C allocator).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import tracemalloc
@@ -32,12 +33,25 @@ def start_snapshots(directory: str | Path, interval_s: float, frames: int = 12) 
             snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
             tmp = out / f".snap-{n:05d}.tmp"
             snap.dump(str(tmp))
-            tmp.rename(out / f"snap-{n:05d}-{int(time.time())}{SUFFIX}")  # complete files only
+            final = out / f"snap-{n:05d}-{int(time.time())}{SUFFIX}"
+            # tracemalloc's own memory (its trace and interned-traceback tables) is in the RSS, not in the snapshot
+            final.with_suffix(".json").write_text(json.dumps({"tracemalloc_kib": tracemalloc_kib()}))
+            tmp.rename(final)  # complete files only
             n += 1
 
     thread = threading.Thread(target=run, daemon=True, name="memory-snapshots")
     thread.start()
     return thread
+
+
+def tracemalloc_kib() -> float:
+    """Memory tracemalloc itself uses now (KiB): RSS growth of a traced process that is not the process's own."""
+    return round(tracemalloc.get_tracemalloc_memory() / 1024, 1)
+
+
+def _own_kib(snapshot: Path) -> float | None:
+    side = snapshot.with_suffix(".json")
+    return json.loads(side.read_text())["tracemalloc_kib"] if side.exists() else None
 
 
 def snapshot_files(directory: str | Path) -> list[tuple[float, Path]]:
@@ -55,6 +69,7 @@ def growth(first: Path, last: Path, top: int = 15, key: str = "traceback") -> di
     return {
         "traced_first_kib": round(total_a / 1024, 1), "traced_last_kib": round(total_b / 1024, 1),
         "traced_growth_kib": round((total_b - total_a) / 1024, 1),
+        "tracemalloc_own_first_kib": _own_kib(first), "tracemalloc_own_last_kib": _own_kib(last),
         "top": [{"size_diff_kib": round(d.size_diff / 1024, 1), "count_diff": d.count_diff,
                  "where": [f"{f.filename}:{f.lineno}" for f in d.traceback][-6:]}
                 for d in diffs[:top] if d.size_diff > 0],

@@ -29,5 +29,6 @@ def test_snapshots_show_where_the_heap_grew(tmp_path):
     assert g["traced_growth_kib"] > 200  # hundreds of 4 KiB blocks kept between the first and last snapshot
     top = g["top"][0]
     assert top["size_diff_kib"] > 200 and top["count_diff"] > 50
+    assert g["tracemalloc_own_last_kib"] > 0  # its own tables, measured beside each snapshot
     line = next(i for i, text in enumerate(LEAKY.splitlines(), 1) if "bytearray" in text)
     assert f"<string>:{line}" in top["where"], top  # pinned to the line that keeps the blocks
