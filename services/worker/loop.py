@@ -97,12 +97,11 @@ class _Prepared:
 
 @dataclass
 class _Write:
-    """Sink writes of one batch (or a flush of DLQ records) queued on the writer thread."""
+    """Sink writes of one batch queued on the writer thread."""
 
     future: Future
     done: list[tuple[TopicPartition, int]]
     inferred: int
-    is_batch: bool
 
 
 class _RebalanceListener(ConsumerRebalanceListener):
@@ -400,20 +399,23 @@ class WorkerLoop:
         log.info("batch_done", frames=len(prep.items), stale=prep.stale, inferred=len(inferred),
                  ms=round((self._clock() - prep.started) * 1000.0, 1), infer_ms=round(timings.get("infer", 0.0), 1))
 
-    def _submit_write(self, write: Callable[[], None], done: list[tuple[TopicPartition, int]], inferred: int,
-                      is_batch: bool = True) -> None:
+    def _submit_write(self, write: Callable[[], None], done: list[tuple[TopicPartition, int]], inferred: int) -> None:
         """Queue a batch's writes on the writer thread (waiting while ``pipeline_depth`` are in flight)."""
-        with self._lock:  # DLQ records sent before these writes are covered by their flush
-            done = [*done, *self._dlq_done]
-            self._dlq_done = []
+        done = [*done, *self._take_dlq_done()]  # DLQ records sent before these writes are covered by their flush
         if not self.settings.pipeline_depth:
             write()
-            self._finished(_Write(Future(), done, inferred, is_batch))
+            self._finished(done, inferred)
             return
         while len(self._writes) >= self.settings.pipeline_depth:
             self._reap(wait_first=True)
         with self._writes_lock:
-            self._writes.append(_Write(self._writer.submit(write), done, inferred, is_batch))
+            self._writes.append(_Write(self._writer.submit(write), done, inferred))
+
+    def _take_dlq_done(self) -> list[tuple[TopicPartition, int]]:
+        """The parse-time DLQ'd offsets so far, handed to the flush that will cover their records."""
+        with self._lock:
+            taken, self._dlq_done = self._dlq_done, []
+        return taken
 
     def _reap(self, wait_first: bool = False) -> None:
         """Finish the writes that are done, in order: their offsets become committable and are committed.
@@ -425,7 +427,7 @@ class WorkerLoop:
             self._writes[0].future.result()
             with self._writes_lock:
                 write = self._writes.popleft()
-            self._finished(write)
+            self._finished(write.done, write.inferred)
             wait_first = False
 
     def finish_writes(self) -> None:
@@ -433,13 +435,13 @@ class WorkerLoop:
         while self._writes:
             self._reap(wait_first=True)
 
-    def _finished(self, write: _Write) -> None:
-        # 7. commit offsets (everything the write produced is durable now)
+    def _finished(self, done: list[tuple[TopicPartition, int]], inferred: int) -> None:
+        # 7. commit offsets (everything the batch's writes produced is durable now)
         t0 = self._clock()
-        self._finish(write.done, flushed=True)
+        self._finish(done, flushed=True)
         obs.STAGE_DURATION.labels("commit").observe(self._clock() - t0)
-        self.batches_run += int(write.is_batch)
-        self.frames_inferred += write.inferred
+        self.batches_run += 1
+        self.frames_inferred += inferred
 
     def _drop_stale(self, p: Pending[_Item]) -> None:
         f = p.item.frame
@@ -546,9 +548,7 @@ class WorkerLoop:
         parse-time DLQ records sent so far are finished with it.
         """
         if not flushed:
-            with self._lock:
-                done = [*done, *self._dlq_done]
-                self._dlq_done = []
+            done = [*done, *self._take_dlq_done()]
             self._flush()
         with self._lock:
             for tp, offset in done:
