@@ -22,6 +22,7 @@ from typing import Any
 from services import _observability as obs
 from services._config import StartupChecks, run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
+from services._memory import freeze_start_up_heap
 from services._object_store import open_checked
 from services._redis import InspectionStore, connect_checked
 from services.contracts.topics import Topics
@@ -104,6 +105,8 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     loop.subscribe()
     if on_loop is not None:
         on_loop(loop)
+    if threading.current_thread() is threading.main_thread():  # a process of its own (tests run threads)
+        log.info("start_up_heap_frozen", objects=freeze_start_up_heap())
     health.set_ready(True, "ready")
     try:
         loop.run(stop)

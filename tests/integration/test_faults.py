@@ -62,6 +62,8 @@ def pipeline(stack, bundle, logs):
     yield p
     exits = p.stop()
     assert exits == {"worker": 0, "alerter": 0}, (exits, p.worker.log_tail(), p.alerter.log_tail())
+    # a process of its own: the start-up heap (imports, the model) left the collector's generations
+    assert p.worker.events("start_up_heap_frozen")[0]["objects"] > 100_000, p.worker.log_tail()
 
 
 @pytest.mark.timeout(240)
