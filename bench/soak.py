@@ -71,6 +71,22 @@ def heap_growth(directory: Path) -> dict:
             **traced_growth(first, last)}
 
 
+def gc_counts(proc: ServiceProcess) -> dict[str, dict[str, float]]:
+    """The service's garbage-collector counters by generation, from its ``/metrics`` (prometheus-client's own)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = proc.http("/metrics")
+    out: dict[str, dict[str, float]] = {}
+    if status != 200:
+        return out
+    for family in text_string_to_metric_families(body):
+        if family.name in ("python_gc_collections", "python_gc_objects_collected"):
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out.setdefault(f"generation {sample.labels['generation']}", {})[family.name[10:]] = sample.value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=600.0)
@@ -108,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"{name} died during the soak:\n{proc.log_tail()}")
                 samples[name].append((round(time.monotonic() - t0, 1), proc.rss_kb()))
             time.sleep(args.sample_s)
+        collector = {name: gc_counts(proc) for name, proc in services.items()}
         ingestor.terminate()
         stopped = (ingestor.events("ingestor_stopped") or [{}])[-1]
         log = ResultsLog(env)
@@ -123,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
     report = {"duration_s": args.duration_s, "fps": args.fps, "sent": sent, "recorded": recorded,
               "lost": max(0, sent - recorded), "ingestor": stopped, "exits": exits,
-              "growth": {name: growth(s, args.warmup_s) for name, s in samples.items()}, "samples": samples,
+              "growth": {name: growth(s, args.warmup_s) for name, s in samples.items()}, "gc": collector,
+              "samples": samples,
               "logs": str(logs)}
     if args.tracemalloc:
         report["worker_heap"] = heap_growth(snapshots)
@@ -136,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         if g:
             print(f"| {name} | {g['first_min_mib']} | {g['last_min_mib']} | {g['last_minus_first_mib']} | "
                   f"{g['slope_mib_per_10min']} |")
+    for name, gens in collector.items():
+        full = gens.get("generation 2", {})
+        if full:
+            print(f"{name}: {full['collections']:.0f} full collections, {full['objects_collected']:.0f} objects freed "
+                  "by them (garbage-collector counters of its /metrics)")
     heap = report.get("worker_heap")
     if heap:
         print(f"worker Python heap (tracemalloc) over {heap['minutes_between']} min: {heap['traced_first_kib']:.0f} -> "
