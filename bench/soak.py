@@ -83,7 +83,8 @@ def gc_counts(proc: ServiceProcess) -> dict[str, dict[str, float]]:
         if family.name in ("python_gc_collections", "python_gc_objects_collected"):
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    out.setdefault(f"generation {sample.labels['generation']}", {})[family.name[10:]] = sample.value
+                    counters = out.setdefault(f"generation {sample.labels['generation']}", {})
+                    counters[family.name.removeprefix("python_gc_")] = sample.value
     return out
 
 

@@ -29,8 +29,8 @@ def freeze_start_up_heap() -> int:
     promoted since the last one exceed a quarter of the long-lived ones. A worker holds about 560,000 objects once
     its model is loaded, and serving makes short-lived reference cycles all the time (kafka-python raises and keeps
     a timeout exception with its traceback, frames, futures and locks, on every poll that times out: about 4,000
-    objects a minute). Unfrozen, they pile up for about 20 minutes (80,000 objects, 10-15 MiB of RSS) before one
-    full collection frees them, and that collection walks the whole heap with the GIL held (about 100 ms on a
+    objects a minute). Unfrozen, they pile up for about 20 minutes (80,000 objects, 13-17 MiB of RSS in the soak)
+    before one full collection frees them, and that collection walks the whole heap with the GIL held (about 100 ms on a
     2-core VM) in the middle of the inference loop. Frozen objects are never scanned again, so the quarter is taken
     of what serving keeps: the generations stay at about 10,000 objects and a full collection is short. Frozen
     objects that later become cyclic garbage are never freed; start-up objects are not dropped while serving.

@@ -64,7 +64,8 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     server = None if check_only else checks.run(
         "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
+    own_process = threading.current_thread() is threading.main_thread()  # tests and the demo run serve on threads
+    if own_process:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
 
@@ -105,7 +106,7 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     loop.subscribe()
     if on_loop is not None:
         on_loop(loop)
-    if threading.current_thread() is threading.main_thread():  # a process of its own (tests run threads)
+    if own_process:
         log.info("start_up_heap_frozen", objects=freeze_start_up_heap())
     health.set_ready(True, "ready")
     try:
