@@ -262,10 +262,22 @@ def fit_timing_bundle(args: argparse.Namespace, out: Path, images: list[np.ndarr
     from ddad_core.fitting.fit import fit_images, make_configs
 
     config, train_config = make_configs(args.preset, epochs=1, image_size=args.image_size, recipe=args.recipe)
-    print(f"[bench] fitting a {args.preset}/{args.recipe} bundle for timing (1 epoch, {len(images)} images) ...",
-          flush=True)
-    fit_images(images, out, config=config, train_config=train_config, autoencoder=args.autoencoder_spec,
-               backbone=args.backbone, device=args.device, log=None, progress=False)
+    print(
+        f"[bench] fitting a {args.preset}/{args.recipe} bundle for timing (1 epoch, {len(images)} images) ...",
+        flush=True,
+    )
+    fit_images(
+        images,
+        out,
+        config=config,
+        train_config=train_config,
+        autoencoder=args.autoencoder_spec,
+        backbone=args.backbone,
+        device=args.device,
+        log=None,
+        progress=False,
+        tail_fit=True,
+    )
     return out
 
 
@@ -413,10 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, help="folder of test images (default: generated textures)")
     p.add_argument("--preset", default="cpu", help="UNet preset of the timing bundle (cpu, paper)")
     p.add_argument("--recipe", default="paper", help="recipe of the timing bundle (the reference flow restates paper)")
-    p.add_argument("--autoencoder", default="taef2", choices=("taef2", "sd-random"),
-                   help="taef2: the offline TAEF2 weights; sd-random: an SD-VAE-sized AutoencoderKL, random weights")
-    p.add_argument("--taef2", default=str(Path(__file__).resolve().parents[2] / "shared" / "weights" / "taef2"),
-                   help="TAEF2 weights folder")
+    p.add_argument(
+        "--autoencoder",
+        default="taef2",
+        choices=("taef2", "sd-random"),
+        help="taef2: the offline TAEF2 weights; sd-random: an SD-VAE-sized AutoencoderKL, random weights",
+    )
+    p.add_argument(
+        "--taef2",
+        default=str(Path(__file__).resolve().parents[2] / "shared" / "weights" / "taef2"),
+        help="TAEF2 weights folder",
+    )
     p.add_argument("--backbone", default="mobilenetv2_100:offline")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -453,12 +472,22 @@ def main(argv: list[str] | None = None) -> int:
     ref = ReferenceFlow(ref_pipe)
     n = max(args.images_per_batch_size, max(args.batches))
     x = preprocess(load_images(args, n), image_size=pipe.image_size, device=device)
-    print(f"[bench] device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"dtype {args.dtype}, threads {torch.get_num_threads()}, preset {args.preset}, recipe {args.recipe}, "
-          f"autoencoder {args.autoencoder}, image {pipe.image_size} px, {n} images, rounds {args.rounds}", flush=True)
+    print(
+        f"[bench] device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+        f"dtype {args.dtype}, threads {torch.get_num_threads()}, preset {args.preset}, recipe {args.recipe}, "
+        f"autoencoder {args.autoencoder}, image {pipe.image_size} px, {n} images, rounds {args.rounds}",
+        flush=True,
+    )
 
-    report: dict = {"device": str(device), "dtype": args.dtype, "preset": args.preset, "autoencoder": args.autoencoder,
-                    "image_size": pipe.image_size, "threads": torch.get_num_threads(), "batches": []}
+    report: dict = {
+        "device": str(device),
+        "dtype": args.dtype,
+        "preset": args.preset,
+        "autoencoder": args.autoencoder,
+        "image_size": pipe.image_size,
+        "threads": torch.get_num_threads(),
+        "batches": [],
+    }
     if args.scaling:
         for batch in [1, 2, 4, 8, 16, 32]:
             chunks = [x[s : s + batch] for s in range(0, n, batch) if len(x[s : s + batch]) == batch]
@@ -472,14 +501,19 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             row = run_batch(args, serve_pipe, ref, x, batch)
             report["batches"].append(row)
-            print(f"batch {batch:3d}: reference {row['reference_images_per_s']:7.2f} images/s, serving "
-                  f"{row['serving_images_per_s']:7.2f} images/s, ratio {row['ratio']:.2f} (pairs {row['pair_ratios']})",
-                  flush=True)
+            print(
+                f"batch {batch:3d}: reference {row['reference_images_per_s']:7.2f} images/s, serving "
+                f"{row['serving_images_per_s']:7.2f} images/s, ratio {row['ratio']:.2f} (pairs {row['pair_ratios']})",
+                flush=True,
+            )
             print(f"           ms/image reference {row['reference_ms_per_image']}", flush=True)
             print(f"           ms/image serving   {row['serving_ms_per_image']}", flush=True)
-            print(f"           peak memory MB {row['peak_memory_mb']}; noise steps equal {row['same_noise_steps']}; "
-                  f"max relative score difference {row['max_relative_score_difference']:.2e} "
-                  f"(tolerance {args.tolerance:g})", flush=True)
+            print(
+                f"           peak memory MB {row['peak_memory_mb']}; noise steps equal {row['same_noise_steps']}; "
+                f"max relative score difference {row['max_relative_score_difference']:.2e} "
+                f"(tolerance {args.tolerance:g})",
+                flush=True,
+            )
             ok &= row["max_relative_score_difference"] <= args.tolerance
             if batch == 8:
                 print(f"ratio: {row['ratio']:.2f}", flush=True)
@@ -490,8 +524,11 @@ def main(argv: list[str] | None = None) -> int:
         peak = peak_flops(device, dtype)
         report["achieved_flops"] = achieved
         report["utilisation"] = achieved / peak if peak else None
-        print(f"FLOPs per image {flops / 8 / 1e9:.2f} G; achieved {achieved / 1e12:.3f} TFLOP/s at the best batch"
-              + (f"; utilisation {achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s peak" if peak else ""), flush=True)
+        print(
+            f"FLOPs per image {flops / 8 / 1e9:.2f} G; achieved {achieved / 1e12:.3f} TFLOP/s at the best batch"
+            + (f"; utilisation {achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s peak" if peak else ""),
+            flush=True,
+        )
         print(f"scores match: {'yes' if ok else 'NO'}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

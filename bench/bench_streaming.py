@@ -86,8 +86,18 @@ def offline_throughput(detector, frames, batch: int, rounds: int) -> dict:
 
 
 def start_worker(
-    bundle: Path, stack: dict, topics: Topics, objects: Path, batch: int, delay_ms: float, logdir: Path, device: str,
-    threads: int | None = None, name: str = "worker", compile: bool = False, pipeline_depth: int | None = None,
+    bundle: Path,
+    stack: dict,
+    topics: Topics,
+    objects: Path,
+    batch: int,
+    delay_ms: float,
+    logdir: Path,
+    device: str,
+    threads: int | None = None,
+    name: str = "worker",
+    compile: bool = False,
+    pipeline_depth: int | None = None,
 ) -> tuple[subprocess.Popen, int]:
     import socket
 
@@ -207,6 +217,7 @@ def ensure_bundle(args, workdir: Path) -> Path:
         backbone="mobilenetv2_100:offline",
         autoencoder="conv",
         autoencoder_epochs=2,
+        tail_fit=True,  # a timing bundle: its threshold does not matter, however few images it has
         log=lambda m: print(f"[fit] {m}", flush=True),
     )
     return out
@@ -227,12 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ddad-bench-streaming")
     p.add_argument("--output", type=Path, help="also write the numbers as JSON here")
-    p.add_argument("--workers", type=int, default=1,
-                   help="scaling: also drain with 1 and with this many worker processes (cores split between them)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="scaling: also drain with 1 and with this many worker processes (cores split between them)",
+    )
     p.add_argument("--compile", action="store_true", help="workers run with WORKER_COMPILE=true")
-    p.add_argument("--compare-depths", default="",
-                   help="e.g. '0,1': also drain the backlog with each WORKER_PIPELINE_DEPTH, alternating, "
-                        "--compare-rounds times each (pipelined vs sequential worker, side by side)")
+    p.add_argument(
+        "--compare-depths",
+        default="",
+        help="e.g. '0,1': also drain the backlog with each WORKER_PIPELINE_DEPTH, alternating, "
+        "--compare-rounds times each (pipelined vs sequential worker, side by side)",
+    )
     p.add_argument("--compare-rounds", type=int, default=2)
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -262,8 +280,18 @@ def main(argv: list[str] | None = None) -> int:
 
         def worker_on(topics: Topics, pipeline_depth: int | None = None):
             objects, logs = args.workdir / "objects", args.workdir / "logs"
-            return start_worker(bundle, stack, topics, objects, batch, args.max_queue_delay_ms, logs, args.device,
-                                compile=args.compile, pipeline_depth=pipeline_depth)
+            return start_worker(
+                bundle,
+                stack,
+                topics,
+                objects,
+                batch,
+                args.max_queue_delay_ms,
+                logs,
+                args.device,
+                compile=args.compile,
+                pipeline_depth=pipeline_depth,
+            )
 
         def saturated(pipeline_depth: int | None = None) -> dict:
             """Backlog first, then start the worker and time the drain."""
@@ -280,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
             done = sorted(r.processed_at.timestamp() for r in results)
             first_batch = sum(1 for t in done if t == done[0])
             fps = (len(done) - first_batch) / max(1e-9, done[-1] - done[0]) if len(done) > first_batch else float("nan")
-            return {"frames_per_s": fps, "results": len(results),
-                    "mean_batch_size": float(np.mean([r.batch_size for r in results]))}
+            return {
+                "frames_per_s": fps,
+                "results": len(results),
+                "mean_batch_size": float(np.mean([r.batch_size for r in results])),
+            }
 
         def drain_with(n_workers: int) -> dict:
             """Start ``n_workers`` on a fresh topic, let the group settle, then offer a backlog; frames/s of the
@@ -290,9 +321,22 @@ def main(argv: list[str] | None = None) -> int:
             ensure_topics(kafka, default_topic_specs(topics, frames_partitions=max(args.cameras, n_workers)))
             threads = max(1, (os.cpu_count() or 1) // n_workers)
             objects, logs = args.workdir / "objects", args.workdir / "logs"
-            procs = [start_worker(bundle, stack, topics, objects, batch, args.max_queue_delay_ms, logs, args.device,
-                                  threads=threads, name=f"worker{i}", compile=args.compile)[0]
-                     for i in range(n_workers)]
+            procs = [
+                start_worker(
+                    bundle,
+                    stack,
+                    topics,
+                    objects,
+                    batch,
+                    args.max_queue_delay_ms,
+                    logs,
+                    args.device,
+                    threads=threads,
+                    name=f"worker{i}",
+                    compile=args.compile,
+                )[0]
+                for i in range(n_workers)
+            ]
             try:
                 time.sleep(12)  # the group's join and first assignment (session timeout 10 s)
                 produce(kafka, topics.frames, frames, None, size)
@@ -316,8 +360,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[bench] drain with WORKER_PIPELINE_DEPTH={d} (round {r + 1}) ...", flush=True)
                     runs[d].append(saturated(d)["frames_per_s"])
             report["pipeline_depths"] = {
-                str(d): {"frames_per_s": fps, "median": float(np.median(fps)),
-                         "vs_offline": float(np.median(fps)) / offline["frames_per_s"]} for d, fps in runs.items()}
+                str(d): {
+                    "frames_per_s": fps,
+                    "median": float(np.median(fps)),
+                    "vs_offline": float(np.median(fps)) / offline["frames_per_s"],
+                }
+                for d, fps in runs.items()
+            }
 
         # 3. offered load: frames arrive over time from several cameras; latency capture -> result
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}")
@@ -375,14 +424,18 @@ def main(argv: list[str] | None = None) -> int:
         f"(target <= {ol['target_p99_ms']:.0f} ms), mean batch {ol['mean_batch_size']:.1f}"
     )
     for d, row in report.get("pipeline_depths", {}).items():
-        print(f"{'  drain, WORKER_PIPELINE_DEPTH=' + d:34}{row['median']:>10.2f}   = {row['vs_offline']:.0%} of "
-              f"offline (median of {', '.join(f'{v:.2f}' for v in row['frames_per_s'])})")
+        print(
+            f"{'  drain, WORKER_PIPELINE_DEPTH=' + d:34}{row['median']:>10.2f}   = {row['vs_offline']:.0%} of "
+            f"offline (median of {', '.join(f'{v:.2f}' for v in row['frames_per_s'])})"
+        )
     if "scaling" in report:
         sc = report["scaling"]
         one = sc["one"]
-        print(f"scaling: 1 worker ({one['threads_per_worker']} threads) {one['frames_per_s']:.2f} frames/s, "
-              f"{sc['many']['workers']} workers ({sc['many']['threads_per_worker']} threads each) "
-              f"{sc['many']['frames_per_s']:.2f} frames/s: ratio {sc['ratio']:.2f}")
+        print(
+            f"scaling: 1 worker ({one['threads_per_worker']} threads) {one['frames_per_s']:.2f} frames/s, "
+            f"{sc['many']['workers']} workers ({sc['many']['threads_per_worker']} threads each) "
+            f"{sc['many']['frames_per_s']:.2f} frames/s: ratio {sc['ratio']:.2f}"
+        )
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
     return 0

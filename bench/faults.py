@@ -57,16 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for phase in ("inference", "sinks"):
             if f"sigkill-{phase}" in chosen:
-                rows.append(sigkill_worker(stack, bundle, logs, phase, per_camera=args.per_camera, cameras=4,
-                                           timeout_s=600))
+                rows.append(
+                    sigkill_worker(stack, bundle, logs, phase, per_camera=args.per_camera, cameras=4, timeout_s=600)
+                )
                 _print(rows[-1])
         outages = [s for s in ("redis", "s3", "kafka") if s in chosen]
         if outages:
             pipeline = Pipeline.start(stack, bundle, logs)
             try:
                 for server in outages:
-                    rows.append(outage(stack, pipeline, server, logs, outage_s=args.outage_s, fps=args.fps,
-                                       timeout_s=600))
+                    rows.append(
+                        outage(stack, pipeline, server, logs, outage_s=args.outage_s, fps=args.fps, timeout_s=600)
+                    )
                     _print(rows[-1])
             finally:
                 pipeline.stop()
@@ -79,14 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.stop()
     print()
-    print("| scenario | sent | results recorded | lost | duplicated (replays) | DLQ'd | dropped (counted) "
-          "| recovery s |")
+    print(
+        "| scenario | sent | results recorded | lost | duplicated (replays) | DLQ'd | dropped (counted) | recovery s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.scenario} | {r.sent} | {r.recorded} | {r.lost} | {r.duplicated} | {r.dlq} | {r.dropped} "
-              f"| {'-' if r.recovery_s is None else r.recovery_s} |")
-    args.out.write_text(json.dumps({"elapsed_s": round(time.monotonic() - t0, 1), "logs": str(logs),
-                                    "scenarios": [r.row() for r in rows]}, indent=2, default=str))
+        print(
+            f"| {r.scenario} | {r.sent} | {r.recorded} | {r.lost} | {r.duplicated} | {r.dlq} | {r.dropped} "
+            f"| {'-' if r.recovery_s is None else r.recovery_s} |"
+        )
+    args.out.write_text(
+        json.dumps(
+            {"elapsed_s": round(time.monotonic() - t0, 1), "logs": str(logs), "scenarios": [r.row() for r in rows]},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"\nfigures in {args.out}; service logs in {logs}")
     return 0 if all(r.lost == 0 for r in rows) else 1
 

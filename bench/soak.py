@@ -51,10 +51,14 @@ def growth(samples: list[tuple[float, int]], warmup_s: float) -> dict[str, float
     slope = sum((t - t_mean) * (m - m_mean) for t, m in zip(ts, ms, strict=True)) / var if var else 0.0
     first = [m for t, m in pts if t < ts[0] + 60]
     last = [m for t, m in pts if t > ts[-1] - 60]
-    return {"slope_mib_per_10min": round(slope * 600, 2), "first_min_mib": round(statistics.median(first), 1),
-            "last_min_mib": round(statistics.median(last), 1),
-            "last_minus_first_mib": round(statistics.median(last) - statistics.median(first), 1),
-            "max_mib": round(max(ms), 1), "samples": len(pts)}
+    return {
+        "slope_mib_per_10min": round(slope * 600, 2),
+        "first_min_mib": round(statistics.median(first), 1),
+        "last_min_mib": round(statistics.median(last), 1),
+        "last_minus_first_mib": round(statistics.median(last) - statistics.median(first), 1),
+        "max_mib": round(max(ms), 1),
+        "samples": len(pts),
+    }
 
 
 def heap_growth(directory: Path) -> dict:
@@ -67,8 +71,11 @@ def heap_growth(directory: Path) -> dict:
     if len(files) < 2:
         return {}
     (t_first, first), (t_last, last) = files[0], files[-1]
-    return {"minutes_between": round((t_last - t_first) / 60.0, 1), "snapshots": len(files),
-            **traced_growth(first, last)}
+    return {
+        "minutes_between": round((t_last - t_first) / 60.0, 1),
+        "snapshots": len(files),
+        **traced_growth(first, last),
+    }
 
 
 def gc_counts(proc: ServiceProcess) -> dict[str, dict[str, float]]:
@@ -103,16 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     started: list[ServiceProcess] = []
     try:
         snapshots = work / "worker-snapshots"
-        worker_kw = ({"memory_snapshot_dir": str(snapshots), "memory_snapshot_interval_s": args.snapshot_s}
-                     if args.tracemalloc else {})
+        worker_kw = (
+            {"memory_snapshot_dir": str(snapshots), "memory_snapshot_interval_s": args.snapshot_s}
+            if args.tracemalloc
+            else {}
+        )
         # traced from start-up, the worker's imports and model load take minutes instead of seconds
-        pipeline = Pipeline.start(stack, bundle, logs, ready_timeout_s=900.0 if args.tracemalloc else 120.0,
-                                  **worker_kw)
+        pipeline = Pipeline.start(
+            stack, bundle, logs, ready_timeout_s=900.0 if args.tracemalloc else 120.0, **worker_kw
+        )
         started += [pipeline.worker, pipeline.alerter]
         env = pipeline.env
-        ingestor = ServiceProcess("ingestor", ingestor_settings(env, "soak", image_folder(work / "frames", 32),
-                                                                loop=True, fps=args.fps, encoding="png"),
-                                  logs / "ingestor-soak.log")
+        ingestor = ServiceProcess(
+            "ingestor",
+            ingestor_settings(env, "soak", image_folder(work / "frames", 32), loop=True, fps=args.fps, encoding="png"),
+            logs / "ingestor-soak.log",
+        )
         started.append(ingestor)
         ingestor.start()
         ingestor.wait_ready(60)
@@ -139,34 +152,49 @@ def main(argv: list[str] | None = None) -> int:
             if proc.alive:
                 proc.terminate(timeout_s=30)
         stack.stop()
-    report = {"duration_s": args.duration_s, "fps": args.fps, "sent": sent, "recorded": recorded,
-              "lost": max(0, sent - recorded), "ingestor": stopped, "exits": exits,
-              "growth": {name: growth(s, args.warmup_s) for name, s in samples.items()}, "gc": collector,
-              "samples": samples,
-              "logs": str(logs)}
+    report = {
+        "duration_s": args.duration_s,
+        "fps": args.fps,
+        "sent": sent,
+        "recorded": recorded,
+        "lost": max(0, sent - recorded),
+        "ingestor": stopped,
+        "exits": exits,
+        "growth": {name: growth(s, args.warmup_s) for name, s in samples.items()},
+        "gc": collector,
+        "samples": samples,
+        "logs": str(logs),
+    }
     if args.tracemalloc:
         report["worker_heap"] = heap_growth(snapshots)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"soak {args.duration_s:.0f} s at {args.fps} fps: sent {sent}, recorded {recorded}, "
-          f"lost {report['lost']}")
+    print(f"soak {args.duration_s:.0f} s at {args.fps} fps: sent {sent}, recorded {recorded}, lost {report['lost']}")
     print("| service | RSS first minute MiB | last minute MiB | last - first MiB | fitted slope MiB / 10 min |")
     print("|---|---|---|---|---|")
     for name, g in report["growth"].items():
         if g:
-            print(f"| {name} | {g['first_min_mib']} | {g['last_min_mib']} | {g['last_minus_first_mib']} | "
-                  f"{g['slope_mib_per_10min']} |")
+            print(
+                f"| {name} | {g['first_min_mib']} | {g['last_min_mib']} | {g['last_minus_first_mib']} | "
+                f"{g['slope_mib_per_10min']} |"
+            )
     for name, gens in collector.items():
         full = gens.get("generation 2", {})
         if full:
-            print(f"{name}: {full['collections']:.0f} full collections, {full['objects_collected']:.0f} objects freed "
-                  "by them (garbage-collector counters of its /metrics)")
+            print(
+                f"{name}: {full['collections']:.0f} full collections, {full['objects_collected']:.0f} objects freed "
+                "by them (garbage-collector counters of its /metrics)"
+            )
     heap = report.get("worker_heap")
     if heap:
-        print(f"worker Python heap (tracemalloc) over {heap['minutes_between']} min: {heap['traced_first_kib']:.0f} -> "
-              f"{heap['traced_last_kib']:.0f} KiB ({heap['traced_growth_kib']:+.0f} KiB); sites that grew most:")
+        print(
+            f"worker Python heap (tracemalloc) over {heap['minutes_between']} min: {heap['traced_first_kib']:.0f} -> "
+            f"{heap['traced_last_kib']:.0f} KiB ({heap['traced_growth_kib']:+.0f} KiB); sites that grew most:"
+        )
         if heap.get("tracemalloc_own_last_kib") is not None:
-            print(f"  tracemalloc's own tables (in the worker's RSS above, not the worker's): "
-                  f"{heap['tracemalloc_own_first_kib']:.0f} -> {heap['tracemalloc_own_last_kib']:.0f} KiB")
+            print(
+                f"  tracemalloc's own tables (in the worker's RSS above, not the worker's): "
+                f"{heap['tracemalloc_own_first_kib']:.0f} -> {heap['tracemalloc_own_last_kib']:.0f} KiB"
+            )
         for site in heap["top"][:10]:
             where = " <- ".join(site["where"][::-1][:3])
             print(f"  {site['size_diff_kib']:+8.1f} KiB {site['count_diff']:+6d} blocks  {where}")

@@ -90,7 +90,24 @@ fit_parser.add_argument(
 fit_group = fit_parser.add_argument_group("extras")
 fit_group.add_argument("--image-size", type=int, help="model input side S (default 256)")
 fit_group.add_argument("--max-train-images", type=int, help="use an evenly spaced subset of train/good")
-fit_group.add_argument("--target-fpr", type=float, default=0.01, help="false-alarm rate on good parts (0.01)")
+fit_group.add_argument(
+    "--target-fpr",
+    type=float,
+    default=0.01,
+    help="false-alarm rate on good parts (0.01); the threshold is the conformal quantile of every good image's "
+    "out-of-sample score, which needs at least 1/target - 1 good images",
+)
+fit_group.add_argument(
+    "--tail-fit",
+    action="store_true",
+    help="with fewer good images than the target needs: extrapolate the threshold with a generalised Pareto tail "
+    "(no finite-sample guarantee) instead of refusing",
+)
+fit_group.add_argument(
+    "--pixel-target-fpr",
+    type=float,
+    help="share of good pixels above the pixel threshold (default: F1 on synthetic defects)",
+)
 fit_group.add_argument("--ae-epochs", type=int, default=30, help="epochs of the own ConvAutoencoder, if used")
 fit_group.add_argument("--batch-size", type=int, help="UNet training batch size (default 30)")
 fit_group.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -106,6 +123,11 @@ calibrate_parser.add_argument("--out", type=Path, required=True, help="bundle di
 calibrate_parser.add_argument("--recipe", choices=sorted(RECIPES), help="take this recipe's method settings")
 calibrate_parser.add_argument("--select", action="store_true", help="choose settings on synthetic defects")
 calibrate_parser.add_argument("--target-fpr", type=float, help="false-alarm rate on good parts (default: the bundle's)")
+calibrate_parser.add_argument("--tail-fit", action="store_true", help="as for `ddad fit`")
+calibrate_parser.add_argument("--pixel-target-fpr", type=float, help="as for `ddad fit`")
+calibrate_parser.add_argument(
+    "--max-good-images", type=int, help="older bundles only: the --max-train-images they were fitted with"
+)
 calibrate_parser.add_argument("--device", default="cpu")
 _add_progress_options(calibrate_parser)
 
@@ -118,6 +140,16 @@ eval_parser.add_argument("--normalization", choices=("fixed", "paper"), help="de
 eval_parser.add_argument("--backbone", help="refuse the bundle if it was fitted with another backbone")
 eval_parser.add_argument("--batch-size", type=int, default=16)
 eval_parser.add_argument("--max-images", type=int, help="evaluate an evenly spaced subset")
+eval_parser.add_argument(
+    "--half",
+    choices=("all", "tune", "report"),
+    default="all",
+    help="evaluate one fixed half of the test set (ddad_core/evaluation/splits.py): choose settings on 'tune', "
+    "publish figures from 'report'",
+)
+eval_parser.add_argument(
+    "--sensitivity", type=_unit_float, help="operating point for at_threshold (default: the bundle's)"
+)
 eval_parser.add_argument("--device")
 _add_progress_options(eval_parser)
 
@@ -171,6 +203,8 @@ def _fit(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         device=args.device,
         target_fpr=args.target_fpr,
+        tail_fit=args.tail_fit,
+        pixel_target_fpr=args.pixel_target_fpr,
         autoencoder_epochs=args.ae_epochs,
         max_train_images=args.max_train_images,
         overwrite=args.overwrite,
@@ -190,6 +224,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         args.bundle_dir,
         args.out,
         target_fpr=args.target_fpr,
+        tail_fit=args.tail_fit,
+        pixel_target_fpr=args.pixel_target_fpr,
+        max_good_images=args.max_good_images,
         select=args.select,
         device=args.device,
         recipe=args.recipe,
@@ -212,6 +249,8 @@ def _eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         normalization=args.normalization,
         max_images=args.max_images,
+        half=args.half,
+        sensitivity=args.sensitivity,
         backbone=args.backbone,
         log=_print,
         progress=_progress(args),

@@ -109,18 +109,19 @@ class NoiseLevelEstimator(nn.Module):
             raise ValueError("the noise-level bank needs at least 2 images for leave-one-out (knn_mode='clean')")
         return k
 
-    def _knn_mean(self, queries: torch.Tensor, k: int, self_offset: int | None = None) -> torch.Tensor:
+    def _knn_mean(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         # Chunked so the distance matrix stays small; each row only ever sees its own query, so a frame's noise
-        # level never depends on the other frames of its batch.
+        # level never depends on the other frames of its batch. ``exclude``: per query, a bank row to leave out
+        # (-1: none).
         bank = self.bank
         out = []
         for start in range(0, queries.shape[0], _CHUNK):
             q = queries[start : start + _CHUNK].to(device=bank.device, dtype=bank.dtype)
             dist = torch.cdist(q.unsqueeze(0), bank.unsqueeze(0), p=1.0).squeeze(0)
-            if self_offset is not None:
-                # Leave-one-out: the query is bank row (self_offset + start + i); mask exactly that entry.
-                rows = torch.arange(q.shape[0], device=bank.device)
-                dist[rows, rows + self_offset + start] = float("inf")
+            if exclude is not None:
+                rows = exclude[start : start + _CHUNK].to(bank.device)
+                keep = rows >= 0
+                dist[torch.arange(q.shape[0], device=bank.device)[keep], rows[keep]] = float("inf")
             out.append(dist.topk(k, dim=1, largest=False).values.mean(dim=1))
         return torch.cat(out)
 
@@ -143,7 +144,7 @@ class NoiseLevelEstimator(nn.Module):
             warnings.warn(
                 f"only {self.bank.shape[0]} bank images: k-NN uses k={k} instead of {self.config.knn_k}", stacklevel=3
             )
-        self.train_distances = self._knn_mean(self.bank, k, self_offset=0 if clean else None)
+        self.train_distances = self._knn_mean(self.bank, k, torch.arange(self.bank.shape[0]) if clean else None)
         low, high = self.train_distances.double().min(), self.train_distances.double().max()
         # numpy.histogram's edges: linspace between min and max (a single value still spans a zero-width range).
         self.bin_edges = torch.linspace(float(low), float(high), self.config.num_bins + 1, dtype=torch.float64).to(
@@ -152,18 +153,22 @@ class NoiseLevelEstimator(nn.Module):
         return self
 
     @torch.no_grad()
-    def distances(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """y-bar: mean L1 distance of each query to its k nearest bank entries (no self-exclusion at test time).
+    def distances(self, embeddings: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """y-bar: mean L1 distance of each query to its k nearest bank entries.
 
         Args:
             embeddings: ``(B, D)``.
+            exclude: Optional ``(B,)`` bank row per query to leave out (-1: none): a good image of the bank scored
+                out of sample. A new frame leaves nothing out.
 
         Returns:
             ``(B,)`` float32 on the bank's device.
         """
         if not self.is_fitted:
             raise RuntimeError("NoiseLevelEstimator is not fitted")
-        return self._knn_mean(embeddings, self._effective_k(exclude_self=False))
+        if exclude is not None and bool((exclude < 0).all()):
+            exclude = None
+        return self._knn_mean(embeddings, self._effective_k(exclude_self=exclude is not None), exclude)
 
     def bin_index(self, distances: torch.Tensor) -> torch.Tensor:
         """kappa: 0 if y <= e0, i if e_{i-1} < y <= e_i, num_bins if y > e_last (right-closed bins).
@@ -179,19 +184,22 @@ class NoiseLevelEstimator(nn.Module):
         kappa = torch.searchsorted(edges, distances.double().contiguous(), right=False)
         return kappa.clamp(max=self.config.num_bins)
 
-    def noise_steps_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Start timesteps ``(B,)`` long for embeddings ``(B, D)``."""
+    def noise_steps_from_embeddings(
+        self, embeddings: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Start timesteps ``(B,)`` long for embeddings ``(B, D)`` (``exclude`` as in :meth:`distances`)."""
         cfg = self.config
         if not cfg.dynamic_noise:
             return torch.full((embeddings.shape[0],), cfg.max_noise_step, dtype=torch.long, device=embeddings.device)
-        kappa = self.bin_index(self.distances(embeddings))
+        kappa = self.bin_index(self.distances(embeddings, exclude))
         return noise_step_for_bin(kappa, cfg.max_noise_step, cfg.num_bins, cfg.min_bin, cfg.steps_per_image)
 
-    def forward(self, block2: torch.Tensor) -> torch.Tensor:
+    def forward(self, block2: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Start timesteps for block-2 features.
 
         Args:
             block2: ``(B, C, h, w)`` block-2 features of the (domain-adapted) backbone.
+            exclude: Optional ``(B,)`` bank row per image to leave out (see :meth:`distances`).
 
         Returns:
             ``(B,)`` long start timesteps T-hat on ``block2``'s device.
@@ -199,7 +207,7 @@ class NoiseLevelEstimator(nn.Module):
         cfg = self.config
         if not cfg.dynamic_noise:
             return torch.full((block2.shape[0],), cfg.max_noise_step, dtype=torch.long, device=block2.device)
-        return self.noise_steps_from_embeddings(embed_block(block2, cfg.dic_pool_size)).to(block2.device)
+        return self.noise_steps_from_embeddings(embed_block(block2, cfg.dic_pool_size), exclude).to(block2.device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """State for the bundle (``noise_level.safetensors``)."""

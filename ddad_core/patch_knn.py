@@ -10,9 +10,12 @@ Detection", CVPR 2022). The two are blended after per-position standardisation (
 2. ``greedy_coreset``: the bank of every training patch is reduced by greedy k-centre selection on a random
    projection (PatchCore's coreset), so memory and query time stay bounded (``DDADConfig.knn_bank_size``);
 3. ``PatchKNN.forward``: L2 distance of every query patch to its nearest bank patch -> ``(B, S/8, S/8)`` map,
-   upsampled by the caller.
+   upsampled by the caller;
+4. out of sample: every bank patch remembers which good image it came from (``source``), so a good image of the
+   bank can be scored as if it had never been in it (``forward(..., exclude=image_ids)`` leaves its own patches
+   out). That is how calibration scores every good image out of sample while the bank keeps all of them.
 
-The bank is built from the training images (never the held-out ones) and travels in the bundle as a tensor group.
+The bank is built from every good image given to the fit and travels in the bundle as a tensor group.
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ class PatchKNN(nn.Module):
 
     Args:
         bank: ``(M, C)`` nominal patch features (fill with :meth:`fit`, or load with :meth:`from_tensors`).
+        source: ``(M,)`` index of the good image each bank patch came from (-1: unknown, as in bundles written
+            before sources were kept; such a bank cannot leave an image out).
 
     Example:
         >>> knn = PatchKNN().fit(torch.zeros(2, 5, 4, 4), bank_size=8)
@@ -133,9 +138,15 @@ class PatchKNN(nn.Module):
         torch.Size([1, 4, 4])
     """
 
-    def __init__(self, bank: torch.Tensor | None = None) -> None:
+    def __init__(self, bank: torch.Tensor | None = None, source: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("bank", bank if bank is not None else torch.zeros(0, 0))
+        bank = bank if bank is not None else torch.zeros(0, 0)
+        if source is None:
+            source = torch.full((bank.shape[0],), -1, dtype=torch.long)
+        if source.shape != (bank.shape[0],):
+            raise ValueError(f"source must be ({bank.shape[0]},), got {tuple(source.shape)}")
+        self.register_buffer("bank", bank)
+        self.register_buffer("source", source.long())
 
     @property
     def is_fitted(self) -> bool:
@@ -144,30 +155,53 @@ class PatchKNN(nn.Module):
     def fit(
         self, features: torch.Tensor, bank_size: int, seed: int = 0, on_progress: Callable[[int], None] | None = None
     ) -> PatchKNN:
-        """Build the bank from training patch features ``(N, C, h, w)`` (coreset-reduced to ``bank_size``;
-        ``on_progress`` as in :func:`greedy_coreset`)."""
+        """Build the bank from the good images' patch features ``(N, C, h, w)`` (coreset-reduced to ``bank_size``;
+        ``on_progress`` as in :func:`greedy_coreset`); image ``i`` of ``features`` is source ``i``."""
+        n, _, h, w = features.shape
         patches = flatten_patches(features.float())
         keep = greedy_coreset(patches, bank_size, seed=seed, on_progress=on_progress)
         self.bank = patches[keep].contiguous()
+        self.source = torch.div(keep, h * w, rounding_mode="floor").to(self.bank.device)
         return self
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Distance map ``(B, h, w)`` of patch features ``(B, C, h, w)`` (from :func:`patch_features`)."""
+    def forward(self, features: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Distance map ``(B, h, w)`` of patch features ``(B, C, h, w)`` (from :func:`patch_features`).
+
+        Args:
+            features: Patch features of the queries.
+            exclude: Optional ``(B,)`` source image per query whose bank patches are left out (-1: none): the
+                query's distance as if that image had not been in the bank.
+        """
         if not self.is_fitted:
             raise RuntimeError("PatchKNN has no bank: fit it or load it from a bundle")
         b, c, h, w = features.shape
         if c != self.bank.shape[1]:
             raise ValueError(f"patch features have {c} channels, the bank {self.bank.shape[1]}")
-        queries = flatten_patches(features.float())
-        bank = self.bank.to(queries.device)
-        best = torch.cat(
-            [torch.cdist(queries[s : s + _QUERY_CHUNK], bank).amin(dim=1) for s in range(0, len(queries), _QUERY_CHUNK)]
-        )
-        return best.view(b, h, w)
+        bank = self.bank.to(features.device)
+        if exclude is None or bool((torch.as_tensor(exclude) < 0).all()):
+            queries = flatten_patches(features.float())
+            best = torch.cat(
+                [
+                    torch.cdist(queries[s : s + _QUERY_CHUNK], bank).amin(dim=1)
+                    for s in range(0, len(queries), _QUERY_CHUNK)
+                ]
+            )
+            return best.view(b, h, w)
+        if bool((self.source < 0).any()):
+            raise RuntimeError("this bank does not record which image each patch came from; refit it to leave one out")
+        source = self.source.to(features.device)
+        out = []
+        for i, left_out in enumerate(torch.as_tensor(exclude).tolist()):
+            queries = flatten_patches(features[i : i + 1].float())
+            d = torch.cdist(queries, bank)
+            if left_out >= 0:
+                d[:, source == left_out] = float("inf")
+            out.append(d.amin(dim=1).view(h, w))
+        return torch.stack(out)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"bank": self.bank.detach().cpu().contiguous()}
+        return {"bank": self.bank.detach().cpu().contiguous(), "source": self.source.detach().cpu().contiguous()}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> PatchKNN:
-        return cls(tensors["bank"].float())
+        return cls(tensors["bank"].float(), tensors.get("source"))

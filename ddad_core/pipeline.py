@@ -436,6 +436,7 @@ class DDADPipeline:
         keep_recon: bool = False,
         timer: _Timer | None = None,
         knn: bool | None = None,
+        exclude: torch.Tensor | None = None,
     ) -> MapComponents:
         """Steps 2-7a: raw latent, feature (and patch k-NN) maps of preprocessed images.
 
@@ -444,14 +445,21 @@ class DDADPipeline:
             keep_recon: Also return the decoded reconstructions.
             timer: Internal stage timer.
             knn: Compute the patch k-NN map (default: when the recipe weights it and a bank is loaded).
+            exclude: Optional ``(B,)`` index of the good image of the fit that each image is (or was made from),
+                -1 for none: its own entries are left out of the noise-level and patch banks, so a good image of
+                the fit is scored out of sample (calibration). Frames in service never pass it.
 
         Returns:
             MapComponents.
         """
         n = images.shape[0]
         plan = self._batch_plan(n)
-        if plan == [(0, n, n)]:
-            return self._components(images, keep_recon, timer, knn)
+        if exclude is not None:
+            exclude = torch.as_tensor(exclude, dtype=torch.long).to(self.device)
+            if exclude.shape != (n,):
+                raise ValueError(f"exclude must be ({n},), got {tuple(exclude.shape)}")
+        if plan == [(0, n, n)] or exclude is not None:
+            return self._components(images, keep_recon, timer, knn, exclude)
         # Compiled batch sizes: pad each chunk up to one (repeating its last image), keep only the real rows.
         timer = timer or _Timer(self.device)
         parts = []
@@ -463,7 +471,12 @@ class DDADPipeline:
         return MapComponents.join(parts, timings_ms=dict(timer.times))
 
     def _components(
-        self, images: torch.Tensor, keep_recon: bool, timer: _Timer | None, knn: bool | None
+        self,
+        images: torch.Tensor,
+        keep_recon: bool,
+        timer: _Timer | None,
+        knn: bool | None,
+        exclude: torch.Tensor | None = None,
     ) -> MapComponents:
         cfg = self.config
         timer = timer or _Timer(self.device)
@@ -475,7 +488,7 @@ class DDADPipeline:
         timer.lap("encode")
         # 3. Noise level: block-2 features of the input -> k-NN distance -> bin -> start timestep per image.
         feats = self.features(x.to(self.dtype))
-        noise_steps = self.noise_level(feats[DIC_BLOCK])
+        noise_steps = self.noise_level(feats[DIC_BLOCK], exclude)
         timer.lap("noise_level")
         # 3b. Patch k-NN term (production recipe): the input's own features against the nominal patch bank.
         if knn is None:
@@ -484,7 +497,7 @@ class DDADPipeline:
         if knn:
             if self.patch_knn is None:
                 raise RuntimeError("the pipeline has no patch k-NN bank")
-            knn_map = upsample_map(self.patch_knn(patch_features(feats)), cfg.image_size)
+            knn_map = upsample_map(self.patch_knn(patch_features(feats), exclude), cfg.image_size)
             timer.lap("patch_knn")
         # 4. Conditioned denoising, every image from its own start step, all in one batch.
         recon_latents = reconstruct(

@@ -238,9 +238,7 @@ def as_progress(progress: Progress | bool | None) -> Progress:
     return Progress(mode="auto" if progress else "off")
 
 
-def map_batches(
-    fn: Callable[[Any], T], data: Sequence[Any], batch_size: int, step: Step | None = None
-) -> list[T]:
+def map_batches(fn: Callable[[Any], T], data: Sequence[Any], batch_size: int, step: Step | None = None) -> list[T]:
     """``[fn(data[s : s + batch_size]) for s in ...]``, counting each batch's length on ``step``.
 
     Example:

@@ -51,7 +51,7 @@ def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_
         path: Bundle directory (created or replaced).
         image_size: Model input side (multiple of 16).
         seed: Seed of the data and of every component.
-        num_images: Synthetic good images (a quarter is held out for calibration).
+        num_images: Synthetic good images (at least 9: the calibration's 10 % false-alarm target needs them).
 
     Returns:
         The bundle directory.
@@ -78,6 +78,7 @@ def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_
         backbone=TINY_BACKBONE,
         device="cpu",
         batch_size=8,
+        target_fpr=0.1,
         metadata={"purpose": "tiny test bundle (random components; detections are meaningless)"},
         log=None,
         progress=False,

@@ -162,9 +162,7 @@ def ensure_model(workdir: Path, manifest: dict, args: argparse.Namespace) -> tup
           f"{autoencoder}, preset {args.preset}, recipe {args.recipe}, {args.epochs} epochs); this takes a few minutes "
           "on a CPU", flush=True)
     t0 = time.monotonic()
-    # A larger held-out share than the library default: the threshold is set on held-out good images, and with only
-    # a handful of them it lands below the stream's real good-score tail (many false alarms).
-    overrides = {"holdout_fraction": args.holdout_fraction}
+    overrides = {"holdout_fraction": args.holdout_fraction} if args.holdout_fraction is not None else {}
     if args.unet_preset:
         overrides["preset"] = args.unet_preset
     config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size,
@@ -387,8 +385,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--load", type=float, default=0.6, help="offered load for --fps 0, as a share of capacity")
     p.add_argument("--defect-rate", type=float, default=0.12)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--train-images", type=int, default=96)
-    p.add_argument("--holdout-fraction", type=float, default=0.3, help="good images held out for calibration")
+    p.add_argument("--train-images", type=int, default=100,
+                   help="good training images (the 1 %% false-alarm target needs at least 99)")
+    p.add_argument("--holdout-fraction", type=float, help="share of good images kept from the UNet (recipe default)")
     p.add_argument("--bundle", help="use this bundle instead of fitting one")
     p.add_argument("--refit", action="store_true", help="fit again even if <workdir>/model exists")
     p.add_argument("--backbone", default=os.environ.get("DEMO_BACKBONE"),

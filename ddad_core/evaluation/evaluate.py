@@ -28,6 +28,7 @@ import torch
 
 from ddad_core.anomaly_map import MapNormalization
 from ddad_core.data import MVTecFolder, load_mask, resize_mask
+from ddad_core.evaluation.intervals import binomial_interval, bootstrap_intervals, recall_at_fpr
 from ddad_core.evaluation.metrics import (
     aupro,
     aupro_variant_c,
@@ -37,12 +38,13 @@ from ddad_core.evaluation.metrics import (
     pixel_auroc,
     roc_curve,
 )
+from ddad_core.evaluation.splits import half_of_items
 from ddad_core.evaluation.visualize import jet, render_overlay, to_rgb
 from ddad_core.fitting.recipes import SettingError, recipe_label
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import load_image, preprocess
 from ddad_core.progress import Progress, as_progress, format_timings
-from ddad_core.scoring import normalize_map, score_maps
+from ddad_core.scoring import decision_threshold, normalize_map, score_maps
 
 
 @dataclass
@@ -58,7 +60,8 @@ class EvaluationData:
         has_mask: ``(N,)`` False for defective images without a mask file (excluded from pixel metrics).
         noise_steps: ``(N,)`` start timesteps.
         thumbnails: ``(N, S, S, 3)`` uint8 preprocessed inputs (for the report).
-        threshold: Raw image threshold on the scale of ``maps`` (None in ``paper`` mode).
+        threshold: Raw image decision threshold on the scale of ``maps``, at the evaluated sensitivity (None in
+            ``paper`` mode).
         pred_masks: ``(N, S, S)`` predicted masks at the bundle's operating point (None in ``paper`` mode).
         skipped: ``(path, reason)`` of undecodable images.
     """
@@ -105,13 +108,17 @@ def collect(
     normalization: str = "fixed",
     max_images: int | None = None,
     progress: Progress | bool = False,
+    half: str = "all",
+    sensitivity: float | None = None,
 ) -> tuple[EvaluationData, dict[str, float]]:
-    """Run the detector over every test image and gather maps, masks and timings (progress step ``evaluation``).
+    """Run the detector over every test image (of ``half``, ``splits.py``) and gather maps, masks and timings
+    (progress step ``evaluation``). Decisions use the bundle's operating point at ``sensitivity`` (default: the
+    bundle's), as a served frame would.
 
     Returns:
         ``(data, timing)`` with timing keys ``seconds_model`` (pipeline time), ``seconds_total`` (with file IO).
     """
-    items = folder.test_items
+    items = half_of_items(folder.test_items, folder.root / "test", half)
     if max_images is not None and len(items) > max_images:
         keep = sorted(set(np.linspace(0, len(items) - 1, max_images).round().astype(int).tolist()))
         items = [items[i] for i in keep]
@@ -163,7 +170,10 @@ def collect(
         threshold = None
     elif normalization == "fixed":
         norm = pipe.calibration.normalization
-        threshold = pipe.calibration.image_threshold
+        c = pipe.calibration
+        threshold = decision_threshold(
+            c.image_threshold, c.image_min, c.image_max, c.sensitivity if sensitivity is None else sensitivity
+        )
     else:
         raise ValueError(f"normalization must be 'fixed' or 'paper', got {normalization!r}")
     n = len(comps.latent_map)
@@ -180,7 +190,7 @@ def collect(
         thumbnails=np.concatenate(thumbs),
         threshold=threshold,
         skipped=skipped,
-        pred_masks=score_maps(maps, pipe.calibration)[3].numpy() if threshold is not None else None,
+        pred_masks=score_maps(maps, pipe.calibration, sensitivity)[3].numpy() if threshold is not None else None,
     )
     return data, {"seconds_model": model_seconds, "seconds_total": time.perf_counter() - start_total}
 
@@ -212,8 +222,41 @@ def mask_overlap(data: EvaluationData) -> dict[str, float]:
     }
 
 
-def compute_results(data: EvaluationData) -> dict[str, Any]:
-    """Overall and per-defect-type metrics (each type against all good images), plus decisions at the threshold."""
+def operating_figures(scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """What the field compares: recall at 1 % and 5 % false alarms (read off the ROC curve) and, at the bundle's
+    threshold, the false-alarm and miss rates with exact 95 % binomial (Clopper-Pearson) intervals."""
+    out: dict[str, Any] = {}
+    if labels.any() and (~labels.astype(bool)).any():
+        out["recall_at_1pct_fpr"] = recall_at_fpr(scores, labels, 0.01)
+        out["recall_at_5pct_fpr"] = recall_at_fpr(scores, labels, 0.05)
+    if threshold is None:
+        return out
+    flagged = scores > threshold
+    good, bad = labels == 0, labels == 1
+    tp, fp = int((flagged & bad).sum()), int((flagged & good).sum())
+    n_good, n_bad = int(good.sum()), int(bad.sum())
+    fa_low, fa_high = binomial_interval(fp, n_good)
+    miss_low, miss_high = binomial_interval(n_bad - tp, n_bad)
+    out["at_threshold"] = {
+        "threshold": float(threshold),
+        "false_alarms": fp,
+        "n_good": n_good,
+        "false_alarm_rate": fp / n_good if n_good else float("nan"),
+        "false_alarm_rate_ci95": [fa_low, fa_high],
+        "misses": n_bad - tp,
+        "n_defective": n_bad,
+        "miss_rate": (n_bad - tp) / n_bad if n_bad else float("nan"),
+        "miss_rate_ci95": [miss_low, miss_high],
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / n_bad if n_bad else float("nan"),
+    }
+    return out
+
+
+def compute_results(data: EvaluationData, intervals: bool = True, n_boot: int = 1000) -> dict[str, Any]:
+    """Overall and per-defect-type metrics (each type against all good images), the operating figures
+    (``operating_figures``) and, with ``intervals``, 95 % stratified bootstrap intervals of image AUROC, AUPRO and
+    recall at 1 % false alarms (``intervals.py``)."""
     scores = data.scores
     results = _metrics(scores, data.labels, data.maps, data.masks, data.has_mask)
     per_type = {}
@@ -222,19 +265,19 @@ def compute_results(data: EvaluationData) -> dict[str, Any]:
         sel = (types == defect) | (types == "good")
         per_type[defect] = _metrics(scores[sel], data.labels[sel], data.maps[sel], data.masks[sel], data.has_mask[sel])
     results["per_defect_type"] = per_type
-    if data.threshold is not None:
-        flagged = scores > data.threshold
-        good, bad = data.labels == 0, data.labels == 1
-        tp, fp = int((flagged & bad).sum()), int((flagged & good).sum())
-        results["at_threshold"] = {
-            "threshold": float(data.threshold),
-            "false_alarm_rate": float(fp / max(good.sum(), 1)),
-            "miss_rate": float(1 - tp / max(bad.sum(), 1)),
-            "precision": float(tp / max(tp + fp, 1)),
-            "recall": float(tp / max(bad.sum(), 1)),
-        }
-        if data.pred_masks is not None:
-            results["at_threshold"].update(mask_overlap(data))
+    results.update(operating_figures(scores, data.labels, data.threshold))
+    if "at_threshold" in results and data.pred_masks is not None:
+        results["at_threshold"].update(mask_overlap(data))
+    if intervals and data.labels.any() and (data.labels == 0).any():
+        pix = data.has_mask
+        results["ci95"] = bootstrap_intervals(
+            scores[pix],
+            data.labels[pix],
+            data.maps[pix],
+            data.masks[pix],
+            metrics=("image_auroc", "aupro", "recall_at_1pct_fpr"),
+            n_boot=n_boot,
+        )
     steps, counts = np.unique(data.noise_steps, return_counts=True)
     results["noise_step_histogram"] = {str(int(s)): int(c) for s, c in zip(steps, counts, strict=True)}
     results["skipped_images"] = [str(p) for p, _ in data.skipped]
@@ -253,6 +296,8 @@ def evaluate(
     backbone: str | None = None,
     log: Callable[[str], None] | None = print,
     progress: Progress | bool = False,
+    half: str = "all",
+    sensitivity: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a bundle on an MVTec-layout folder; optionally write the JSON and the HTML report.
 
@@ -269,6 +314,8 @@ def evaluate(
         log: Where the skipped images and the result line go (None: silent).
         progress: Progress of the steps ``evaluation``, ``metrics`` and ``report`` (``ddad_core.progress``); their
             times go to ``results["seconds_per_step"]``.
+        half: ``all``, or the fixed ``tune`` / ``report`` half of the test set (``splits.py``).
+        sensitivity: Operating point of ``at_threshold`` and the masks (default: the bundle's).
 
     Returns:
         The results dictionary (also written to ``json_path``).
@@ -287,7 +334,14 @@ def evaluate(
             "bundle's recipe normalises each position against held-out good images"
         )
     data, timing = collect(
-        pipe, folder, batch_size=batch_size, normalization=normalization, max_images=max_images, progress=progress
+        pipe,
+        folder,
+        batch_size=batch_size,
+        normalization=normalization,
+        max_images=max_images,
+        progress=progress,
+        half=half,
+        sensitivity=sensitivity,
     )
     if data.skipped and log is not None:
         log(f"skipped {len(data.skipped)} undecodable test image(s):")
@@ -298,6 +352,9 @@ def evaluate(
     n = len(data.labels)
     results.update(
         n_images=n,
+        half=half,
+        sensitivity=pipe.sensitivity if sensitivity is None else sensitivity,
+        operating_point=(pipe.calibration.info or {}).get("operating_point"),
         seconds_per_image=timing["seconds_model"] / n,
         seconds_per_image_with_io=timing["seconds_total"] / n,
         normalization=normalization,
@@ -329,6 +386,46 @@ def evaluate(
         )
         log(f"time per step: {format_timings(progress.timings, progress.total_seconds())}")
     return results
+
+
+def _pct(rate: float) -> str:
+    return "n/a" if rate is None or not np.isfinite(rate) else f"{100 * rate:.1f} %"
+
+
+def operating_text(results: dict[str, Any]) -> str:
+    """The operating figures of an evaluation in one paragraph (the report's summary line)."""
+    parts = []
+    if "recall_at_1pct_fpr" in results:
+        parts.append(
+            f"Recall at 1 % false alarms {_pct(results['recall_at_1pct_fpr'])}, at 5 % "
+            f"{_pct(results['recall_at_5pct_fpr'])} (read off the ROC curve)."
+        )
+    at = results.get("at_threshold")
+    if at:
+        fa, miss = at["false_alarm_rate_ci95"], at["miss_rate_ci95"]
+        parts.append(
+            f"At the bundle's threshold (sensitivity {results.get('sensitivity', 0.5):g}): false alarms "
+            f"{at['false_alarms']} of {at['n_good']} good images = {_pct(at['false_alarm_rate'])} "
+            f"(95 % interval {_pct(fa[0])} to {_pct(fa[1])}), misses {at['misses']} of {at['n_defective']} "
+            f"defective = {_pct(at['miss_rate'])} ({_pct(miss[0])} to {_pct(miss[1])})."
+        )
+        statement = (results.get("operating_point") or {}).get("statement")
+        if statement:
+            parts.append(f"Calibration: {statement}.")
+    else:
+        parts.append(
+            "Paper-style normalisation: the bundle's threshold does not apply; masks use the F1-max threshold."
+        )
+    ci = results.get("ci95") or {}
+    if ci:
+        parts.append(
+            "95 % bootstrap intervals: "
+            + ", ".join(f"{name} {v['value']:.3f} ({v['low']:.3f}-{v['high']:.3f})" for name, v in ci.items())
+            + "."
+        )
+    if results.get("half", "all") != "all":
+        parts.append(f"Evaluated on the {results['half']} half of the test set.")
+    return " ".join(parts)
 
 
 def _jsonable(value):
@@ -706,13 +803,7 @@ def write_report(
     for name, res in [("all", results), *results["per_defect_type"].items()]:
         cells = "".join(f"<td>{fmt(res[k]) if k != 'n_images' else res[k]}</td>" for k in keys)
         table.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
-    at = results.get("at_threshold")
-    at_text = (
-        f"At the bundle's threshold {at['threshold']:.4f}: false-alarm rate {at['false_alarm_rate']:.3f}, "
-        f"miss rate {at['miss_rate']:.3f}, precision {at['precision']:.3f}."
-        if at
-        else "Paper-style normalisation: the bundle's threshold does not apply; masks use the F1-max threshold."
-    )
+    at_text = html.escape(operating_text(results))
     scale_note = (
         "normalised so that 0.5 is the bundle's pixel threshold"
         if threshold is not None

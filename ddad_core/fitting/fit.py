@@ -2,20 +2,19 @@
 
 ``fit_images`` runs, in order:
 
-1. preprocess every good image (the same ``preprocess`` the services use) and hold out a share
-   (``TrainConfig.holdout_fraction``) for normalisation and calibration -- they never train anything;
+1. preprocess every good image (the same ``preprocess`` the services use); a share (``TrainConfig.holdout_fraction``)
+   is kept from the UNet's training, so the fit can measure how its reconstruction treats images it never saw;
 2. the latent autoencoder: a pretrained one (SD VAE, TAE) is frozen as in the paper; when none is given and none
    is at hand, our own ``ConvAutoencoder`` is trained on the good images first (a departure from the paper; its
    PSNR is printed and recorded);
 3. train the noise-prediction UNet on cached latents (``train.py``; resumable checkpoints in
    ``<out>/checkpoints``);
 4. domain-adapt the ImageNet backbone for gamma epochs (``adapt.py``);
-5. fit the dynamic noise level on the training images' block-2 features (``noise_level.py``) and, for recipes with
-   a k-NN term, the coreset bank of the training images' patch features (``patch_knn.py``);
-6. run the detector on the held-out good images: fix the component min/max of the anomaly map (``fixed``
-   normalisation) or, for ``component_norm="position"``, the per-position statistics (``position_norm.py``) with
-   two-fold cross-fitting: each half is scored with the other half's statistics, so the threshold at the target
-   false-alarm rate (``calibration.py``) is set on out-of-sample maps of every held-out image;
+5. fit the dynamic noise level on every good image's block-2 features (``noise_level.py``) and, for recipes with
+   a k-NN term, the coreset bank of every good image's patch features (``patch_knn.py``);
+6. calibrate (``calibration.py``): every good image is scored out of sample (``out_of_sample.py``: its own entries
+   left out of the banks and of the map statistics), the bundle keeps the statistics over all of them, and the
+   image threshold is the conformal quantile of the out-of-sample scores for the target false-alarm rate;
 7. write the bundle (``bundle.py``): UNet, autoencoder, adapted backbone, noise-level state, configs, identities
    and calibration, with file hashes.
 
@@ -36,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddad_core.anomaly_map import MapNormalization
 from ddad_core.autoencoders import (
     ConvAutoencoder,
     DiffusersVAE,
@@ -59,20 +57,16 @@ from ddad_core.features import (
     parse_backbone_spec,
 )
 from ddad_core.fitting.adapt import domain_adapt
-from ddad_core.fitting.calibration import fit_calibration
+from ddad_core.fitting.calibration import calibrate_pipeline, check_calibration_size
 from ddad_core.fitting.recipes import DEFAULT_RECIPE, Recipe, get_recipe
-from ddad_core.fitting.select import batched_components, select_settings
-from ddad_core.fitting.synthetic import make_synthetic_defects
 from ddad_core.fitting.train import encode_dataset, train_unet
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block
 from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline
-from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
 from ddad_core.progress import Progress, Step, as_progress, format_seconds, format_timings, map_batches
 from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
-from ddad_core.scoring import Calibration
 from ddad_core.unet import RECOMMENDED_TRAINING, build_unet
 
 #: The method's default latent space (METHOD.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).
@@ -214,34 +208,35 @@ def _preprocess_all(
 
 
 @torch.inference_mode()
-def _training_features(
-    features: FeatureExtractor, images: torch.Tensor, batch_size: int, device, pool_size: int, knn: bool, step: Step
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One backbone pass over the training images: the block-2 embeddings of the noise-level bank and, for recipes
-    with a k-NN term, the patch features of its bank."""
+def fit_banks(
+    features: FeatureExtractor,
+    images: torch.Tensor,
+    config: DDADConfig,
+    batch_size: int,
+    device,
+    seed: int,
+    progress: Progress,
+) -> tuple[NoiseLevelEstimator, PatchKNN | None]:
+    """Step 5: the noise-level bank and (for recipes with a k-NN term) the coreset patch bank over ``images``, in
+    their order, from one backbone pass; image ``i`` is row ``i`` of the noise-level bank and source ``i`` of the
+    patch bank, which is what leaving it out at calibration relies on."""
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         blocks = features(x.to(device))
-        return embed_block(blocks[DIC_BLOCK], pool_size), patch_features(blocks).cpu() if knn else None
+        patches = patch_features(blocks).cpu() if config.knn_weight > 0 else None
+        return embed_block(blocks[DIC_BLOCK], config.dic_pool_size), patches
 
-    parts = map_batches(run, images, batch_size, step)
-    patches = torch.cat([p for _, p in parts]) if knn else None
-    return torch.cat([e for e, _ in parts]), patches
-
-
-def split_position_holdout(n: int, component_norm: str) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out indices ``(statistics, threshold)``: with ``position`` normalisation the even-numbered images give
-    the per-position statistics and the odd-numbered ones the threshold (both halves are random already); with
-    fewer than 8 images, or ``minmax``, all images serve both.
-
-    Example:
-        >>> [a.tolist() for a in split_position_holdout(10, "position")]
-        [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
-    """
-    every = np.arange(n)
-    if component_norm != "position" or n < 8:
-        return every, every
-    return every[0::2], every[1::2]
+    with progress.step("training_features", total=len(images)) as step:
+        parts = map_batches(run, images, batch_size, step)
+    noise_level = NoiseLevelEstimator(config).fit(torch.cat([e for e, _ in parts]))
+    if config.knn_weight <= 0:
+        return noise_level, None
+    patches = torch.cat([p for _, p in parts])
+    del parts
+    centres = min(config.knn_bank_size, patches.shape[0] * patches.shape[2] * patches.shape[3])
+    with progress.step("coreset", total=centres, unit="centre") as step:
+        patch_knn = PatchKNN().fit(patches, config.knn_bank_size, seed=seed, on_progress=step.update)
+    return noise_level, patch_knn
 
 
 def _check_existing(out_dir: Path, backbone_name: str | None, overwrite: bool) -> None:
@@ -262,79 +257,27 @@ def _request_matches(checkpoint_dir: Path, request: dict) -> bool:
     return path.exists() and json.loads(path.read_text()) == request
 
 
-def calibrate_pipeline(
-    pipe: DDADPipeline,
-    holdout_images: torch.Tensor,
-    target_fpr: float = 0.01,
-    batch_size: int = 16,
-    seed: int = 0,
-    select: bool = False,
-    select_grid: dict[str, Sequence[Any]] | None = None,
-    log: Callable[[str], None] | None = print,
-    progress: Progress | bool = False,
-) -> tuple[DDADPipeline, Calibration, dict | None]:
-    """Step 6: (optionally select settings, then) fix the map statistics and the thresholds on held-out good images.
+def _good_image_names(old: BundleConfig, max_good_images: int | None) -> tuple[Path, list[str]]:
+    """The data folder and the good images a bundle was calibrated on (bundles from before every good image was
+    recorded: the folder's ``train/good``, evenly thinned to ``max_good_images``, as ``fit`` does)."""
+    from ddad_core.fitting.recipes import SettingError
 
-    Progress and timings: steps ``selection`` (with ``select``) and ``calibration`` of ``progress``.
+    data_dir = old.metadata.get("data_dir")
+    if not data_dir:
+        raise SettingError("the bundle records no data folder; refit it with `ddad fit`")
+    names = old.metadata.get("good_images")
+    if names:
+        return Path(data_dir), list(names)
+    folder = MVTecFolder(data_dir)
+    paths = _evenly(folder.train_good, max_good_images)
+    return Path(data_dir), [str(Path(p).relative_to(folder.root)) for p in paths]
 
-    Returns:
-        ``(pipe, calibration, selection)``: the pipeline with its settings and position statistics, its
-        calibration (also set on it), and the selection record (None without ``select``).
-    """
-    progress = as_progress(progress)
-    cfg = pipe.config
-    stats_idx, threshold_idx = split_position_holdout(len(holdout_images), cfg.component_norm)
-    # Synthetic defects on the threshold half: they set the pixel threshold (masks that fit the defect) and, with
-    # ``select``, choose the sampler and map settings; never the image threshold.
-    synthetic = make_synthetic_defects(holdout_images[threshold_idx], seed=seed)
-    selection = None
-    if select:
-        _say(log, f"[6/7] selecting settings on {len(threshold_idx)} good images and their synthetic defects")
-        selection = select_settings(
-            pipe,
-            holdout_images[stats_idx],
-            holdout_images[threshold_idx],
-            synthetic.images,
-            synthetic.masks,
-            grid=select_grid,
-            batch_size=batch_size,
-            log=log,
-            progress=progress,
-        )
-        pipe = pipe.with_settings(**selection["chosen"])
-        cfg = pipe.config
-        _say(log, f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
-    with progress.step("calibration", total=len(holdout_images) + len(synthetic.images)) as step:
-        comps = batched_components(pipe, holdout_images, batch_size, step)
-        synthetic_comps = batched_components(pipe, synthetic.images, batch_size, step)
-    normalization = MapNormalization.from_maps(comps.latent_map, comps.feature_map, comps.knn_map)
-    # The bundle keeps the statistics of all held-out images (with fewer than 8, the threshold uses them too).
-    pipe.position_norm = PositionNorm.fit(comps.maps()) if cfg.component_norm == "position" else None
-    if cfg.component_norm == "position" and len(stats_idx) < len(holdout_images):
-        # Two-fold cross-fitting: each half is scored with the other half's statistics, so the threshold sees every
-        # held-out image out of sample.
-        folds = []
-        for fit_idx in (stats_idx, threshold_idx):
-            fold = pipe.with_settings()
-            fold.position_norm = PositionNorm.fit({k: v[fit_idx] for k, v in comps.maps().items()})
-            folds.append(fold)
-        good_maps = torch.cat([folds[0].blend(comps.select(threshold_idx)), folds[1].blend(comps.select(stats_idx))])
-        synthetic_maps = folds[0].blend(synthetic_comps)  # made on the threshold half: the stats half's statistics
-    else:
-        good_maps = pipe.blend(comps.select(threshold_idx), normalization)
-        synthetic_maps = pipe.blend(synthetic_comps, normalization)
-    calibration = fit_calibration(
-        good_maps, normalization, target_fpr=target_fpr, synthetic_maps=synthetic_maps, synthetic_masks=synthetic.masks
-    )
-    pipe.calibration = calibration
-    _say(
-        log,
-        f"[6/7] calibrated on {len(good_maps)} good images"
-        + (" (two-fold cross-fitted position statistics)" if len(good_maps) > len(threshold_idx) else "")
-        + f": threshold {calibration.image_threshold:.4f} ({calibration.method}), pixel threshold "
-        f"{calibration.pixel_threshold:.4f} ({calibration.info.get('pixel_method')})",
-    )
-    return pipe, calibration, selection
+
+def _evenly(paths: Sequence, limit: int | None) -> list:
+    if limit is None or len(paths) <= limit:
+        return list(paths)
+    keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+    return [paths[i] for i in sorted(set(keep.tolist()))]
 
 
 def recalibrate(
@@ -346,55 +289,96 @@ def recalibrate(
     device: str | torch.device = "cpu",
     recipe: str | Recipe | None = None,
     progress: Progress | bool = False,
+    tail_fit: bool = False,
+    pixel_target_fpr: float | None = None,
+    max_good_images: int | None = None,
+    batch_size: int = 16,
     **overrides: Any,
 ) -> Path:
     """Step 6 again on a fitted bundle: new sampler/map settings (``overrides``, or a ``recipe``'s), new thresholds.
 
-    The networks and banks are kept; the held-out good images are re-read from the data folder recorded in the
-    bundle. A recipe whose training or fitted parts differ from the bundle's is refused.
+    The networks are kept; the good images are re-read from the data folder recorded in the bundle. The banks are
+    kept too, unless they cannot leave an image out (bundles from before calibration scored every good image out
+    of sample) or the new settings need a bank the bundle lacks: then they are rebuilt over the good images. A
+    recipe whose training differs from the bundle's is refused.
 
     Raises:
-        SettingError: settings that need refitting, or a bundle without recorded held-out images.
+        SettingError: settings that need retraining, a bundle without a recorded data folder, or too few good
+            images for ``target_fpr``.
     """
     from ddad_core.fitting.recipes import SettingError
 
+    progress = as_progress(progress)
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     pipe = DDADPipeline.from_bundle(bundle_dir, device=device)
     old = pipe.bundle_config
     if recipe is not None:
         chosen = get_recipe(recipe) if isinstance(recipe, str) else recipe
         want = make_configs(old.train.preset, recipe=chosen)[1]
-        trained = ("timestep_max", "ema_decay", "lr_schedule", "holdout_fraction")
+        trained = ("timestep_max", "ema_decay", "lr_schedule")
         differ = sorted(k for k in trained if getattr(old.train, k) != getattr(want, k))
         if differ:
             raise SettingError(f"recipe {chosen.name} trains differently ({differ}); refit with `ddad fit --recipe`")
         overrides = {**chosen.ddad, **overrides}
     overrides = {k: v for k, v in overrides.items() if getattr(pipe.config, k) != v}
+    bank_fields = {"knn_bank_size", "knn_k", "num_bins", "knn_mode", "dic_pool_size"}
     try:
-        pipe = pipe.with_settings(**overrides)
+        pipe = pipe.with_settings(**{k: v for k, v in overrides.items() if k not in bank_fields})
     except ValueError as exc:
         raise SettingError(f"cannot recalibrate {bundle_dir} with {overrides}: {exc}") from exc
-    names, data_dir = old.metadata.get("holdout_images"), old.metadata.get("data_dir")
-    if not names or not data_dir:
-        raise SettingError(f"{bundle_dir} records no held-out images or data folder; refit it")
-    loaded = load_images([Path(data_dir) / n for n in names], warn=False)
-    holdout = _preprocess_all(loaded.images, pipe.image_size)
-    cal_old = old.calibration or {}
+    if set(overrides) & bank_fields:
+        pipe.config = pipe.config.model_copy(update={k: overrides[k] for k in bank_fields & set(overrides)})
+    data_dir, names = _good_image_names(old, max_good_images)
+    target_fpr = target_fpr if target_fpr is not None else ((old.calibration or {}).get("target_fpr") or 0.01)
+    check_calibration_size(len(names), target_fpr, tail_fit)
+    loaded = load_images([data_dir / n for n in names], warn=False)
+    if len(loaded.images) != len(names):
+        raise SettingError(f"{len(names) - len(loaded.images)} good image(s) of {bundle_dir} can no longer be read")
+    good = _preprocess_all(loaded.images, pipe.image_size)
+    tensors = load_bundle(bundle_dir, device="cpu")[1]
+    knn = pipe.patch_knn
+    stale = (
+        len(pipe.noise_level.bank) != len(names)
+        or (pipe.config.knn_weight > 0 and (knn is None or bool((knn.source < 0).any())))
+        or bool(set(overrides) & bank_fields)
+    )
+    if stale:
+        _say(log, f"[5/7] rebuilding the banks over {len(names)} good images (needed to leave each one out)")
+        pipe.noise_level, pipe.patch_knn = fit_banks(
+            pipe.features, good, pipe.config, batch_size, pipe.device, old.train.seed, progress
+        )
+        pipe.noise_level.to(pipe.device)
+        tensors["noise_level"] = pipe.noise_level.tensors()
+        tensors.pop("patch_knn", None)
+        if pipe.patch_knn is not None:
+            pipe.patch_knn.to(pipe.device)
+            tensors["patch_knn"] = pipe.patch_knn.tensors()
+    unseen = set(old.metadata.get("unet_unseen_images") or old.metadata.get("holdout_images") or [])
     pipe, calibration, selection = calibrate_pipeline(
         pipe,
-        holdout,
-        target_fpr if target_fpr is not None else (cal_old.get("target_fpr") or 0.01),
+        good,
+        target_fpr,
+        batch_size=batch_size,
         seed=old.train.seed,
         select=select,
         log=log,
         progress=progress,
+        tail_fit=tail_fit,
+        pixel_target_fpr=pixel_target_fpr,
+        unet_trained=np.array([n not in unseen for n in names]),
     )
-    tensors = load_bundle(bundle_dir, device="cpu")[1]
     tensors.pop("position_norm", None)
     if pipe.position_norm is not None:
         tensors["position_norm"] = pipe.position_norm.tensors()
     recipe_info = chosen.identity() if recipe is not None else {**(old.recipe or {}), "recalibrated": overrides}
-    metadata = {**old.metadata, "selection": selection, "recalibrated_from": old.model_version}
+    metadata = {
+        **old.metadata,
+        "good_images": names,
+        "n_good": len(names),
+        "unet_unseen_images": sorted(unseen),
+        "selection": selection,
+        "recalibrated_from": old.model_version,
+    }
     new = old.model_copy(
         update={
             "ddad": pipe.config,
@@ -434,6 +418,8 @@ def fit_images(
     image_names: Sequence[str] | None = None,
     select: bool = False,
     select_grid: dict[str, Sequence[Any]] | None = None,
+    tail_fit: bool = False,
+    pixel_target_fpr: float | None = None,
 ) -> Path:
     """Fit the detector on good images and write a bundle (steps 1-7 of the module docstring).
 
@@ -459,16 +445,20 @@ def fit_images(
             with ``total`` = the time since the Progress was made (pass a fresh one per fit).
         recipe: The recipe ``config``/``train_config`` were made from (recorded in the bundle); None = the configs
             were built by hand (recorded as ``custom``).
-        image_names: Names of the images (recorded for the held-out ones, so tools can find them again).
+        image_names: Names of the images (recorded, so ``recalibrate`` can find them again).
         select: Choose sampler and map settings on synthetic defects (``ddad_core.fitting.select``); the choice and the
             table are recorded in ``metadata["selection"]``.
         select_grid: The grid for ``select`` (default ``ddad_core.fitting.select.DEFAULT_GRID``).
+        tail_fit: Where there are too few good images for ``target_fpr``, extrapolate the threshold with a
+            generalised Pareto tail instead of refusing (``calibration.py``).
+        pixel_target_fpr: Share of good pixels allowed above the pixel threshold (default: synthetic-defect F1).
 
     Returns:
         The bundle directory.
 
     Raises:
         EmptyTrainSetError: no image.
+        SettingError: too few good images for ``target_fpr`` (before anything is trained).
         BackboneMismatchError: ``out_dir`` holds a bundle of another backbone and ``overwrite`` is False.
     """
     progress = as_progress(progress)
@@ -487,20 +477,22 @@ def fit_images(
     out_dir = Path(out_dir)
     if len(images) == 0:
         raise EmptyTrainSetError("no good training image to fit on")
+    check_calibration_size(len(images), target_fpr, tail_fit)  # before any training: a bad target fails at once
     requested_backbone = backbone.name if isinstance(backbone, FeatureExtractor) else backbone
     if requested_backbone is not None:
         _check_existing(out_dir, parse_backbone_spec(requested_backbone)[0], overwrite)
     torch.manual_seed(tcfg.seed)
 
-    # 1. Preprocess and split off the held-out good images.
+    # 1. Preprocess; the UNet trains on all but a share of the good images (the banks and statistics keep all).
     with progress.step("preprocess", total=len(images)) as step:
         all_images = _preprocess_all(images, cfg.image_size, step=step)
     fit_idx, hold_idx = split_holdout(len(all_images), tcfg.holdout_fraction, tcfg.seed)
-    train_images, holdout_images = all_images[fit_idx], all_images[hold_idx]
-    if len(holdout_images) == 0:
-        warnings.warn("no held-out good images: calibrating on the training images (optimistic)", stacklevel=2)
-        holdout_images = train_images
-    _say(log, f"[1/7] {len(train_images)} training + {len(hold_idx)} held-out good images at {cfg.image_size} px")
+    train_images = all_images[fit_idx]
+    _say(
+        log,
+        f"[1/7] {len(all_images)} good images at {cfg.image_size} px (the UNet trains on {len(train_images)}, "
+        f"{len(hold_idx)} stay unseen by it)",
+    )
 
     # 2. Latent autoencoder.
     ae, ae_spec = resolve_autoencoder(autoencoder, log=log)
@@ -569,35 +561,23 @@ def fit_images(
     )
     _say(log, f"[4/7] backbone {features.name}: {cfg.da_epochs} epoch(s) of domain adaptation")
 
-    # 5. Dynamic noise level: bank of block-2 embeddings of the training images (the same backbone pass gives the
-    # patch features of the k-NN bank).
+    # 5. Dynamic noise level and patch k-NN: banks over every good image (one backbone pass).
     features.to(device).eval()
-    with progress.step("training_features", total=len(train_images)) as step:
-        embeddings, train_patches = _training_features(
-            features, train_images, batch_size, device, cfg.dic_pool_size, cfg.knn_weight > 0, step
-        )
-    noise_level = NoiseLevelEstimator(cfg).fit(embeddings)
+    noise_level, patch_knn = fit_banks(features, all_images, cfg, batch_size, device, tcfg.seed, progress)
     train_steps = noise_level.noise_steps_from_embeddings(noise_level.bank)
-    _say(
-        log,
-        f"[5/7] noise-level bank of {len(train_images)} images; training noise steps "
-        f"{sorted(set(train_steps.tolist()))}",
-    )
-    patch_knn = None
-    if train_patches is not None:
-        centres = min(cfg.knn_bank_size, train_patches.shape[0] * train_patches.shape[2] * train_patches.shape[3])
-        with progress.step("coreset", total=centres, unit="centre") as step:
-            patch_knn = PatchKNN().fit(train_patches, cfg.knn_bank_size, seed=tcfg.seed, on_progress=step.update)
-        del train_patches
+    _say(log, f"[5/7] noise-level bank of {len(all_images)} images; noise steps {sorted(set(train_steps.tolist()))}")
+    if patch_knn is not None:
         _say(log, f"[5/7] patch k-NN bank: {patch_knn.bank.shape[0]} coreset patches of {patch_knn.bank.shape[1]} dims")
 
-    # 6. Calibration on the held-out good images: fixed map statistics, then the threshold.
+    # 6. Calibration: every good image scored out of sample, statistics over all of them, then the thresholds.
     pipe = DDADPipeline(
         cfg, ae, unet, features, noise_level, calibration=None, device=device, seed=tcfg.seed, patch_knn=patch_knn
     )
+    unet_trained = np.zeros(len(all_images), dtype=bool)
+    unet_trained[fit_idx] = True
     pipe, calibration, selection = calibrate_pipeline(
         pipe,
-        holdout_images,
+        all_images,
         target_fpr,
         batch_size,
         seed=tcfg.seed,
@@ -605,6 +585,9 @@ def fit_images(
         select_grid=select_grid,
         log=log,
         progress=progress,
+        tail_fit=tail_fit,
+        pixel_target_fpr=pixel_target_fpr,
+        unet_trained=unet_trained,
     )
     cfg = pipe.config
 
@@ -622,9 +605,10 @@ def fit_images(
         calibration=calibration.to_dict(),
         recipe=recipe_info,
         metadata={
+            "n_good": len(all_images),
             "n_train": len(train_images),
-            "n_holdout": int(len(hold_idx)),
-            "holdout_images": [str(image_names[i]) for i in hold_idx] if image_names is not None else None,
+            "good_images": [str(n) for n in image_names] if image_names is not None else None,
+            "unet_unseen_images": [str(image_names[i]) for i in hold_idx] if image_names is not None else None,
             "unet_losses": [float(v) for v in losses],
             "da_losses": [float(v) for v in da_losses],
             "autoencoder": ae_info,
@@ -651,7 +635,7 @@ def fit_images(
     _say(
         log,
         f"[7/7] recipe {recipe_info['name']} v{recipe_info['version']}: "
-        f"fitted {len(train_images)} images (+{len(hold_idx)} held out) in {format_seconds(total)}: "
+        f"fitted on {len(all_images)} good images in {format_seconds(total)}: "
         f"autoencoder {ae.kind}, backbone {features.name}, UNet {tcfg.preset} x {tcfg.epochs} epochs "
         f"(loss {losses[-1]:.4f}), threshold {calibration.image_threshold:.4f} -> {out_dir} ({final.model_version})",
     )

@@ -2,13 +2,13 @@
 defects made on held-out good images.
 
 Users have only good parts. After the UNet, the backbone and the banks are fitted, a small grid of settings that
-need no retraining (``DDADPipeline.with_settings``) is scored on how well each separates the held-out good
-images from synthetic defects pasted on the same images (``ddad_core.fitting.synthetic``: DRAEM-style Perlin pastes,
-CutPaste, scars):
+need no retraining (``DDADPipeline.with_settings``) is scored on how well each separates the good images from
+synthetic defects pasted on some of them (``ddad_core.fitting.synthetic``: DRAEM-style Perlin pastes, CutPaste,
+scars), every image scored out of sample (``out_of_sample.py``: its own entries left out of the banks and the
+statistics):
 
-1. candidates are grouped by their sampler settings: each group runs the pipeline once on the statistics half of
-   the held-out images (per-position statistics), the good half and its synthetic copies; map-only settings
-   re-blend those components;
+1. candidates are grouped by their sampler settings: each group runs the pipeline once on the good images and the
+   synthetic defects; map-only settings re-blend those components;
 2. each candidate gets the mean of image AUROC, pixel AUROC and AUPRO (exact) over good + synthetic;
 3. the best candidate wins; a tie keeps the earlier one, and the recipe's own settings come first, so a flat
    grid changes nothing. The whole table and the choice go into ``bundle.json["metadata"]["selection"]``.
@@ -26,13 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddad_core.anomaly_map import MapNormalization, combine_maps, component_weights
 from ddad_core.evaluation.metrics import aupro, auroc, pixel_auroc
 from ddad_core.pipeline import DDADPipeline, MapComponents
-from ddad_core.position_norm import PositionNorm
 from ddad_core.progress import Progress, Step, as_progress, map_batches
 
-__all__ = ["DEFAULT_GRID", "SelectionResult", "batched_components", "blend_with", "select_settings"]
+__all__ = ["DEFAULT_GRID", "SelectionResult", "batched_components", "select_settings"]
 
 #: The default grid: guidance w (sampler) x weight of the k-NN term x lambda x normalisation (map only). The recipe's
 #: own values are put first by ``select_settings``.
@@ -53,20 +51,6 @@ def batched_components(
 ) -> MapComponents:
     """``pipe.components_batched`` that counts every batch on a progress ``step``."""
     return MapComponents.concat(map_batches(lambda x: pipe.components(x, knn=knn), images, batch_size, step))
-
-
-def blend_with(
-    pipe: DDADPipeline, stats: MapComponents, target: MapComponents, overrides: dict[str, Any]
-) -> torch.Tensor:
-    """Blended maps of ``target`` with map settings ``overrides``, normalised with statistics from ``stats``."""
-    cfg = pipe.config.model_copy(update=overrides)
-    weights = component_weights(cfg.latent_weight, cfg.knn_weight)
-    maps = stats.maps()
-    if cfg.component_norm == "position":
-        norm = PositionNorm.fit({k: v for k, v in maps.items() if k in weights})
-        return combine_maps(target.maps(), weights, position_norm=norm, sigma=cfg.blur_sigma)
-    minmax = MapNormalization.from_maps(stats.latent_map, stats.feature_map, stats.knn_map)
-    return combine_maps(target.maps(), weights, minmax, sigma=cfg.blur_sigma)
 
 
 def separation(good_maps: torch.Tensor, defect_maps: torch.Tensor, defect_masks: torch.Tensor) -> dict[str, float]:
@@ -93,10 +77,10 @@ def _candidates(pipe: DDADPipeline, grid: dict[str, Sequence[Any]]) -> list[dict
 
 def select_settings(
     pipe: DDADPipeline,
-    stats_images: torch.Tensor,
     good_images: torch.Tensor,
     defect_images: torch.Tensor,
     defect_masks: torch.Tensor,
+    defect_source: Sequence[int] | np.ndarray,
     grid: dict[str, Sequence[Any]] | None = None,
     batch_size: int = 16,
     log: Callable[[str], None] | None = None,
@@ -105,16 +89,22 @@ def select_settings(
     """Score every candidate of ``grid`` and return the best overrides with the whole table.
 
     Args:
-        pipe: The fitted pipeline (its networks and banks are shared by every candidate).
-        stats_images: Held-out good images for the normalisation statistics.
-        good_images: Other held-out good images.
-        defect_images: Synthetic defects made on ``good_images``.
+        pipe: The fitted pipeline (its networks and banks over ``good_images`` are shared by every candidate).
+        good_images: The good images of the fit, in bank order.
+        defect_images: Synthetic defects made on some of them.
         defect_masks: Their masks ``(K, S, S)``.
+        defect_source: Per defect, the index of the good image it was made on.
         grid: Field -> values (default ``DEFAULT_GRID``); sampler fields rerun the pipeline, ``MAP_FIELDS`` do not.
         batch_size: Images per batch.
         log: One line per candidate.
         progress: Progress of the pipeline runs (step ``selection``).
+
+    Returns:
+        ``{"chosen", "table", "recipe_default", "components"}``; ``components`` is ``(good, defects)`` of the chosen
+        candidate's sampler settings (for calibration to reuse; not part of the record).
     """
+    from ddad_core.fitting.out_of_sample import good_components, out_of_sample_maps
+
     grid = dict(DEFAULT_GRID if grid is None else grid)
     if pipe.patch_knn is None:
         grid.pop("knn_weight", None)  # no nominal bank in this bundle: the k-NN term cannot be weighed in
@@ -124,21 +114,23 @@ def select_settings(
     for cand in candidates:
         key = tuple(sorted((k, v) for k, v in cand.items() if k not in MAP_FIELDS))
         groups.setdefault(key, []).append(cand)
-    table = []
+    table, components = [], {}
     progress = as_progress(progress)
-    per_group = len(stats_images) + len(good_images) + len(defect_images)
-    with progress.step("selection", total=len(groups) * per_group) as step:
+    with progress.step("selection", total=len(groups) * (len(good_images) + len(defect_images))) as step:
         for key, members in groups.items():
             variant = pipe.with_settings(**dict(key))
-            stats = batched_components(variant, stats_images, batch_size, step, knn=knn)
-            good = batched_components(variant, good_images, batch_size, step, knn=knn)
-            defect = batched_components(variant, defect_images, batch_size, step, knn=knn)
+            good = good_components(variant, good_images, batch_size=batch_size, step=step, knn=knn)
+            defect = good_components(variant, defect_images, defect_source, batch_size, step, knn=knn)
+            components[key] = (good, defect)
             for cand in members:
                 map_part = {k: v for k, v in cand.items() if k in MAP_FIELDS}
-                good_maps = blend_with(variant, stats, good, map_part)
-                result = separation(good_maps, blend_with(variant, stats, defect, map_part), defect_masks)
+                good_maps = out_of_sample_maps(variant, good, overrides=map_part)
+                defect_maps = out_of_sample_maps(variant, good, defect, defect_source, map_part)
+                result = separation(good_maps, defect_maps, defect_masks)
                 table.append({"settings": cand, **result})
                 if log is not None:
                     log(f"  select {cand}: score {result['score']:.4f}")
     best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
-    return SelectionResult(chosen=table[best]["settings"], table=table, recipe_default=table[0]["settings"])
+    chosen = table[best]["settings"]
+    key = tuple(sorted((k, v) for k, v in chosen.items() if k not in MAP_FIELDS))
+    return SelectionResult(chosen=chosen, table=table, recipe_default=table[0]["settings"], components=components[key])

@@ -1,4 +1,5 @@
-"""Calibration: target false-alarm rate on good parts, F1 threshold and its fallbacks."""
+"""Calibration: the conformal threshold and its guarantee, the refusal and the tail fit, F1 threshold and its
+fallbacks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import pytest
 import torch
 
 from ddad_core.anomaly_map import MapNormalization
-from ddad_core.fitting.calibration import f1_adaptive_threshold, fit_calibration, threshold_at_fpr
+from ddad_core.fitting.calibration import (
+    conformal_rank,
+    conformal_threshold,
+    f1_adaptive_threshold,
+    fit_calibration,
+    min_good_images,
+)
+from ddad_core.fitting.recipes import SettingError
 from ddad_core.scoring import score_maps
 
 NORM = MapNormalization(0.0, 1.0, 0.0, 1.0)
@@ -20,15 +28,41 @@ def _maps_with_scores(scores, size=8):
     return maps
 
 
-def test_threshold_at_target_fpr():
-    good = np.random.default_rng(0).normal(size=1000)
-    thr = threshold_at_fpr(good, 0.01)
-    assert (good > thr).mean() == pytest.approx(0.01)
-    assert threshold_at_fpr(good, 0.0) == good.max()
-    # Fewer good images than 1/target: nothing may exceed, threshold = max good ("max normal").
-    assert threshold_at_fpr([0.3, 0.1, 0.2], 0.01) == 0.3
-    with pytest.raises(ValueError):
-        threshold_at_fpr([], 0.01)
+def test_conformal_threshold_is_the_kth_score_and_states_its_guarantee():
+    scores = np.random.default_rng(0).permutation(np.arange(240.0))
+    thr, record = conformal_threshold(scores, 0.01)
+    assert record["rank"] == conformal_rank(240, 0.01) == 239 and thr == 238.0
+    assert record["guaranteed_fpr"] == pytest.approx(2 / 241) and record["guaranteed_fpr"] <= 0.01
+    assert "240 good images" in record["statement"] and "239th" in record["statement"]
+    assert min_good_images(0.01) == 99 and conformal_rank(99, 0.01) == 99
+
+
+def test_conformal_threshold_keeps_its_false_alarm_promise_over_many_fits():
+    """Marginal guarantee: over fits, the chance that a new good part exceeds the threshold is 1 - k/(N+1)."""
+    rng = np.random.default_rng(3)
+    n, alpha = 59, 0.05
+    rates = []
+    for _ in range(4000):
+        thr, _ = conformal_threshold(rng.uniform(size=n), alpha)
+        rates.append(1.0 - thr)  # uniform scores: P(new score > thr)
+    bound = 1 - conformal_rank(n, alpha) / (n + 1)
+    assert bound <= alpha + 1e-12
+    assert np.mean(rates) == pytest.approx(bound, abs=0.003)
+
+
+def test_a_target_finer_than_the_data_allow_is_refused_in_one_line_or_tail_fitted():
+    scores = np.random.default_rng(1).exponential(size=54)
+    with pytest.raises(SettingError, match="needs at least 99 good images, this fit has 54") as err:
+        conformal_threshold(scores, 0.01)
+    assert "\n" not in str(err.value) and "--tail-fit" in str(err.value)
+    thr, record = conformal_threshold(scores, 0.01, tail_fit=True)
+    assert record["rule"] == "tail_fit" and record["guaranteed_fpr"] is None
+    assert "no finite-sample guarantee" in record["statement"]
+    assert thr >= scores.max()
+    # Over many samples, the tail fit lands near the true 99 % quantile of the exponential (log 100 = 4.6).
+    rng = np.random.default_rng(2)
+    fitted = [conformal_threshold(rng.exponential(size=54), 0.01, tail_fit=True)[0] for _ in range(200)]
+    assert 3.5 < np.median(fitted) < 6.0
 
 
 def test_f1_threshold_and_fallbacks():
@@ -41,17 +75,26 @@ def test_f1_threshold_and_fallbacks():
     assert method == "below_min_defect" and thr < 0.5
 
 
-def test_good_only_calibration_gives_target_false_alarms():
+def test_good_only_calibration_uses_the_conformal_rule():
     rng = np.random.default_rng(1)
     scores = rng.uniform(1, 2, 300)
     cal = fit_calibration(_maps_with_scores(scores), NORM, target_fpr=0.01)
-    assert cal.method == "target_fpr" and cal.n_good == 300 and cal.n_defect == 0
+    assert cal.method == "conformal" and cal.n_good == 300 and cal.n_defect == 0
+    k = conformal_rank(300, 0.01)  # 298: two of 300 lie above
     labels = score_maps(_maps_with_scores(scores), cal)[2]
-    assert labels.float().mean().item() == pytest.approx(0.01)
+    assert int(labels.sum()) == 300 - k
     assert cal.pixel_threshold == cal.image_threshold
-    assert cal.info["good_false_alarm_rate"] == pytest.approx(0.01)
-    small = fit_calibration(_maps_with_scores([1.0, 1.5, 1.2]), NORM)
-    assert small.method == "max_good" and small.image_threshold == 1.5
+    assert cal.info["good_false_alarm_rate"] == pytest.approx((300 - k) / 300)
+    assert cal.info["operating_point"]["rank"] == k
+    with pytest.raises(SettingError):
+        fit_calibration(_maps_with_scores([1.0, 1.5, 1.2]), NORM)
+
+
+def test_pixel_threshold_from_a_pixel_target():
+    maps = torch.rand(40, 16, 16)
+    cal = fit_calibration(maps, NORM, target_fpr=0.05, pixel_target_fpr=0.01)
+    above = float((maps > cal.pixel_threshold).float().mean())
+    assert cal.info["pixel_method"] == "conformal" and 0.005 < above <= 0.01
 
 
 def test_labelled_calibration_uses_f1():

@@ -22,7 +22,7 @@ def fitted(tmp_path_factory):
     argv = [
         "fit", str(data), "--out", str(root / "bundle"), "--preset", "cpu", "--epochs", "1", "--da-epochs", "1",
         "--guidance", "4", "--image-size", "64", "--autoencoder", "conv", "--ae-epochs", "1",
-        "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet",
+        "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet", "--target-fpr", "0.1",
     ]  # fmt: skip
     assert main(argv) == 0
     return root, data, root / "bundle"
@@ -93,6 +93,7 @@ def test_eval_paper_normalization(fitted, tmp_path, capsys):
     argv = [
         "fit", str(data), "--out", str(bundle), "--recipe", "paper", "--epochs", "1", "--image-size", "64",
         "--autoencoder", "conv", "--ae-epochs", "1", "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet",
+        "--target-fpr", "0.1",
     ]  # fmt: skip
     assert main(argv) == 0
     argv = ["eval", str(bundle), str(data), "--json", str(root / "p.json"), "--normalization", "paper"]

@@ -25,6 +25,7 @@ TINY = dict(
     device="cpu",
     progress=False,
     log=None,
+    target_fpr=0.2,
 )
 
 
@@ -56,9 +57,10 @@ def test_fit_end_to_end_and_skips_corrupt_images(tmp_path):
     assert any("zz_broken.png" in line for line in lines)
     cfg = read_bundle_config(out)
     assert cfg.metadata["skipped_images"][0].endswith("zz_broken.png")
-    assert cfg.metadata["n_train"] + cfg.metadata["n_holdout"] == 10
+    assert cfg.metadata["n_good"] == 10 and len(cfg.metadata["good_images"]) == 10
+    assert cfg.metadata["n_train"] + len(cfg.metadata["unet_unseen_images"]) == 10
     assert cfg.metadata["autoencoder"]["departure"]
-    assert cfg.calibration["n_good"] == cfg.metadata["n_holdout"]
+    assert cfg.calibration["n_good"] == 10  # every good image sets the threshold, scored out of sample
     assert not (out / "checkpoints").exists()
     pipe = DDADPipeline.from_bundle(out)
     assert len(pipe(np.zeros((64, 64), np.uint8))) == 1
@@ -88,4 +90,4 @@ def test_bundle_json_is_plain_json(tmp_path):
     out = fit(data, tmp_path / "bundle", **TINY)
     raw = json.loads((out / "bundle.json").read_text())
     assert raw["backbone"]["spec"] == "test_resnet:random"
-    assert raw["calibration"]["method"] in {"target_fpr", "max_good"}
+    assert raw["calibration"]["method"] == "conformal"

@@ -131,8 +131,14 @@ def test_fit_reports_and_times_every_step(tmp_path):
     settings = {k: v for k, v in TINY.items() if k not in ("progress", "log")}
     bundle = fit(data, tmp_path / "bundle", progress=Progress(mode="lines", stream=out), log=lines.append, **settings)
     steps = (
-        "load_images", "preprocess", "autoencoder_training", "latent_cache", "unet", "domain_adaptation",
-        "training_features", "calibration",
+        "load_images",
+        "preprocess",
+        "autoencoder_training",
+        "latent_cache",
+        "unet",
+        "domain_adaptation",
+        "training_features",
+        "calibration",
     )  # fmt: skip (TINY has no k-NN term, so no coreset: test_cli's production fit has one)
     text = out.getvalue()
     for name in steps:

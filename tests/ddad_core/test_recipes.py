@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from ddad_core.autoencoders import ConvAutoencoder
 from ddad_core.bundle import read_bundle_config
 from ddad_core.config import DDADConfig, TrainConfig
-from ddad_core.fitting.fit import fit_images, make_configs, split_position_holdout
+from ddad_core.fitting.fit import fit_images, make_configs
 from ddad_core.fitting.recipes import RECIPES, SettingError, get_recipe, recipe_label
 from ddad_core.fitting.train import LatentCache, train_unet
 from ddad_core.patch_knn import PatchKNN, greedy_coreset, patch_features
@@ -91,13 +90,6 @@ def test_position_norm_removes_a_fixed_border_pattern():
         norm.apply("knn", good[:1])
 
 
-def test_split_position_holdout_is_disjoint():
-    stats, thr = split_position_holdout(9, "position")
-    assert set(stats.tolist()).isdisjoint(thr.tolist()) and len(stats) + len(thr) == 9
-    same = split_position_holdout(9, "minmax")
-    assert np.array_equal(same[0], same[1])
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # recipes
 
@@ -126,6 +118,7 @@ def _fit_production(path, size=64):
     return fit_images(
         images, path, config=config, train_config=train, autoencoder=ae, backbone=TINY_BACKBONE, device="cpu",
         batch_size=8, log=None, progress=False, recipe="production", image_names=[f"{i}.png" for i in range(24)],
+        target_fpr=0.1,
     )  # fmt: skip
 
 
@@ -137,9 +130,9 @@ def production_bundle(tmp_path_factory):
 def test_production_bundle_round_trip(production_bundle):
     cfg = read_bundle_config(production_bundle)
     assert cfg.recipe["name"] == "production" and cfg.recipe["version"] == get_recipe("production").version
-    assert len(cfg.metadata["holdout_images"]) == 12
-    # Cross-fitted position statistics: the threshold is set on all 12 held-out images, each out of sample.
-    assert cfg.calibration["n_good"] == 12
+    assert len(cfg.metadata["unet_unseen_images"]) == 12 and len(cfg.metadata["good_images"]) == 24
+    # Every good image is in the banks and sets the threshold, each scored out of sample.
+    assert cfg.calibration["n_good"] == 24 and cfg.calibration["info"]["operating_point"]["rank"] == 23
     pipe = DDADPipeline.from_bundle(production_bundle)
     assert pipe.patch_knn is not None and pipe.position_norm is not None
     assert pipe.patch_knn.bank.shape[0] == 256
@@ -253,8 +246,8 @@ def test_synthetic_defects_set_a_pixel_threshold_that_fits_the_defect():
     defects[:, 8:18, 8:18] += 0.4  # halo around the defect
     defects[masks] += 0.6  # the defect itself
     norm = MapNormalization(0, 1, 0, 1)
-    plain = fit_calibration(good, norm)
-    cal = fit_calibration(good, norm, synthetic_maps=defects, synthetic_masks=masks)
+    plain = fit_calibration(good, norm, target_fpr=0.1)
+    cal = fit_calibration(good, norm, target_fpr=0.1, synthetic_maps=defects, synthetic_masks=masks)
     assert cal.image_threshold == plain.image_threshold  # synthetic defects never move the image threshold
     assert cal.pixel_threshold > cal.image_threshold and cal.info["pixel_method"] == "synthetic_f1"
     _, _, label, mask = score_maps(defects, cal)
@@ -287,10 +280,10 @@ def test_select_settings_scores_the_grid_and_keeps_the_recipe_first(production_b
     from ddad_core.preprocess import preprocess
 
     pipe = DDADPipeline.from_bundle(production_bundle)
-    images = preprocess(synthetic_textures(8, 64, seed=21), image_size=64)
-    synthetic = make_synthetic_defects(images[4:], seed=0)
+    images = preprocess(synthetic_textures(24, 64, seed=0), image_size=64)  # the fit's good images, in bank order
+    synthetic = make_synthetic_defects(images[16:20], seed=0)
     grid = {"guidance": (0.0, 4.0), "knn_weight": (0.5, 1.0)}
-    result = select_settings(pipe, images[:4], images[4:], synthetic.images, synthetic.masks, grid=grid)
+    result = select_settings(pipe, images, synthetic.images, synthetic.masks, [16, 17, 18, 19], grid=grid)
     table = result["table"]
     assert len(table) == 4 and table[0]["settings"] == {"guidance": pipe.config.guidance, "knn_weight": 0.5}
     assert result["chosen"] == max(table, key=lambda r: r["score"])["settings"]
@@ -306,7 +299,7 @@ def test_fit_with_select_records_the_choice(tmp_path):
     bundle = fit_images(
         synthetic_textures(16, 64, seed=0), tmp_path / "b", config=config, train_config=train, autoencoder=ae,
         backbone=TINY_BACKBONE, device="cpu", batch_size=8, log=None, progress=False, select=True,
-        select_grid={"knn_weight": (0.5, 1.0)},
+        select_grid={"knn_weight": (0.5, 1.0)}, target_fpr=0.1,
     )  # fmt: skip
     cfg = read_bundle_config(bundle)
     selection = cfg.metadata["selection"]
@@ -322,7 +315,7 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     data = write_mvtec(tmp_path / "data", n_train=16, n_good=2, n_bad=2)
     argv = [
         "fit", str(data), "--out", str(tmp_path / "b"), "--epochs", "1", "--image-size", "64", "--autoencoder", "conv",
-        "--ae-epochs", "1", "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet",
+        "--ae-epochs", "1", "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet", "--target-fpr", "0.1",
     ]  # fmt: skip
     assert main(argv) == 0
     before = read_bundle_config(tmp_path / "b")
@@ -337,7 +330,11 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     assert after.metadata["recalibrated_from"] == before.model_version
     DDADPipeline.from_bundle(tmp_path / "c")(synthetic_textures(2, 64, seed=3))
     with pytest.raises(SettingError, match="refitting"):
-        recalibrate(tmp_path / "b", tmp_path / "d", knn_bank_size=8, log=None)
+        recalibrate(tmp_path / "b", tmp_path / "d", image_size=32, log=None)
+    # A new bank size rebuilds the banks over the recorded good images (the networks stay).
+    recalibrate(tmp_path / "b", tmp_path / "e", knn_bank_size=8, log=None)
+    rebuilt = DDADPipeline.from_bundle(tmp_path / "e")
+    assert rebuilt.patch_knn.bank.shape[0] == 8 and len(rebuilt.noise_level.bank) == 16
 
 
 def test_patch_features_zero_padded_damps_borders():
