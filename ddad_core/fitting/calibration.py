@@ -78,9 +78,10 @@ def check_calibration_size(n_good: int, target_fpr: float, tail_fit: bool = Fals
     if n_good >= need or tail_fit:
         return
     finest = 1.0 / (n_good + 1)
+    option = math.ceil(finest * 1000) / 1000
     raise SettingError(
         f"a target false-alarm rate of {target_fpr:.3g} needs at least {need} good images, this fit has {n_good} "
-        f"(the finest target they allow is {finest:.3g}): add good images, pass --target-fpr {math.ceil(finest * 1000) / 1000:g} "
+        f"(the finest target they allow is {finest:.3g}): add good images, pass --target-fpr {option:g} "
         "or more, or --tail-fit (a generalised Pareto fit to the top scores, without a finite-sample guarantee)"
     )
 
@@ -115,8 +116,9 @@ def conformal_threshold(good_scores, target_fpr: float = 0.01, tail_fit: bool = 
         >>> thr, record = conformal_threshold(np.arange(240.0), 0.01)
         >>> thr, record["rank"]
         (238.0, 239)
-        >>> record["statement"]
-        'target 1 %: 240 good images scored out of sample, threshold = the 239th smallest score, P(false alarm) <= 0.83 %'
+        >>> print(record["statement"])  # doctest: +NORMALIZE_WHITESPACE
+        target 1 %: 240 good images scored out of sample, threshold = the 239th smallest score,
+        P(false alarm) <= 0.83 %
     """
     scores = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
     n = scores.size
