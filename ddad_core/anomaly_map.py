@@ -54,17 +54,17 @@ class MapNormalization:
 
     @classmethod
     def from_maps(
-        cls, latent_maps: torch.Tensor, feature_maps: torch.Tensor, knn_maps: torch.Tensor | None = None
+        cls,
+        latent_maps: torch.Tensor | None,
+        feature_maps: torch.Tensor | None,
+        knn_maps: torch.Tensor | None = None,
     ) -> MapNormalization:
-        """Min and max over all pixels of all given maps (``(N, S, S)`` each)."""
-        knn = {} if knn_maps is None else {"knn_min": float(knn_maps.min()), "knn_max": float(knn_maps.max())}
-        return cls(
-            latent_min=float(latent_maps.min()),
-            latent_max=float(latent_maps.max()),
-            feature_min=float(feature_maps.min()),
-            feature_max=float(feature_maps.max()),
-            **knn,
-        )
+        """Min and max over all pixels of all given maps (``(N, S, S)`` each; a missing component keeps 0 and 1)."""
+        values: dict[str, float] = {}
+        for name, maps in (("latent", latent_maps), ("feature", feature_maps), ("knn", knn_maps)):
+            low, high = (0.0, 1.0) if maps is None else (float(maps.min()), float(maps.max()))
+            values[f"{name}_min"], values[f"{name}_max"] = low, high
+        return cls(**values)
 
     def merge(self, other: MapNormalization) -> MapNormalization:
         """The statistics of the union of two sets of maps (streaming accumulation)."""

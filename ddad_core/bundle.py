@@ -65,11 +65,12 @@ class BundleConfig(BaseModel):
         schema_version: Layout version (1).
         ddad: Method hyperparameters.
         train: How the UNet was trained.
-        unet_preset: Name of the UNet preset (``ddad_core.unet.UNET_PRESETS``).
-        unet_config: ``dict(unet.config)``; rebuild with ``ddad_core.unet.unet_from_config``.
-        autoencoder: Identity of the latent autoencoder (``LatentAutoencoder.identity()``).
+        unet_preset: Name of the UNet preset (``ddad_core.unet.UNET_PRESETS``); ``none`` for a recipe without
+            reconstruction (``fast``), whose bundle holds no UNet and no autoencoder.
+        unet_config: ``dict(unet.config)``; rebuild with ``ddad_core.unet.unet_from_config``; None without a UNet.
+        autoencoder: Identity of the latent autoencoder (``LatentAutoencoder.identity()``); None without one.
         backbone: Identity of the feature extractor, or None.
-        latent_scale: Latent scaling factor used in training (also inside the autoencoder weights).
+        latent_scale: Latent scaling factor used in training (also inside the autoencoder weights); 1 without one.
         calibration: Normalisation statistics and thresholds (filled by the fitting recipe), or None.
         files: Tensor-group name -> SHA-256 of ``<name>.safetensors`` (filled by :func:`save_bundle`).
         created_at: ISO-8601 UTC time of creation.
@@ -85,8 +86,8 @@ class BundleConfig(BaseModel):
     ddad: DDADConfig
     train: TrainConfig
     unet_preset: str
-    unet_config: dict[str, Any]
-    autoencoder: dict[str, Any]
+    unet_config: dict[str, Any] | None
+    autoencoder: dict[str, Any] | None
     backbone: dict[str, Any] | None = None
     latent_scale: float = Field(gt=0)
     calibration: dict[str, Any] | None = None

@@ -50,16 +50,16 @@ class MapComponents:
     """The un-normalised parts of the anomaly maps of a batch (what fitting and ``paper`` evaluation need).
 
     Attributes:
-        latent_map: ``(B, S, S)`` A_lat.
-        feature_map: ``(B, S, S)`` A_feat.
+        latent_map: ``(B, S, S)`` A_lat, or None when the recipe has no reconstruction term (patch term only).
+        feature_map: ``(B, S, S)`` A_feat, or None likewise.
         noise_step: ``(B,)`` long start timesteps.
         timings_ms: Per-stage wall time.
         recon_images: ``(B, 3, S, S)`` decoded reconstructions in [-1, 1] if requested.
         knn_map: ``(B, S, S)`` patch k-NN distances (production recipe), or None when not computed.
     """
 
-    latent_map: torch.Tensor
-    feature_map: torch.Tensor
+    latent_map: torch.Tensor | None
+    feature_map: torch.Tensor | None
     noise_step: torch.Tensor
     timings_ms: dict[str, float] = field(default_factory=dict)
     recon_images: torch.Tensor | None = None
@@ -68,19 +68,26 @@ class MapComponents:
     @classmethod
     def concat(cls, parts: list[MapComponents]) -> MapComponents:
         """The components of several batches in one, on the CPU (maps and noise steps only)."""
-        knn = [p.knn_map for p in parts]
+
+        def cat(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return torch.cat([v.float().cpu() for v in values]) if values and values[0] is not None else None
+
         return cls(
-            latent_map=torch.cat([p.latent_map.float().cpu() for p in parts]),
-            feature_map=torch.cat([p.feature_map.float().cpu() for p in parts]),
+            latent_map=cat("latent_map"),
+            feature_map=cat("feature_map"),
             noise_step=torch.cat([p.noise_step.cpu() for p in parts]),
-            knn_map=torch.cat([k.float().cpu() for k in knn]) if knn and knn[0] is not None else None,
+            knn_map=cat("knn_map"),
         )
+
+    def __len__(self) -> int:
+        return len(self.noise_step)
 
     def head(self, n: int) -> MapComponents:
         """The first ``n`` images (every field, on its device)."""
         return MapComponents(
-            latent_map=self.latent_map[:n],
-            feature_map=self.feature_map[:n],
+            latent_map=self.latent_map[:n] if self.latent_map is not None else None,
+            feature_map=self.feature_map[:n] if self.feature_map is not None else None,
             noise_step=self.noise_step[:n],
             timings_ms=self.timings_ms,
             recon_images=self.recon_images[:n] if self.recon_images is not None else None,
@@ -108,18 +115,16 @@ class MapComponents:
         """The components of the images at ``index`` (maps and noise steps only)."""
         idx = torch.as_tensor(index, dtype=torch.long)
         return MapComponents(
-            latent_map=self.latent_map[idx],
-            feature_map=self.feature_map[idx],
+            latent_map=self.latent_map[idx] if self.latent_map is not None else None,
+            feature_map=self.feature_map[idx] if self.feature_map is not None else None,
             noise_step=self.noise_step[idx],
             knn_map=self.knn_map[idx] if self.knn_map is not None else None,
         )
 
     def maps(self) -> dict[str, torch.Tensor]:
         """Component name -> raw map (the ones that were computed)."""
-        out = {"latent": self.latent_map, "feature": self.feature_map}
-        if self.knn_map is not None:
-            out["knn"] = self.knn_map
-        return out
+        named = {"latent": self.latent_map, "feature": self.feature_map, "knn": self.knn_map}
+        return {name: m for name, m in named.items() if m is not None}
 
 
 class _Timer:
@@ -146,8 +151,8 @@ class DDADPipeline:
 
     Args:
         config: Method hyperparameters.
-        autoencoder: Latent autoencoder (frozen).
-        unet: Trained noise predictor.
+        autoencoder: Latent autoencoder (frozen); None for a recipe without reconstruction (``fast``).
+        unet: Trained noise predictor; None likewise.
         features: Domain-adapted feature extractor.
         noise_level: Fitted noise-level estimator.
         patch_knn: Nominal patch bank of the k-NN term (recipes with ``knn_weight > 0``).
@@ -172,8 +177,8 @@ class DDADPipeline:
     def __init__(
         self,
         config: DDADConfig,
-        autoencoder: LatentAutoencoder,
-        unet: nn.Module,
+        autoencoder: LatentAutoencoder | None,
+        unet: nn.Module | None,
         features: FeatureExtractor,
         noise_level: NoiseLevelEstimator,
         calibration: Calibration | None = None,
@@ -190,8 +195,8 @@ class DDADPipeline:
         self.channels_last = channels_last
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
-        self.autoencoder = self._place(autoencoder)
-        self.unet = self._place(unet)
+        self.autoencoder = self._place(autoencoder) if autoencoder is not None else None
+        self.unet = self._place(unet) if unet is not None else None
         self.features = self._place(features)
         self.noise_level = noise_level.to(self.device)
         self.patch_knn = patch_knn.to(self.device) if patch_knn is not None else None
@@ -247,12 +252,16 @@ class DDADPipeline:
             raise BundleError(f"model bundle {path} records no feature backbone")
         if backbone is not None:
             check_backbone(config.backbone, backbone)
-        for group in ("unet", "autoencoder", "backbone", "noise_level"):
+        reconstructs = config.unet_config is not None
+        required = ("unet", "autoencoder", "backbone", "noise_level") if reconstructs else ("backbone", "noise_level")
+        for group in required:
             if group not in tensors:
                 raise BundleError(f"model bundle {path} lacks the tensor group {group!r}")
-        autoencoder = autoencoder_from_state(config.autoencoder, tensors["autoencoder"])
-        unet = unet_from_config(config.unet_config)
-        unet.load_state_dict(tensors["unet"])
+        autoencoder, unet = None, None
+        if reconstructs:
+            autoencoder = autoencoder_from_state(config.autoencoder, tensors["autoencoder"])
+            unet = unet_from_config(config.unet_config)
+            unet.load_state_dict(tensors["unet"])
         features = backbone_from_state(config.backbone, tensors["backbone"])
         noise_level = NoiseLevelEstimator.from_tensors(config.ddad, tensors["noise_level"])
         if config.ddad.knn_weight > 0 and "patch_knn" not in tensors:
@@ -353,17 +362,19 @@ class DDADPipeline:
             self.channels_last = channels_last
             layout = torch.channels_last if channels_last else torch.contiguous_format
             for module in (self.unet, self.autoencoder, self.features):
-                module.to(memory_format=layout)
+                if module is not None:
+                    module.to(memory_format=layout)
         if compile:
             if self.device.type == "cpu":
                 import torch._inductor.config as inductor_config
 
                 inductor_config.freezing = True
-            unet_mode = compile_mode or ("reduce-overhead" if self.device.type == "cuda" else None)
-            self.unet = torch.compile(self.unet, mode=unet_mode, dynamic=False)
-            ae = self.autoencoder
-            ae._encode_raw = torch.compile(ae._encode_raw, mode=compile_mode, dynamic=False)
-            ae._decode_raw = torch.compile(ae._decode_raw, mode=compile_mode, dynamic=False)
+            if self.unet is not None and self.autoencoder is not None:
+                unet_mode = compile_mode or ("reduce-overhead" if self.device.type == "cuda" else None)
+                self.unet = torch.compile(self.unet, mode=unet_mode, dynamic=False)
+                ae = self.autoencoder
+                ae._encode_raw = torch.compile(ae._encode_raw, mode=compile_mode, dynamic=False)
+                ae._decode_raw = torch.compile(ae._decode_raw, mode=compile_mode, dynamic=False)
             self.features.forward = torch.compile(self.features.forward, mode=compile_mode, dynamic=False)
             self.compiled_batch_sizes = tuple(sorted(set(batch_sizes or ())))
         return self
@@ -388,6 +399,12 @@ class DDADPipeline:
     def image_size(self) -> int:
         """Side S of the square model input."""
         return self.config.image_size
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether the map has a reconstruction term (latent or feature distance); False for the patch-only
+        ``fast`` recipe, which never runs the autoencoder or the UNet."""
+        return self.config.knn_weight < 1.0 and self.unet is not None and self.autoencoder is not None
 
     @property
     def backbone_name(self) -> str:
@@ -482,6 +499,8 @@ class DDADPipeline:
         timer = timer or _Timer(self.device)
         x = images.to(self.device, torch.float32)
         generator = self._generator()
+        if not self.reconstructs:
+            return self._patch_components(x, timer, exclude)
         # 2. Encode: the posterior mean (deterministic, Q5 clean) or a posterior sample (reference).
         dist = self.autoencoder.encode(x)
         latents = dist.sample(generator) if cfg.posterior == "sample" else dist.mean
@@ -533,6 +552,20 @@ class DDADPipeline:
             timings_ms=dict(timer.times),
             recon_images=recon if keep_recon else None,
             knn_map=knn_map,
+        )
+
+    def _patch_components(self, x: torch.Tensor, timer: _Timer, exclude: torch.Tensor | None) -> MapComponents:
+        """Steps 3 and 7a of a recipe without reconstruction: one backbone pass, the noise level (reported only) and
+        the patch k-NN map."""
+        if self.patch_knn is None:
+            raise RuntimeError("a recipe without reconstruction needs the patch k-NN bank")
+        feats = self.features(x.to(self.dtype))
+        noise_steps = self.noise_level(feats[DIC_BLOCK], exclude)
+        timer.lap("noise_level")
+        knn_map = upsample_map(self.patch_knn(patch_features(feats), exclude), self.config.image_size)
+        timer.lap("patch_knn")
+        return MapComponents(
+            latent_map=None, feature_map=None, noise_step=noise_steps, timings_ms=dict(timer.times), knn_map=knn_map
         )
 
     def components_batched(self, images: torch.Tensor, batch_size: int = 16, knn: bool | None = None) -> MapComponents:

@@ -176,7 +176,7 @@ def collect(
         )
     else:
         raise ValueError(f"normalization must be 'fixed' or 'paper', got {normalization!r}")
-    n = len(comps.latent_map)
+    n = len(comps)
     maps = torch.cat([pipe.blend(comps.select(range(i, min(i + 64, n))), norm) for i in range(0, n, 64)])
     model_seconds += time.perf_counter() - t0
     data = EvaluationData(

@@ -317,7 +317,7 @@ def recalibrate(
         want = make_configs(old.train.preset, recipe=chosen)[1]
         trained = ("timestep_max", "ema_decay", "lr_schedule")
         differ = sorted(k for k in trained if getattr(old.train, k) != getattr(want, k))
-        if differ:
+        if differ and chosen.ddad.get("knn_weight", 0.0) < 1.0:  # a patch-only recipe uses no trained network
             raise SettingError(f"recipe {chosen.name} trains differently ({differ}); refit with `ddad fit --recipe`")
         overrides = {**chosen.ddad, **overrides}
     overrides = {k: v for k, v in overrides.items() if getattr(pipe.config, k) != v}
@@ -395,6 +395,81 @@ def recalibrate(
 
 # ----------------------------------------------------------------------------------------------------------------
 # the recipe
+
+
+def _fit_reconstruction(
+    train_images: torch.Tensor,
+    out_dir: Path,
+    cfg: DDADConfig,
+    tcfg: TrainConfig,
+    autoencoder,
+    train_autoencoder: bool | None,
+    autoencoder_epochs: int,
+    batch_size: int,
+    device: torch.device,
+    log,
+    progress: Progress,
+):
+    """Steps 2-3: the latent autoencoder (frozen pretrained, or our own trained first) and the UNet on its
+    latents. Returns ``(autoencoder, its record, unet, losses, schedule)``."""
+    # 2. Latent autoencoder.
+    ae, ae_spec = resolve_autoencoder(autoencoder, log=log)
+    ae.to(device)
+    ae_info: dict[str, Any] = {"spec": ae_spec}
+    if train_autoencoder is None:
+        train_autoencoder = isinstance(ae, ConvAutoencoder) and ae_spec != "given"
+    if train_autoencoder:
+        if not isinstance(ae, ConvAutoencoder):
+            raise TypeError(f"only the own ConvAutoencoder can be trained, not {type(ae).__name__}")
+        # fit_conv_autoencoder draws its own epoch bar on a terminal; the step adds "still running" lines elsewhere.
+        with progress.step("autoencoder_training", unit="epoch"):
+            psnr = fit_conv_autoencoder(
+                ae, train_images, epochs=autoencoder_epochs, device=device, progress=progress.mode == "bar"
+            )
+        ae_info.update(psnr_db=psnr, epochs=autoencoder_epochs, departure="own autoencoder, not the paper's VAE")
+        _say(log, f"[2/7] own ConvAutoencoder trained: PSNR {psnr:.2f} dB (departure from the paper)")
+    else:
+        if not isinstance(ae, DiffusersVAE) and not isinstance(ae, ConvAutoencoder):
+            # TAE latents are raw: measure their spread on the training images, as SD's 0.18215 was measured.
+            # 64 evenly spaced images estimate the spread to well under 1 % (64 x C x h x w values).
+            sample = train_images[np.linspace(0, len(train_images) - 1, min(64, len(train_images))).astype(int)]
+            with progress.step("latent_scale", total=len(sample)) as step:
+                ae.set_latent_scale(measure_latent_scale(ae, sample, batch_size=8, on_batch=step.update))
+        psnr_images = train_images[:32]
+        with progress.step("autoencoder_psnr", total=len(psnr_images)) as step:
+            ae_info["psnr_db"] = reconstruction_psnr(ae, psnr_images, batch_size=8, on_batch=step.update)
+        _say(
+            log,
+            f"[2/7] autoencoder {ae.kind} ({ae_spec}): latent scale {ae.latent_scale:.4f}, "
+            f"PSNR {ae_info['psnr_db']:.2f} dB",
+        )
+    ae.eval().requires_grad_(False)
+
+    # 3. UNet on cached latents, resumable.
+    with progress.step("latent_cache", total=len(train_images)) as step:
+        cache = encode_dataset(ae, train_images, batch_size=batch_size, step=step)
+    latent_size = cfg.image_size // ae.downsample
+    unet = build_unet(tcfg.preset, ae.latent_channels, latent_size, seed=tcfg.seed)
+    checkpoint_dir = out_dir / "checkpoints"
+    request = {
+        "n_train": len(train_images),
+        "image_size": cfg.image_size,
+        "autoencoder": ae.identity()["sha256"],
+        "train": tcfg.model_dump(),
+        "unet_config": {k: v for k, v in dict(unet.config).items() if not str(k).startswith("_")},
+    }
+    request = json.loads(json.dumps(request, default=str))
+    if checkpoint_dir.exists() and not _request_matches(checkpoint_dir, request):
+        shutil.rmtree(checkpoint_dir)  # a checkpoint of another run must not be resumed
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / "fit_request.json").write_text(json.dumps(request))
+    schedule = NoiseSchedule.from_config(cfg, device=device)
+    losses = train_unet(unet, cache, schedule, tcfg, device, checkpoint_dir=checkpoint_dir, progress=progress)
+    unet.eval().requires_grad_(False)
+    del cache
+    _say(log, f"[3/7] UNet '{tcfg.preset}' trained {tcfg.epochs} epochs, final loss {losses[-1]:.4f}")
+
+    return ae, ae_info, unet, losses, schedule
 
 
 def fit_images(
@@ -494,72 +569,27 @@ def fit_images(
         f"{len(hold_idx)} stay unseen by it)",
     )
 
-    # 2. Latent autoencoder.
-    ae, ae_spec = resolve_autoencoder(autoencoder, log=log)
-    ae.to(device)
-    ae_info: dict[str, Any] = {"spec": ae_spec}
-    if train_autoencoder is None:
-        train_autoencoder = isinstance(ae, ConvAutoencoder) and ae_spec != "given"
-    if train_autoencoder:
-        if not isinstance(ae, ConvAutoencoder):
-            raise TypeError(f"only the own ConvAutoencoder can be trained, not {type(ae).__name__}")
-        # fit_conv_autoencoder draws its own epoch bar on a terminal; the step adds "still running" lines elsewhere.
-        with progress.step("autoencoder_training", unit="epoch"):
-            psnr = fit_conv_autoencoder(
-                ae, train_images, epochs=autoencoder_epochs, device=device, progress=progress.mode == "bar"
-            )
-        ae_info.update(psnr_db=psnr, epochs=autoencoder_epochs, departure="own autoencoder, not the paper's VAE")
-        _say(log, f"[2/7] own ConvAutoencoder trained: PSNR {psnr:.2f} dB (departure from the paper)")
+    # 2.-3. Reconstruction: autoencoder and UNet (recipes without a reconstruction term train neither).
+    reconstructs = cfg.knn_weight < 1.0
+    ae, ae_info, unet, losses, da_losses = None, {}, None, [], []
+    if reconstructs:
+        ae, ae_info, unet, losses, schedule = _fit_reconstruction(
+            train_images, out_dir, cfg, tcfg, autoencoder, train_autoencoder, autoencoder_epochs, batch_size, device,
+            log, progress,
+        )  # fmt: skip
     else:
-        if not isinstance(ae, DiffusersVAE) and not isinstance(ae, ConvAutoencoder):
-            # TAE latents are raw: measure their spread on the training images, as SD's 0.18215 was measured.
-            # 64 evenly spaced images estimate the spread to well under 1 % (64 x C x h x w values).
-            sample = train_images[np.linspace(0, len(train_images) - 1, min(64, len(train_images))).astype(int)]
-            with progress.step("latent_scale", total=len(sample)) as step:
-                ae.set_latent_scale(measure_latent_scale(ae, sample, batch_size=8, on_batch=step.update))
-        psnr_images = train_images[:32]
-        with progress.step("autoencoder_psnr", total=len(psnr_images)) as step:
-            ae_info["psnr_db"] = reconstruction_psnr(ae, psnr_images, batch_size=8, on_batch=step.update)
-        _say(
-            log,
-            f"[2/7] autoencoder {ae.kind} ({ae_spec}): latent scale {ae.latent_scale:.4f}, "
-            f"PSNR {ae_info['psnr_db']:.2f} dB",
-        )
-    ae.eval().requires_grad_(False)
-
-    # 3. UNet on cached latents, resumable.
-    with progress.step("latent_cache", total=len(train_images)) as step:
-        cache = encode_dataset(ae, train_images, batch_size=batch_size, step=step)
-    latent_size = cfg.image_size // ae.downsample
-    unet = build_unet(tcfg.preset, ae.latent_channels, latent_size, seed=tcfg.seed)
-    checkpoint_dir = out_dir / "checkpoints"
-    request = {
-        "n_train": len(train_images),
-        "image_size": cfg.image_size,
-        "autoencoder": ae.identity()["sha256"],
-        "train": tcfg.model_dump(),
-        "unet_config": {k: v for k, v in dict(unet.config).items() if not str(k).startswith("_")},
-    }
-    request = json.loads(json.dumps(request, default=str))
-    if checkpoint_dir.exists() and not _request_matches(checkpoint_dir, request):
-        shutil.rmtree(checkpoint_dir)  # a checkpoint of another run must not be resumed
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (checkpoint_dir / "fit_request.json").write_text(json.dumps(request))
-    schedule = NoiseSchedule.from_config(cfg, device=device)
-    losses = train_unet(unet, cache, schedule, tcfg, device, checkpoint_dir=checkpoint_dir, progress=progress)
-    unet.eval().requires_grad_(False)
-    del cache
-    _say(log, f"[3/7] UNet '{tcfg.preset}' trained {tcfg.epochs} epochs, final loss {losses[-1]:.4f}")
+        _say(log, "[2/7] patch term only: no autoencoder, no UNet")
 
     # 4. Domain adaptation of the backbone.
     features, backbone_spec = resolve_backbone(backbone, log=log)
     if requested_backbone is None:
         _check_existing(out_dir, features.name, overwrite)
-    scheduler = DDADScheduler(schedule, steps_per_image=cfg.steps_per_image, grid=cfg.grid)
-    da_losses = domain_adapt(
-        features, ae, unet, scheduler, train_images, cfg, device=device, seed=tcfg.seed, progress=progress
-    )
-    _say(log, f"[4/7] backbone {features.name}: {cfg.da_epochs} epoch(s) of domain adaptation")
+    if reconstructs:
+        scheduler = DDADScheduler(schedule, steps_per_image=cfg.steps_per_image, grid=cfg.grid)
+        da_losses = domain_adapt(
+            features, ae, unet, scheduler, train_images, cfg, device=device, seed=tcfg.seed, progress=progress
+        )
+        _say(log, f"[4/7] backbone {features.name}: {cfg.da_epochs} epoch(s) of domain adaptation")
 
     # 5. Dynamic noise level and patch k-NN: banks over every good image (one backbone pass).
     features.to(device).eval()
@@ -597,11 +627,11 @@ def fit_images(
     bundle_cfg = BundleConfig(
         ddad=cfg,
         train=tcfg,
-        unet_preset=tcfg.preset,
-        unet_config=dict(unet.config),
-        autoencoder=ae.identity(),
-        backbone={**features.identity(), "spec": backbone_spec, "da_epochs": cfg.da_epochs},
-        latent_scale=ae.latent_scale,
+        unet_preset=tcfg.preset if reconstructs else "none",
+        unet_config=dict(unet.config) if reconstructs else None,
+        autoencoder=ae.identity() if reconstructs else None,
+        backbone={**features.identity(), "spec": backbone_spec, "da_epochs": cfg.da_epochs if reconstructs else 0},
+        latent_scale=ae.latent_scale if reconstructs else 1.0,
         calibration=calibration.to_dict(),
         recipe=recipe_info,
         metadata={
@@ -618,26 +648,28 @@ def fit_images(
             **(metadata or {}),
         },
     )
-    tensors = {
-        "unet": unet.state_dict(),
-        "autoencoder": ae.state_dict(),
-        "backbone": features.state_dict(),
-        "noise_level": noise_level.tensors(),
-    }
+    tensors = {"backbone": features.state_dict(), "noise_level": noise_level.tensors()}
+    if reconstructs:
+        tensors.update(unet=unet.state_dict(), autoencoder=ae.state_dict())
     if patch_knn is not None:
         tensors["patch_knn"] = patch_knn.tensors()
     if pipe.position_norm is not None:
         tensors["position_norm"] = pipe.position_norm.tensors()
     save_bundle(out_dir, bundle_cfg, tensors, overwrite=True)
     if not keep_checkpoints:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     final = read_bundle_config(out_dir)
+    parts = (
+        f"autoencoder {ae.kind}, backbone {features.name}, UNet {tcfg.preset} x {tcfg.epochs} epochs "
+        f"(loss {losses[-1]:.4f})"
+        if reconstructs
+        else f"backbone {features.name}, patch term only"
+    )
     _say(
         log,
-        f"[7/7] recipe {recipe_info['name']} v{recipe_info['version']}: "
-        f"fitted on {len(all_images)} good images in {format_seconds(total)}: "
-        f"autoencoder {ae.kind}, backbone {features.name}, UNet {tcfg.preset} x {tcfg.epochs} epochs "
-        f"(loss {losses[-1]:.4f}), threshold {calibration.image_threshold:.4f} -> {out_dir} ({final.model_version})",
+        f"[7/7] recipe {recipe_info['name']} v{recipe_info['version']}: fitted on {len(all_images)} good images in "
+        f"{format_seconds(total)}: {parts}, threshold {calibration.image_threshold:.4f} -> {out_dir} "
+        f"({final.model_version})",
     )
     _say(log, f"time per step: {format_timings(timings, total)}")
     return out_dir

@@ -73,7 +73,7 @@ def _weighted_maps(pipe: DDADPipeline, comps: MapComponents, overrides: dict[str
 
 def _minmax_leave_one_out(good: MapComponents, names: Sequence[str], source: torch.Tensor) -> list[MapNormalization]:
     """Per target row, the min-max statistics of the good images other than ``source[row]``."""
-    n = len(good.latent_map)
+    n = len(good)
     if n < 2:
         raise ValueError("leave-one-out statistics need at least two good images")
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -112,7 +112,7 @@ def out_of_sample_maps(
     """
     overrides = overrides or {}
     target = good if target is None else target
-    n_target = len(target.latent_map)
+    n_target = len(target)
     source = torch.arange(n_target) if source is None else torch.as_tensor(source, dtype=torch.long)
     cfg = pipe.config.model_copy(update=overrides)
     weights = component_weights(cfg.latent_weight, cfg.knn_weight)
@@ -124,12 +124,12 @@ def out_of_sample_maps(
         for i, s in enumerate(source.tolist()):
             norm = loo.select([s]) if s >= 0 else full
             rows.append(combine_maps(target.select([i]).maps(), weights, position_norm=norm, sigma=cfg.blur_sigma))
-        return torch.cat(rows) if rows else torch.zeros(0, *target.latent_map.shape[1:])
+        return torch.cat(rows) if rows else torch.zeros(0, *next(iter(target.maps().values())).shape[1:])
     norms = _minmax_leave_one_out(good, list(stats), source)
     groups: dict[MapNormalization, list[int]] = {}
     for i, norm in enumerate(norms):
         groups.setdefault(norm, []).append(i)
-    out = torch.empty(target.latent_map.shape, dtype=torch.float32)
+    out = torch.empty(next(iter(target.maps().values())).shape, dtype=torch.float32)
     for norm, rows in groups.items():
         out[rows] = combine_maps(target.select(rows).maps(), weights, norm, sigma=cfg.blur_sigma).float()
     return out
@@ -155,6 +155,8 @@ def reconstruction_gap(good: MapComponents, unet_trained: np.ndarray) -> dict[st
         return None
     out = {"unet_trained_images": int(seen.sum()), "unet_unseen_images": int((~seen).sum())}
     for name in ("latent", "feature"):
+        if getattr(good, f"{name}_map") is None:
+            return None
         peaks = getattr(good, f"{name}_map").flatten(1).amax(dim=1).numpy()
         out[f"{name}_unseen_over_seen"] = float(np.median(peaks[~seen]) / max(np.median(peaks[seen]), 1e-12))
     return out

@@ -3,6 +3,8 @@
 * ``paper``: the reference defaults of D3AD (METHOD.md section 9) with its faithful quirks: minmax-normalised
   latent + feature map, dynamic T-hat up to 80, w = 4, one epoch of domain adaptation, UNet trained on the whole
   timestep range without EMA or learning-rate decay.
+* ``fast``: the patch k-NN term alone, with the same per-position statistics: no autoencoder, no UNet, no
+  denoising, so nothing is trained and a frame costs one backbone pass and one nearest-neighbour search.
 * ``production``: a clearly labelled variant chosen from the ablations on real data (``bench/ablations.py``;
   tables in the README): the same reconstruction, plus a PatchCore-style patch k-NN term on the nominal feature
   bank (``patch_knn.py``), each component standardised per position against held-out good images
@@ -76,6 +78,13 @@ RECIPES: dict[str, Recipe] = {
             "holdout_fraction": 0.2,
             "epochs": 100,
         },
+    ),
+    "fast": Recipe(
+        name="fast",
+        version=1,
+        description="patch k-NN term only (no autoencoder, no UNet, no denoising), per-position z-scores; "
+        "several times faster to fit and to run",
+        ddad={"knn_weight": 1.0, "component_norm": "position", "da_epochs": 0},
     ),
 }
 

@@ -344,3 +344,23 @@ def test_patch_features_zero_padded_damps_borders():
     assert float(inside[0, 0, 0, 0]) == pytest.approx(1.0)  # averages only the pixels inside
     assert float(padded[0, 0, 0, 0]) == pytest.approx(4 / 9)  # PatchCore's AvgPool2d(3, 1, 1): zeros outside
     assert float(padded[0, 0, 1, 1]) == pytest.approx(1.0)
+
+
+def test_fast_recipe_trains_nothing_and_serves(tmp_path):
+    config, train = make_configs("cpu", image_size=64, recipe="fast", ddad_overrides={"knn_k": 3})
+    bundle = fit_images(
+        synthetic_textures(20, 64, seed=0), tmp_path / "fast", config=config, train_config=train,
+        backbone=TINY_BACKBONE, device="cpu", batch_size=8, log=None, progress=False, recipe="fast", target_fpr=0.1,
+    )  # fmt: skip
+    cfg = read_bundle_config(bundle)
+    assert cfg.unet_config is None and cfg.autoencoder is None and "unet" not in cfg.files
+    assert cfg.recipe["name"] == "fast" and cfg.calibration["n_good"] == 20
+    pipe = DDADPipeline.from_bundle(bundle)
+    assert not pipe.reconstructs and pipe.unet is None
+    frames = synthetic_textures(2, 64, seed=9)
+    damaged = frames[1].copy()
+    damaged[20:34, 20:34] = 255
+    out = pipe([frames[0], damaged])
+    assert out.anomaly_map.shape == (2, 64, 64) and set(out.timings_ms) >= {"noise_level", "patch_knn"}
+    assert "denoise" not in out.timings_ms
+    assert float(out.pred_score_raw[1]) > float(out.pred_score_raw[0])
