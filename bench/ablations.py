@@ -1,12 +1,14 @@
-"""Ablations on fitted weights: each sweep re-evaluates the same bundles on the same test images.
+"""Ablations on fitted weights: each sweep re-evaluates the same bundles on the same test images, all from the
+*tune* half of each test set (``ddad_core/evaluation/splits.py``): sweeps choose settings, so they never see the
+report half that published figures come from.
 
 For every dataset (MVTec layout) two bundles are fitted once, or reused from ``--work`` when present:
 ``<work>/<dataset>_paper`` (recipe ``paper``) and ``<work>/<dataset>_production`` (recipe ``production``), both
 with the offline weights (TAEF2, MobileNetV2) and the same training images. Nothing is refitted for a sweep:
 
 * sampler settings (omega, fixed or dynamic T, T_max, guidance w, feature reference, feature pooling) re-run the
-  pipeline with ``DDADPipeline.with_settings`` on the held-out good images (normalisation statistics) and the test
-  images; with omega > 0 every point is the mean over ``--seeds`` seeded runs (K is printed);
+  pipeline with ``DDADPipeline.with_settings`` on the bundle's good images (scored out of sample: the normalisation
+  statistics) and the test images; with omega > 0 every point is the mean over ``--seeds`` seeded runs (K is printed);
 * map settings (normalisation fixed / paper / per position, latent weight lambda, k-NN weight) re-blend the
   cached raw components of the default run;
 * DA epochs 0 vs the bundle's: the ImageNet backbone is loaded again (no adaptation) -- 3 epochs would refit the
@@ -41,10 +43,10 @@ from bench_detector import fit_bundle  # bench/ is on sys.path when this file ru
 from ddad_core.config import DDADConfig
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
 from ddad_core.evaluation.metrics import aupro, auroc, f1_max, pixel_auroc
+from ddad_core.evaluation.splits import half_of_items
 from ddad_core.features import load_backbone
-from ddad_core.fitting.fit import split_position_holdout
+from ddad_core.fitting.out_of_sample import good_components, out_of_sample_maps
 from ddad_core.fitting.recipes import SettingError
-from ddad_core.fitting.select import blend_with
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import preprocess
 
@@ -207,7 +209,8 @@ class TestSet:
 
 
 def load_test_set(data_dir: Path, size: int, max_images: int | None) -> TestSet:
-    items = MVTecFolder(data_dir, require_test=True).test_items
+    folder = MVTecFolder(data_dir, require_test=True)
+    items = half_of_items(folder.test_items, folder.root / "test", "tune")
     if max_images is not None and len(items) > max_images:
         keep = sorted(set(np.linspace(0, len(items) - 1, max_images).round().astype(int).tolist()))
         items = [items[i] for i in keep]
@@ -228,9 +231,9 @@ def load_test_set(data_dir: Path, size: int, max_images: int | None) -> TestSet:
 def holdout_images(bundle: Path, data_dir: Path, size: int) -> torch.Tensor:
     from ddad_core.bundle import read_bundle_config
 
-    names = read_bundle_config(bundle).metadata.get("holdout_images")
+    names = read_bundle_config(bundle).metadata.get("good_images")
     if not names:
-        raise SettingError(f"{bundle} records no held-out images (fitted before they were recorded); refit it")
+        raise SettingError(f"{bundle} records no good images (fitted before they were recorded); refit it")
     loaded = load_images([Path(data_dir) / n for n in names], warn=False)
     return preprocess(loaded.images, image_size=size)
 
@@ -248,14 +251,11 @@ def ensure_bundle(work: Path, data_dir: Path, recipe: str, args: argparse.Namesp
 
 
 def blend_for(pipe: DDADPipeline, hold: MapComponents, test: MapComponents, overrides: dict) -> torch.Tensor:
-    """Blended test maps for map-setting ``overrides``: per-position statistics from the statistics half of the
-    held-out components, min-max from all of them (or from the test set itself, the paper's normalisation)."""
+    """Blended test maps for map-setting ``overrides``, normalised with the statistics of the bundle's good images
+    (or, for min-max with ``normalization="paper"``, of the test set itself, the reference's normalisation)."""
     cfg = pipe.config.model_copy(update=overrides)
-    if cfg.component_norm == "position":
-        stats = hold.select(split_position_holdout(len(hold.latent_map), "position")[0])
-    else:
-        stats = test if cfg.normalization == "paper" else hold
-    return blend_with(pipe, stats, test, overrides)
+    stats = test if cfg.component_norm == "minmax" and cfg.normalization == "paper" else hold
+    return out_of_sample_maps(pipe, stats, test, [-1] * len(test), overrides)
 
 
 def score(maps: torch.Tensor, data: TestSet) -> dict[str, float]:
@@ -271,7 +271,8 @@ def score(maps: torch.Tensor, data: TestSet) -> dict[str, float]:
 
 def run_components(pipe: DDADPipeline, data: TestSet, batch: int) -> tuple[MapComponents, MapComponents]:
     knn = pipe.patch_knn is not None
-    return pipe.components_batched(data.holdout, batch, knn=knn), pipe.components_batched(data.images, batch, knn=knn)
+    hold = good_components(pipe, data.holdout, batch_size=batch, knn=knn)
+    return hold, pipe.components_batched(data.images, batch, knn=knn)
 
 
 def mean_points(points: list[dict]) -> dict[str, float]:

