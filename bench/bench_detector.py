@@ -148,6 +148,15 @@ class MethodRun:
     seconds_per_image: float
 
 
+def good_tail(good_maps: torch.Tensor) -> float:
+    """How far the good images' highest scores stand out of their own pixels, in pixel standard deviations:
+    ``(99th percentile of the image scores - mean pixel) / pixel sd``, from out-of-sample maps. Scale-free, so the
+    normalisations of one bundle can be compared on good images alone: a defect has to rise above this tail."""
+    pixels = good_maps.flatten().double()
+    scores = good_maps.flatten(1).amax(dim=1).double()
+    return float((torch.quantile(scores, 0.99) - pixels.mean()) / pixels.std().clamp_min(1e-12))
+
+
 def threshold_from(train_maps: torch.Tensor, args) -> tuple[float, dict[str, Any]]:
     scores = train_maps.flatten(1).amax(dim=1).numpy()
     return conformal_threshold(scores, args.target_fpr, tail_fit=True)
@@ -176,6 +185,7 @@ def run_baseline(train: torch.Tensor, halves: dict[str, Half], args) -> MethodRu
 
     train_maps = maps_of(train, torch.arange(len(train)))
     threshold, record = threshold_from(train_maps, args)
+    record["good_tail"] = good_tail(train_maps)
     maps, seconds = {}, 0.0
     for name, half in halves.items():
         t0 = time.perf_counter()
@@ -185,11 +195,24 @@ def run_baseline(train: torch.Tensor, halves: dict[str, Half], args) -> MethodRu
     return MethodRun("kNN baseline", maps, threshold, record, fit_seconds, seconds)
 
 
+def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
+    """``fast`` or ``fast:knn_zero_pad=true,knn_bank_size=8192`` -> recipe name and ``DDADConfig`` overrides."""
+    name, _, rest = text.partition(":")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+    return name, overrides
+
+
 def bundle_for(data_dir: Path, recipe: str, args) -> Path:
-    bundle = args.bundles / f"{data_dir.name}_{recipe}"
+    bundle = args.bundles / f"{data_dir.name}_{recipe.replace(':', '_').replace('=', '-').replace(',', '_')}"
     if (bundle / "bundle.json").exists():
         return bundle
-    config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe)
+    recipe, overrides = parse_recipe(recipe)
+    config, train_config = make_configs(
+        args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe, ddad_overrides=overrides
+    )
     fit(
         data_dir, bundle, config=config, train_config=train_config, autoencoder=args.autoencoder,
         backbone=args.backbone, device=args.device, max_train_images=args.max_train_images, recipe=recipe,
@@ -248,9 +271,13 @@ def run_bundle(bundle: Path, train: torch.Tensor, names: list[str], halves: dict
     fit_seconds = float((pipe.bundle_config.metadata.get("fit_seconds") or {}).get("total", float("nan")))
     runs = []
     recipe = (pipe.bundle_config.recipe or {}).get("name", "custom")
+    if pipe.config.knn_zero_pad:
+        recipe += " (zero-padded patches)"
     for label, overrides in variants_of(pipe).items():
         variant = pipe.with_settings(**{k: v for k, v in overrides.items() if k == "knn_weight"})
-        threshold, record = threshold_from(out_of_sample_maps(pipe, good, overrides=overrides), args)
+        good_maps = out_of_sample_maps(pipe, good, overrides=overrides)
+        threshold, record = threshold_from(good_maps, args)
+        record["good_tail"] = good_tail(good_maps)
         maps = {h: out_of_sample_maps(pipe, good, comps, [-1] * len(comps), overrides) for h, comps in tests.items()}
         runs.append(
             MethodRun(f"{recipe}: {label}", maps, threshold, record, fit_seconds, time_per_image(variant, halves))
@@ -332,12 +359,16 @@ def report_table(rows: list[tuple[str, str, dict]]) -> str:
 
 def tune_table(rows: list[tuple[str, str, dict]]) -> str:
     """Markdown: the tune half (what settings are chosen on), point figures only."""
-    lines = ["| dataset | method | image AUROC | AUPRO | recall @1 % FA | pixel AUROC | images |", "|" + "---|" * 7]
+    lines = [
+        "| dataset | method | image AUROC | AUPRO | recall @1 % FA | pixel AUROC | good tail (sd) | images |",
+        "|" + "---|" * 8,
+    ]
     for dataset, method, r in rows:
         res = r["tune"]
         lines.append(
             f"| {dataset} | {method} | {_f(res.get('image_auroc'))} | {_f(res.get('aupro'))} | "
-            f"{_f(res.get('recall_at_1pct_fpr'))} | {_f(res.get('pixel_auroc'))} | {res['n_images']} |"
+            f"{_f(res.get('recall_at_1pct_fpr'))} | {_f(res.get('pixel_auroc'))} | "
+            f"{_f(r['calibration'].get('good_tail'), 2)} | {res['n_images']} |"
         )
     return "\n".join(lines)
 
@@ -352,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="MVTec-layout dataset folders")
     parser.add_argument("--out", type=Path, default=Path("/tmp/ddad_bench"), help="tables, JSON, component cache")
     parser.add_argument("--bundles", type=Path, help="where bundles are found or fitted (default <out>/bundles)")
-    parser.add_argument("--recipes", nargs="+", default=["production"], help="recipes to fit or reuse")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["production"],
+        help="recipes to fit or reuse; RECIPE:FIELD=VALUE,... adds method settings (fast:knn_zero_pad=true)",
+    )
     parser.add_argument("--autoencoder", help="tae:<dir>, sd:<dir> or conv (recipes with reconstruction)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")

@@ -78,6 +78,11 @@ class DDADConfig(BaseModel):
         0.0, ge=0, le=1, description="Weight of the patch k-NN term (patch_knn.py) in the map; 0 = the paper's map."
     )
     knn_bank_size: int = Field(16384, gt=0, description="Coreset size of the nominal patch bank of the k-NN term.")
+    knn_zero_pad: bool = Field(
+        False,
+        description="Average border patches with zeros outside the map (PatchCore's padding, which damps borders); "
+        "False averages only the pixels inside.",
+    )
     component_norm: Literal["minmax", "position"] = Field(
         "minmax",
         description="How each map component is normalised before blending: 'minmax' (paper) or 'position', "

@@ -303,6 +303,7 @@ class DDADPipeline:
             "da_batch_size",
             "da_lr",
             "knn_bank_size",
+            "knn_zero_pad",
         }
     )
 
@@ -516,7 +517,7 @@ class DDADPipeline:
         if knn:
             if self.patch_knn is None:
                 raise RuntimeError("the pipeline has no patch k-NN bank")
-            knn_map = upsample_map(self.patch_knn(patch_features(feats), exclude), cfg.image_size)
+            knn_map = upsample_map(self.patch_knn(patch_features(feats, cfg.knn_zero_pad), exclude), cfg.image_size)
             timer.lap("patch_knn")
         # 4. Conditioned denoising, every image from its own start step, all in one batch.
         recon_latents = reconstruct(
@@ -562,7 +563,8 @@ class DDADPipeline:
         feats = self.features(x.to(self.dtype))
         noise_steps = self.noise_level(feats[DIC_BLOCK], exclude)
         timer.lap("noise_level")
-        knn_map = upsample_map(self.patch_knn(patch_features(feats), exclude), self.config.image_size)
+        patches = patch_features(feats, self.config.knn_zero_pad)
+        knn_map = upsample_map(self.patch_knn(patches, exclude), self.config.image_size)
         timer.lap("patch_knn")
         return MapComponents(
             latent_map=None, feature_map=None, noise_step=noise_steps, timings_ms=dict(timer.times), knn_map=knn_map

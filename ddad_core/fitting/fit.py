@@ -223,7 +223,7 @@ def fit_banks(
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         blocks = features(x.to(device))
-        patches = patch_features(blocks).cpu() if config.knn_weight > 0 else None
+        patches = patch_features(blocks, config.knn_zero_pad).cpu() if config.knn_weight > 0 else None
         return embed_block(blocks[DIC_BLOCK], config.dic_pool_size), patches
 
     with progress.step("training_features", total=len(images)) as step:
@@ -321,7 +321,7 @@ def recalibrate(
             raise SettingError(f"recipe {chosen.name} trains differently ({differ}); refit with `ddad fit --recipe`")
         overrides = {**chosen.ddad, **overrides}
     overrides = {k: v for k, v in overrides.items() if getattr(pipe.config, k) != v}
-    bank_fields = {"knn_bank_size", "knn_k", "num_bins", "knn_mode", "dic_pool_size"}
+    bank_fields = {"knn_bank_size", "knn_zero_pad", "knn_k", "num_bins", "knn_mode", "dic_pool_size"}
     try:
         pipe = pipe.with_settings(**{k: v for k, v in overrides.items() if k not in bank_fields})
     except ValueError as exc:
