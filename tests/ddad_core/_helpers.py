@@ -83,3 +83,52 @@ def plant_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     region = mask.astype(bool)
     out[region] = 0.3 * out[region] + 0.7 * value
     return np.clip(out, 0, 255).astype(np.uint8), region
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generated machined parts (quality test): every image drawn on its own, never a crop of a shared picture
+
+
+def machined_parts(count: int, size: int, seed: int) -> list[np.ndarray]:
+    """Gray images of a turned part seen from above, each generated independently: a disc with concentric turning
+    marks and a central bore on a dark fixture, with the part's position, radius, brightness, mark period and
+    lighting varying from part to part, plus sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    parts = []
+    for _ in range(count):
+        cy, cx = size / 2 + rng.uniform(-2, 2, 2)
+        radius = size * rng.uniform(0.40, 0.43)
+        r = np.hypot(yy - cy, xx - cx)
+        marks = 12 * np.sin(2 * np.pi * r / rng.uniform(4.5, 6.0) + rng.uniform(0, 2 * np.pi))
+        light = 25 * ((xx - cx) * np.cos(a := rng.uniform(0, 2 * np.pi)) + (yy - cy) * np.sin(a)) / size
+        surface = rng.uniform(140, 160) + marks + light
+        image = np.where(r < radius, surface, 35.0)
+        image = np.where(r < size * 0.1, 20.0, image)  # the bore
+        image += rng.normal(0, 4, image.shape)
+        parts.append(np.clip(image, 0, 255).astype(np.uint8))
+    return parts
+
+
+def plant_part_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A scratch (thin line across the marks) or a dent (small soft-edged spot), bright or dark, of moderate
+    contrast, on the part's surface; returns ``(image, mask)``."""
+    import cv2
+
+    size = image.shape[0]
+    mask = np.zeros(image.shape, np.uint8)
+    angle = rng.uniform(0, 2 * np.pi)
+    centre = size / 2 + rng.uniform(0.18, 0.3) * size * np.array([np.cos(angle), np.sin(angle)])
+    if rng.integers(0, 2) == 0:
+        direction = rng.uniform(0, np.pi)
+        half = rng.uniform(0.08, 0.15) * size
+        step = half * np.array([np.cos(direction), np.sin(direction)])
+        p0, p1 = (centre - step).astype(int), (centre + step).astype(int)
+        cv2.line(mask, tuple(int(v) for v in p0), tuple(int(v) for v in p1), 1, thickness=2)
+    else:
+        axes = tuple(int(v) for v in rng.integers(size // 24, size // 12, 2))
+        cv2.ellipse(mask, tuple(int(v) for v in centre), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    region = mask.astype(bool)
+    out = image.astype(np.float32)
+    out[region] += (1 if rng.random() < 0.5 else -1) * rng.uniform(45, 70)
+    return np.clip(out, 0, 255).astype(np.uint8), region
