@@ -426,6 +426,7 @@ class DDADPipeline:
             "normalized_threshold": 1.0 - c.sensitivity,
             "method": c.method,
             "target_fpr": c.target_fpr,
+            "guarantee": (c.info.get("operating_point") or {}).get("statement"),
         }
 
     @property

@@ -37,7 +37,9 @@ class Calibration:
         pixel_min: Smallest calibration map value (for normalised heatmaps).
         pixel_max: Largest calibration map value.
         sensitivity: Default operating point (0.5 = the calibrated threshold).
-        method: How ``image_threshold`` was chosen (``target_fpr``, ``f1``, ``max_good``, ``manual``).
+        method: How ``image_threshold`` was chosen: ``conformal`` (the quantile of out-of-sample good scores
+            for ``target_fpr``), ``tail_fit``, ``f1`` (labelled defects), ``manual``; bundles calibrated before
+            out-of-sample scoring say ``target_fpr`` or ``max_good``.
         target_fpr: The false-alarm rate aimed at on good parts (``target_fpr`` method).
         n_good: Number of good calibration images.
         n_defect: Number of defective calibration images (0 for good-only calibration).
@@ -52,7 +54,7 @@ class Calibration:
     pixel_min: float
     pixel_max: float
     sensitivity: float = 0.5
-    method: str = "target_fpr"
+    method: str = "conformal"
     target_fpr: float | None = 0.01
     n_good: int = 0
     n_defect: int = 0
