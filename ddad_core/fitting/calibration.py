@@ -46,6 +46,8 @@ from ddad_core.scoring import Calibration, check_sensitivity
 #: Share of the top scores a tail fit uses (at least ``_TAIL_MIN`` of them).
 _TAIL_SHARE = 0.2
 _TAIL_MIN = 10
+#: Smallest shape a tail fit may take (maximum likelihood is regular above -0.5; Smith 1985).
+_MIN_SHAPE = -0.5
 
 
 def min_good_images(target_fpr: float) -> int:
@@ -152,7 +154,8 @@ def pareto_tail_threshold(scores, target_fpr: float) -> tuple[float, dict[str, A
     """Threshold where a generalised Pareto tail, fitted to the top scores, puts ``target_fpr`` of the mass above.
 
     The top ``m = max(10, 0.2 N)`` scores' excesses over the next score ``u`` are fitted by maximum likelihood
-    (location 0); ``P(S > u + y) = (m / N) * (1 - G(y))`` is solved for ``target_fpr``. A target inside the
+    (location 0, shape held at -0.5 if the fit goes below, where the likelihood stops being regular);
+    ``P(S > u + y) = (m / N) * (1 - G(y))`` is solved for ``target_fpr``. A target inside the
     observed range (``target_fpr >= m / N``) is read off the empirical quantile instead.
     """
     from scipy.stats import genpareto
@@ -170,6 +173,8 @@ def pareto_tail_threshold(scores, target_fpr: float) -> tuple[float, dict[str, A
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         shape, _, scale = genpareto.fit(np.maximum(excess, 0.0), floc=0.0)
+        if shape < _MIN_SHAPE:  # below -0.5 the likelihood is irregular (unbounded below -1): hold the shape there
+            shape, _, scale = genpareto.fit(np.maximum(excess, 0.0), f0=_MIN_SHAPE, floc=0.0)
     threshold = u + float(genpareto.ppf(1.0 - share, shape, loc=0.0, scale=scale))
     if not math.isfinite(threshold):
         threshold = float(s[-1])
