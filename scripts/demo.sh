@@ -4,6 +4,8 @@
 #   bash scripts/demo.sh [demo options]       # options go to services.demo
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Only what the demo runs: the venv, the Kafka and s3proxy jars, Redis (no test tools: Go builds, Chromium, etcd).
+DDAD_SETUP=demo
 # shellcheck source=scripts/bootstrap.sh
 source scripts/bootstrap.sh
 

@@ -7,6 +7,9 @@
 # Exits non-zero on any failure or error, and when pytest collects no test at all (its exit code 5).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Everything the tests need: what the demo runs plus the test tools (helm, kubeconform, promtool, kube-apiserver,
+# Chromium, etcd).
+DDAD_SETUP=test
 # shellcheck source=scripts/bootstrap.sh
 source scripts/bootstrap.sh
 

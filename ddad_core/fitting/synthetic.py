@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "KINDS",
+    "SUBTLE_KINDS",
     "MIN_MEAN_CHANGE",
     "SyntheticDefects",
     "cutpaste",
@@ -48,8 +49,11 @@ __all__ = [
     "perlin_paste",
 ]
 
-#: Defect kinds of :func:`make_synthetic_defects`, in cycling order.
+#: Defect kinds of :func:`make_synthetic_defects`, in cycling order: the large, high-contrast pastes of DRAEM and
+#: CutPaste ...
 KINDS = ("perlin", "cutpaste", "scar")
+#: ... and small, thin, low-contrast defects in the part's own texture (:func:`subtle_defect`).
+SUBTLE_KINDS = ("pit", "scratch", "stain")
 #: Minimum mean absolute change inside a mask, in [-1, 1] units (half of it in [0, 1] units).
 MIN_MEAN_CHANGE = 0.1
 _DRAWS = 4
@@ -307,7 +311,71 @@ def cutpaste(image, rng: np.random.Generator, scar: bool = False) -> tuple[np.nd
     return _visible(image, rng, draw)
 
 
-_MAKERS = {"perlin": perlin_paste, "cutpaste": cutpaste, "scar": lambda im, rng: cutpaste(im, rng, scar=True)}
+def _soft_blob(shape: tuple[int, int], rng: np.random.Generator, area: float) -> tuple[np.ndarray, np.ndarray]:
+    """A soft-edged irregular spot of about ``area`` (fraction of the image): ``(weight in [0, 1], mask)``."""
+    h, w = shape
+    radius = max(1.5, math.sqrt(area * h * w / math.pi))
+    cy, cx = rng.uniform(radius, h - radius), rng.uniform(radius, w - radius)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    wobble = 1 + 0.35 * perlin_noise(shape, max(2, int(min(h, w) / (2 * radius))), rng)
+    r = np.hypot((yy - cy) / wobble, (xx - cx) / wobble) / radius
+    weight = np.clip(1.5 - r, 0.0, 1.0) ** 2
+    return weight, weight > 0.25
+
+
+def _thin_line(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A thin, slightly curved line (1-3 px, 5-25 % of the shorter side): ``(weight, mask)``."""
+    h, w = shape
+    length = rng.uniform(0.05, 0.25) * min(h, w)
+    width = rng.uniform(1.0, 3.0)
+    cy, cx = rng.uniform(0.15 * h, 0.85 * h), rng.uniform(0.15 * w, 0.85 * w)
+    angle, bend = rng.uniform(0, math.pi), rng.uniform(-0.3, 0.3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u = (xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)
+    v = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle) - bend * u**2 / max(length, 1.0)
+    along = np.clip(1.0 - np.abs(u) / (length / 2), 0.0, 1.0) > 0
+    weight = np.where(along, np.clip(1.0 - np.abs(v) / width, 0.0, 1.0), 0.0).astype(np.float32)
+    return weight, weight > 0.25
+
+
+def subtle_defect(image, rng: np.random.Generator, kind: str = "pit") -> tuple[np.ndarray, np.ndarray]:
+    """Defects like real ones on machined and rolled surfaces: small, thin, low-contrast, in the part's own texture.
+
+    * ``pit``: a soft-edged spot of 0.05-0.5 % of the image, darker (or brighter) by a factor 0.7-0.88 (1.12-1.3)
+      of the local intensity, so the texture shows through;
+    * ``scratch``: a thin, slightly curved line, shifted by 6-15 % of the range, bright or dark;
+    * ``stain``: a soft spot of 0.5-3 % of the image, 6-15 % lighter or darker, slightly tinted on colour images.
+
+    The mask is where the change reaches a quarter of its full strength; pixels outside are unchanged.
+    """
+    x = _to_unit(image)
+    h, w, c = x.shape
+    if kind == "pit":
+        weight, mask = _soft_blob((h, w), rng, rng.uniform(0.0005, 0.005))
+        factor = rng.uniform(0.7, 0.88) if rng.random() < 0.7 else rng.uniform(1.12, 1.3)
+        y = x * (1 + (factor - 1) * weight[..., None])
+    elif kind == "scratch":
+        weight, mask = _thin_line((h, w), rng)
+        y = x + (1 if rng.random() < 0.5 else -1) * rng.uniform(0.06, 0.15) * weight[..., None]
+    elif kind == "stain":
+        weight, mask = _soft_blob((h, w), rng, rng.uniform(0.005, 0.03))
+        direction = (1 if rng.random() < 0.5 else -1) + 0.3 * rng.uniform(-1, 1, size=c).astype(np.float32)
+        y = x + rng.uniform(0.06, 0.15) * weight[..., None] * direction
+    else:
+        raise ValueError(f"unknown subtle defect kind {kind!r}; choose pit, scratch or stain")
+    orig = np.asarray(image)
+    keep = mask if orig.ndim == 2 else mask[..., None]
+    return np.where(keep, _from_unit(y, orig), orig), mask
+
+
+_MAKERS = {
+    "perlin": perlin_paste,
+    "cutpaste": cutpaste,
+    "scar": lambda im, rng: cutpaste(im, rng, scar=True),
+    "pit": lambda im, rng: subtle_defect(im, rng, "pit"),
+    "scratch": lambda im, rng: subtle_defect(im, rng, "scratch"),
+    "stain": lambda im, rng: subtle_defect(im, rng, "stain"),
+}
 
 
 @dataclass
@@ -332,14 +400,14 @@ def make_synthetic_defects(images, seed: int, kinds: Sequence[str] = KINDS) -> S
         images: Float tensor ``(N, 3, S, S)`` in [-1, 1] (``ddad_core.preprocess.preprocess`` output) or a list
             of uint8 ``(H, W)`` / ``(H, W, 3)`` arrays.
         seed: Non-negative int; image ``i`` uses ``np.random.default_rng((seed, i))``.
-        kinds: Subset of :data:`KINDS`, in cycling order.
+        kinds: Subset of :data:`KINDS` + :data:`SUBTLE_KINDS`, in cycling order.
 
     Returns:
         :class:`SyntheticDefects`.
     """
     kinds = list(kinds)
     if not kinds or any(k not in _MAKERS for k in kinds):
-        raise ValueError(f"kinds: expected a non-empty subset of {KINDS}, got {kinds}")
+        raise ValueError(f"kinds: expected a non-empty subset of {KINDS + SUBTLE_KINDS}, got {kinds}")
     is_tensor = isinstance(images, torch.Tensor)
     if is_tensor:
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():

@@ -145,7 +145,7 @@ def test_make_synthetic_defects_uint8_list_and_kinds(images):
     again = make_synthetic_defects(batch, seed=0, kinds=("scar", "perlin"))
     assert all(np.array_equal(x, y) for x, y in zip(res.images, again.images, strict=True))
     with pytest.raises(ValueError):
-        make_synthetic_defects(batch, seed=0, kinds=("scratch",))
+        make_synthetic_defects(batch, seed=0, kinds=("dent",))
     with pytest.raises(TypeError):
         make_synthetic_defects([img.astype(np.float32) for img in batch], seed=0)
     with pytest.raises(ValueError):
@@ -161,3 +161,16 @@ def test_grayscale_stays_grayscale(images, tensor):
     assert torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 0], t[:, 2])
     colour = make_synthetic_defects(tensor[3:5], seed=0).images
     assert not torch.equal(colour[:, 0], colour[:, 1])
+
+
+def test_subtle_defects_are_small_low_contrast_and_local():
+    from ddad_core.fitting.synthetic import SUBTLE_KINDS
+
+    rng = np.random.default_rng(0)
+    images = [np.clip(120 + 40 * rng.standard_normal((128, 128)), 0, 255).astype(np.uint8) for _ in range(12)]
+    made = make_synthetic_defects(images, seed=3, kinds=SUBTLE_KINDS)
+    for image, out, mask, kind in zip(images, made.images, made.masks, made.kinds, strict=True):
+        assert mask.any() and mask.mean() < 0.04, kind
+        assert np.array_equal(out[~mask], image[~mask])
+        change = np.abs(out.astype(float) - image.astype(float))[mask].mean()
+        assert 1.0 < change < 60.0, (kind, change)
