@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from ddad_core.anomaly_map import gaussian_blur, upsample_map
 from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
@@ -62,12 +63,15 @@ from ddad_core.features import load_backbone
 from ddad_core.fitting.calibration import conformal_threshold
 from ddad_core.fitting.fit import fit, make_configs
 from ddad_core.fitting.out_of_sample import good_components, out_of_sample_maps
+from ddad_core.fitting.select import separation
+from ddad_core.fitting.synthetic import KINDS, SUBTLE_KINDS, make_synthetic_defects
 from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline, MapComponents
 from ddad_core.preprocess import preprocess
 
 DEFAULT_BACKBONE = "mobilenetv2_100:offline"
 HALVES = ("tune", "report")
+SYNTHETIC_FAMILIES = {"classic": KINDS, "subtle": SUBTLE_KINDS}
 #: Figures with bootstrap intervals, and the paired differences to the baseline.
 CI_METRICS = ("image_auroc", "aupro", "recall_at_1pct_fpr")
 
@@ -163,8 +167,13 @@ def threshold_from(train_maps: torch.Tensor, args) -> tuple[float, dict[str, Any
 
 
 @torch.inference_mode()
-def run_baseline(train: torch.Tensor, halves: dict[str, Half], args) -> MethodRun:
-    """PatchCore-style baseline, calibrated by the same out-of-sample protocol as the bundles."""
+def run_baseline(train: torch.Tensor, halves: dict[str, Half], args, cache: Path) -> MethodRun:
+    """PatchCore-style baseline, calibrated by the same out-of-sample protocol as the bundles (maps cached)."""
+    if cache.exists():
+        saved = torch.load(cache)
+        threshold, record = threshold_from(saved["train"], args)
+        record["good_tail"] = good_tail(saved["train"])
+        return MethodRun("kNN baseline", saved["halves"], threshold, record, saved["fit_seconds"], saved["seconds"])
     device = torch.device(args.device)
     extractor = load_backbone(args.backbone).to(device).eval()
     sigma = 4.0 * args.image_size / 256
@@ -192,6 +201,8 @@ def run_baseline(train: torch.Tensor, halves: dict[str, Half], args) -> MethodRu
         maps[name] = maps_of(half.images)
         if name == "report":
             seconds = (time.perf_counter() - t0) / max(len(half.items), 1)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"train": train_maps, "halves": maps, "fit_seconds": fit_seconds, "seconds": seconds}, cache)
     return MethodRun("kNN baseline", maps, threshold, record, fit_seconds, seconds)
 
 
@@ -273,16 +284,55 @@ def run_bundle(bundle: Path, train: torch.Tensor, names: list[str], halves: dict
     recipe = (pipe.bundle_config.recipe or {}).get("name", "custom")
     if pipe.config.knn_zero_pad:
         recipe += " (zero-padded patches)"
+    synthetic = synthetic_sets(pipe, train, args.out / "cache" / key, args.batch_size)
     for label, overrides in variants_of(pipe).items():
         variant = pipe.with_settings(**{k: v for k, v in overrides.items() if k == "knn_weight"})
         good_maps = out_of_sample_maps(pipe, good, overrides=overrides)
         threshold, record = threshold_from(good_maps, args)
         record["good_tail"] = good_tail(good_maps)
+        for set_name, (made, source, comps) in synthetic.items():
+            defect_maps = out_of_sample_maps(pipe, good, comps, source, overrides)
+            record[f"synthetic_{set_name}"] = separation(good_maps, defect_maps, made.masks.cpu())["score"]
         maps = {h: out_of_sample_maps(pipe, good, comps, [-1] * len(comps), overrides) for h, comps in tests.items()}
         runs.append(
             MethodRun(f"{recipe}: {label}", maps, threshold, record, fit_seconds, time_per_image(variant, halves))
         )
     return runs
+
+
+def synthetic_sets(pipe: DDADPipeline, train: torch.Tensor, cache: Path, batch: int, count: int = 64) -> dict:
+    """Synthetic defects made on up to ``count`` evenly spaced good training images, of each family (the classic
+    DRAEM/CutPaste pastes and the subtle pits, scratches and stains), with their out-of-sample components (each
+    leaves out the image it was made on) -- what ``--select`` ranks settings with."""
+    source = np.unique(np.linspace(0, len(train) - 1, min(count, len(train))).round().astype(int))
+    out = {}
+    for name, kinds in SYNTHETIC_FAMILIES.items():
+        made = make_synthetic_defects(train[source], seed=0, kinds=kinds)
+        path = Path(f"{cache}-synthetic-{name}.pt")
+        if path.exists():
+            comps = MapComponents(**torch.load(path))
+        else:
+            comps = good_components(pipe, made.images, source, batch)
+            torch.save({k: getattr(comps, k) for k in ("latent_map", "feature_map", "noise_step", "knn_map")}, path)
+        out[name] = (made, torch.as_tensor(source), comps)
+    return out
+
+
+def synthetic_agreement(rows: list[tuple[str, str, dict]]) -> dict[str, float]:
+    """Spearman correlation, over one dataset's bundle variants, between each synthetic family's separation score
+    and the real one on the tune half (mean of image AUROC, pixel AUROC and AUPRO): does ranking settings on
+    synthetic defects rank them as the real defects do?"""
+    real, synthetic = [], {name: [] for name in SYNTHETIC_FAMILIES}
+    for _, _, r in rows:
+        if f"synthetic_{next(iter(SYNTHETIC_FAMILIES))}" not in r["calibration"]:
+            continue
+        tune = r["tune"]
+        real.append(np.mean([tune["image_auroc"], tune["pixel_auroc"], tune["aupro"]]))
+        for name in SYNTHETIC_FAMILIES:
+            synthetic[name].append(r["calibration"][f"synthetic_{name}"])
+    if len(real) < 3:
+        return {}
+    return {name: float(spearmanr(values, real).statistic) for name, values in synthetic.items()}
 
 
 def time_per_image(pipe: DDADPipeline, halves: dict[str, Half], count: int = 32) -> float:
@@ -409,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         args.target_fpr = max(args.target_fpr, 0.05)
     args.bundles = args.bundles or args.out / "bundles"
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, everything = [], {}
+    rows, everything, agreement = [], {}, {}
     for data_dir in map(_resolve, args.data):
         folder = MVTecFolder(data_dir, require_test=True)
         name = data_dir.name
@@ -417,21 +467,34 @@ def main(argv: list[str] | None = None) -> int:
         halves = {h: load_half(folder, h, args.image_size, args.max_test_images) for h in HALVES}
         print(f"== {name}: {len(train)} good training images; tune {len(halves['tune'].items)}, report "
               f"{len(halves['report'].items)} test images", flush=True)  # fmt: skip
-        runs = [] if args.skip_baseline else [run_baseline(train, halves, args)]
+        sizes = f"{args.image_size}-{len(train)}-{args.max_test_images}"
+        base_cache = args.out / "cache" / f"{name}-baseline-{args.backbone.replace(':', '_')}-{sizes}.pt"
+        runs = [] if args.skip_baseline else [run_baseline(train, halves, args, base_cache)]
         for recipe in args.recipes:
             runs.extend(run_bundle(bundle_for(data_dir, recipe, args), train, names, halves, args))
         base = None if args.skip_baseline else runs[0]
+        first = len(rows)
         for run in runs:
             res = results_of(run, halves, base if run is not base else None, args)
             rows.append((name, run.name, res))
             everything[f"{name}/{run.name}"] = res
             print(report_table(rows[-1:]).splitlines()[-1], flush=True)
+        agreement[name] = synthetic_agreement(rows[first:])
+        print(f"{name}: synthetic vs real ranking of the variants on the tune half (Spearman): {agreement[name]}")
+    spearman = "\n".join(
+        f"- {name}: " + ", ".join(f"{family} {rho:+.2f}" for family, rho in values.items())
+        for name, values in agreement.items()
+        if values
+    )
     text = ("## Report half (95 % intervals)\n\n" + report_table(rows) + "\n\n## Tune half\n\n" + tune_table(rows)
-            + "\n")  # fmt: skip
+            + "\n\n## Synthetic defects against real ones: Spearman correlation of the variants' rankings (tune half)"
+            + "\n\n" + spearman + "\n")  # fmt: skip
     print("\n" + text)
     settings = {k: str(v) for k, v in vars(args).items()}
     (args.out / "bench_results.json").write_text(
-        json.dumps({"settings": settings, "results": everything}, indent=2, default=str)
+        json.dumps(
+            {"settings": settings, "results": everything, "synthetic_agreement": agreement}, indent=2, default=str
+        )
     )
     (args.out / "bench_results.md").write_text(text)
     return 0
