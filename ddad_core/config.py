@@ -1,9 +1,9 @@
 """Method configuration: every hyperparameter of D3AD in one frozen, validated model.
 
-Values and their sources are in ``../shared/METHOD.md`` (section numbers below). ``DDADConfig`` travels
+Values and their sources are in ``docs/method.md`` (section numbers below). ``DDADConfig`` travels
 inside the model bundle and is never read from the environment; services only choose *which* bundle to load.
 ``mode`` switches between the reference code's behaviour ("faithful") and the production-clean one for
-each quirk of METHOD.md section 10; individual switches can still be set one by one.
+each quirk of docs/method.md section 10; individual switches can still be set one by one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ Grid = Literal["faithful", "clean"]
 
 
 class DDADConfig(BaseModel):
-    """Hyperparameters of the detector (METHOD.md section 9).
+    """Hyperparameters of the detector (docs/method.md section 9).
 
     Example:
         >>> cfg = DDADConfig()
@@ -107,7 +107,7 @@ class DDADConfig(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    """How the UNet is trained (METHOD.md sections 4.2-4.3)."""
+    """How the UNet is trained (docs/method.md sections 4.2-4.3)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,6 +1,6 @@
 """Offline data access (fit and eval, not serving): the MVTec AD folder layout.
 
-Layout (METHOD.md section 2)::
+Layout (docs/method.md section 2)::
 
     <root>/train/good/*                         defect-free training images
     <root>/test/good/*                          defect-free test images
@@ -205,7 +205,7 @@ def load_images(paths: Iterable[str | Path], warn: bool = True) -> LoadedImages:
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a binary mask (no fractional boundary pixels, METHOD.md section 11.4).
+    """Nearest-neighbour resize of a binary mask (no fractional boundary pixels, docs/method.md section 11.4).
 
     Args:
         mask: ``(H, W)`` bool or integer mask.

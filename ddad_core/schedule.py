@@ -1,7 +1,7 @@
-"""The forward-process noise schedule (METHOD.md section 4.1), tabulated once on the device.
+"""The forward-process noise schedule (docs/method.md section 4.1), tabulated once on the device.
 
 The reference code rebuilt the alpha-bar table from a numpy linspace twice per sampling step and again in every
-training step (METHOD.md section 13.1, item 1). Here it is computed once, in float64 for accuracy, stored in
+training step (docs/method.md section 13.1, item 1). Here it is computed once, in float64 for accuracy, stored in
 float32 on the target device, and indexed with per-sample timestep tensors -- no host round trips.
 
 Convention: timesteps are 0-based (``alpha_bar(0) = 1 - beta_0``) and ``alpha_bar(-1) := 1``, which is what the
@@ -90,7 +90,7 @@ class NoiseSchedule:
         return self._abar_padded[t.to(self._abar_padded.device) + 1]
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Forward process ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps`` (METHOD.md section 4.2).
+        """Forward process ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps`` (docs/method.md section 4.2).
 
         Args:
             latents: ``(B, C, h, w)`` clean latents z0.

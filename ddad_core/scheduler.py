@@ -1,4 +1,4 @@
-"""Flow step 4 (conditioned denoising), the per-step math: DDIM with DDAD implicit conditioning (METHOD.md 7.2).
+"""Flow step 4 (conditioned denoising), the per-step math: DDIM with DDAD implicit conditioning (docs/method.md 7.2).
 
 Shaped like a diffusers scheduler (``set_timesteps`` / ``step`` / a small output dataclass), with one difference
 that the method needs: every sample in a batch has its *own* start timestep T_i (chosen by the dynamic noise
@@ -16,7 +16,7 @@ guidance weight w::
     c2    = sqrt(1 - abar_t' - c1^2)
     z_t'  = sqrt(abar_t') x0^ + c1 xi + c2 eps^              # xi ~ N(0, I)
 
-Grids (quirk Q1 of METHOD.md section 10): ``"faithful"`` is the reference code's ``T-s, T-2s, ..., 0`` (the start
+Grids (quirk Q1 of docs/method.md section 10): ``"faithful"`` is the reference code's ``T-s, T-2s, ..., 0`` (the start
 state is scaled at T but the first network call is at T - s); ``"clean"`` is ``T, T-s, ..., s``. In both, the last
 step goes to t' = -1 with abar = 1, where c1 = c2 = 0 and the result is x0^.
 ``plain_first`` (quirk Q6) zeroes c1 and c2 for a step, as the reference code's domain-adaptation and fixed-T

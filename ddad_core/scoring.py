@@ -1,4 +1,4 @@
-"""Flow step 8, score, normalise, threshold: anomaly maps -> anomalib-style decisions (ECOSYSTEM.md 2.2).
+"""Flow step 8, score, normalise, threshold: anomaly maps -> anomalib-style decisions (its post-processor).
 
 The calibration state (``Calibration``) is fixed when the model is fitted and travels in the bundle, so a
 streaming worker never needs a test set. One implementation serves every caller (pipeline, evaluation, services):

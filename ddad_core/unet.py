@@ -1,4 +1,4 @@
-"""The noise-prediction network eps_theta on latents (METHOD.md section 4.4), as diffusers ``UNet2DModel`` presets.
+"""The noise-prediction network eps_theta on latents (docs/method.md section 4.4), as diffusers ``UNet2DModel`` presets.
 
 ``UNet2DModel`` takes a ``(B,)`` tensor of per-sample timesteps, which the dynamic noise level needs.
 
@@ -14,7 +14,7 @@ Presets:
   (``flip_sin_to_cos=False``, ``freq_shift=0``) followed by Linear(C, 4C)-SiLU-Linear(4C, 4C).
   Checked against the reference: with the reference UNet's (random) weights mapped onto this model key by key,
   both give the same output to within 1e-6 for a 4 x 32 x 32 input, and both have 281,088,004 parameters (the
-  analytic 281.1 M of METHOD.md). The remaining differences are in implementation, not in the function:
+  analytic 281.1 M of docs/method.md). The remaining differences are in implementation, not in the function:
 
   - Attention projections are ``nn.Linear`` q/k/v/out instead of one 1x1 Conv1d to qkv (same parameters,
     same function; the legacy ``[head][q, k, v]`` channel layout only matters for loading the authors' weights,

@@ -1,6 +1,6 @@
 """Kafka plumbing: consumer/producer factories, topic creation, offset tracking and the dead-letter publisher.
 
-Flow step: the transport between every stage. Conventions (ECOSYSTEM.md sections 6 and 11):
+Flow step: the transport between every stage. Conventions (kafka-python practice, checked against 3.0.12):
 
 * consumers never auto-commit; a loop commits explicitly after its outputs are flushed (at-least-once);
 * producers are idempotent with ``acks=all``; records are keyed by camera id;

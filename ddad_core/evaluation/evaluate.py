@@ -1,4 +1,4 @@
-"""Offline evaluation: run a bundle over ``DATA_DIR/test`` and score it against ``ground_truth`` (METHOD.md 11).
+"""Offline evaluation: run a bundle over ``DATA_DIR/test`` and score it against ``ground_truth`` (docs/method.md 11).
 
 Metrics are computed at the model resolution S x S (as D3AD does at 256), with masks resized by nearest neighbour
 (binary; no fractional boundary pixels). ``normalization="fixed"`` (default) uses the bundle's calibration --

@@ -1,4 +1,4 @@
-"""Evaluation metrics (METHOD.md section 11): image and pixel AUROC, AUPRO, AP and F1-max.
+"""Evaluation metrics (docs/method.md section 11): image and pixel AUROC, AUPRO, AP and F1-max.
 
 * ``auroc`` / ``roc_curve``: exact (every distinct score is a threshold, ties handled as in sklearn).
 * ``aupro``: the exact MVTec AD algorithm -- 8-connected ground-truth regions, every threshold, ties collapsed to
@@ -6,7 +6,7 @@
   0.3. Invariant under any strictly increasing transform of the scores.
 * ``aupro_variant_c``: the RD4AD-style 200-threshold computation that DDAD and D3AD used for their published
   "PRO" (global min-max, FPR < 0.3 kept, FPRs divided by the largest kept one). It is *not* invariant to monotone
-  transforms (METHOD.md 11.4); we report it labelled ``aupro_paper`` for comparison with the paper only.
+  transforms (docs/method.md 11.4); we report it labelled ``aupro_paper`` for comparison with the paper only.
 * ``average_precision`` (sklearn's step-wise definition) and ``f1_max``.
 
 Everything is NumPy on the host: metrics run once per evaluation, over up to tens of millions of pixels, and must
@@ -180,7 +180,7 @@ def _check_maps(anomaly_maps, masks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pro_curve(anomaly_maps, masks) -> ProCurve:
-    """Exact PRO curve (MVTec AD official algorithm, METHOD.md 11.3 steps 1-5).
+    """Exact PRO curve (MVTec AD official algorithm, docs/method.md 11.3 steps 1-5).
 
     Args:
         anomaly_maps: ``(N, H, W)`` scores.
@@ -226,7 +226,7 @@ def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
 
 
 def aupro(anomaly_maps, masks, fpr_limit: float = 0.3, return_curve: bool = False):
-    """Normalised area under the exact PRO curve up to ``fpr_limit`` (MVTec AD official; METHOD.md 11.3).
+    """Normalised area under the exact PRO curve up to ``fpr_limit`` (MVTec AD official; docs/method.md 11.3).
 
     Args:
         anomaly_maps: ``(N, H, W)``.
@@ -249,7 +249,7 @@ def aupro(anomaly_maps, masks, fpr_limit: float = 0.3, return_curve: bool = Fals
 
 
 def aupro_variant_c(anomaly_maps, masks, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
-    """The reference code's 200-threshold PRO (RD4AD style, METHOD.md 11.3 "Variant C"); reported as
+    """The reference code's 200-threshold PRO (RD4AD style, docs/method.md 11.3 "Variant C"); reported as
     ``aupro_paper``.
 
     1. Min-max normalise all maps together. 2. Thresholds ``arange(min, max, (max - min) / num_thresholds)``.

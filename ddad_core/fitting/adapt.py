@@ -1,4 +1,4 @@
-"""Offline fitting, step 2: domain adaptation of the feature extractor phi (METHOD.md section 5.2).
+"""Offline fitting, step 2: domain adaptation of the feature extractor phi (docs/method.md section 5.2).
 
 For gamma epochs over the good training images (batch 30, shuffled, last batch kept):
 
@@ -34,7 +34,7 @@ from ddad_core.scheduler import DDADScheduler
 
 
 def adaptation_noise_levels(k: int, config: DDADConfig) -> tuple[int, int]:
-    """``(t_s, T_r)`` for a drawn k: the start-scaling step and the grid's start step (METHOD.md 5.2 step 1).
+    """``(t_s, T_r)`` for a drawn k: the start-scaling step and the grid's start step (docs/method.md 5.2 step 1).
 
     Example:
         >>> [adaptation_noise_levels(k, DDADConfig()) for k in (1, 3, 6, 10)]

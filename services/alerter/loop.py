@@ -141,7 +141,8 @@ class AlerterLoop:
         if time.monotonic() >= self._next_lag:
             self._next_lag = time.monotonic() + self.lag_interval_s
             self._check_broker()
-        # The long timeout keeps kafka-python's group join inside one poll (ECOSYSTEM.md section 11).
+        # The long timeout keeps kafka-python's group join inside one poll (3.0.12 drops a join that completes
+        # while the application works between polls).
         records = self.consumer.poll(timeout_ms=500, max_records=self.max_poll_records)
         if records:
             self.process([r for recs in records.values() for r in recs])

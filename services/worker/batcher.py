@@ -1,6 +1,6 @@
 """Micro-batcher with Triton dynamic-batcher semantics.
 
-Flow step: Kafka ``frames`` -> micro-batch. Rules (ECOSYSTEM.md section 3):
+Flow step: Kafka ``frames`` -> micro-batch. Rules (those of Triton's dynamic batcher and nvstreammux):
 
 * ``max_batch_size`` is a hard cap; a full batch is released at once.
 * ``max_queue_delay_ms`` is how long a frame may wait for company, counted from the arrival of the oldest pending

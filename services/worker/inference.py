@@ -4,7 +4,7 @@ Flow step: batch -> tensor (decode here, resize/normalise only in ``ddad_core.pr
 post-processing the services need: PNG masks/heatmaps and bounding boxes of the defect regions (connected
 components of the mask above a minimum area).
 Decoding uses ``ddad_core.preprocess.decode_image``, the same decoder as fitting, so train and serve see the same
-pixels (ECOSYSTEM.md: preprocessing parity bugs are the classic failure).
+pixels (a preprocessing mismatch between training and serving is the classic failure).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ from services.worker.inference import (
 from services.worker.sinks import MaskSink, ResultsProducer
 
 SERVICE = "worker"
-_IDLE_POLL_MS = 500  # long enough that a group join completes inside one poll (ECOSYSTEM.md section 11)
+_IDLE_POLL_MS = 500  # long enough that a group join completes inside one poll (kafka-python 3.0.12)
 _UNASSIGNED_POLL_MS = 1000
 _KAFKA_CALL_TIMEOUT_MS = 10_000  # commit and lag requests: a dead broker must not hold the loop for long
 _WRITES_POLL_MS = 50  # poll timeout while writes are in flight: their commit follows soon after they finish
@@ -228,7 +228,7 @@ class WorkerLoop:
     def _poll_timeout_ms(self) -> int:
         if not self.consumer.assignment():
             # Not in the group yet: poll in long rounds and do nothing else, or kafka-python 3.0.12 may drop the
-            # join (ECOSYSTEM.md section 11).
+            # join (seen with short poll timeouts and work between polls).
             return _UNASSIGNED_POLL_MS
         longest = _WRITES_POLL_MS if self._writes else _IDLE_POLL_MS
         wait = self.batcher.time_to_ready()

@@ -15,7 +15,7 @@ from ddad_core.unet import build_unet
 
 
 class _ZeroUNet(torch.nn.Module):
-    """eps_theta == 0 (the METHOD.md 7.2 worked example)."""
+    """eps_theta == 0 (the docs/method.md 7.2 worked example)."""
 
     def __init__(self):
         super().__init__()
@@ -27,7 +27,7 @@ class _ZeroUNet(torch.nn.Module):
 
 def test_noise_levels_faithful_and_clean():
     faithful = [adaptation_noise_levels(k, DDADConfig()) for k in range(1, 11)]
-    # t_s = floor(8k), T_r = round10(8k) half-up (METHOD.md 5.2).
+    # t_s = floor(8k), T_r = round10(8k) half-up (docs/method.md 5.2).
     assert faithful == [
         (8, 10),
         (16, 20),

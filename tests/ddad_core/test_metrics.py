@@ -37,7 +37,7 @@ def _synthetic_maps(seed: int = 0, n: int = 12, size: int = 24, levels: int | No
 
 
 def _brute_force_aupro(maps, masks, limit=0.3):
-    """Literal statement of METHOD.md 11.3 via thresholds: PRO(t), FPR(t) for every distinct t, A > t."""
+    """Literal statement of docs/method.md 11.3 via thresholds: PRO(t), FPR(t) for every distinct t, A > t."""
     regions = []
     for mask, amap in zip(masks, maps, strict=True):
         labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
@@ -67,7 +67,7 @@ def _brute_force_aupro(maps, masks, limit=0.3):
 
 
 def _literal_variant_c(maps, masks, steps=200, limit=0.3):
-    """Variant C exactly as listed in METHOD.md 11.3 (loop over thresholds)."""
+    """Variant C exactly as listed in docs/method.md 11.3 (loop over thresholds)."""
     amaps = (maps - maps.min()) / (maps.max() - maps.min())
     fprs, pros = [], []
     inverse = 1 - masks.astype(float)
@@ -159,7 +159,7 @@ def test_aupro_invariant_under_monotone_transform():
     base = aupro(maps, masks)
     assert aupro(np.exp(1.5 * maps), masks) == pytest.approx(base, abs=1e-12)
     assert aupro(3 * maps + 7, masks) == pytest.approx(base, abs=1e-12)
-    # Variant C is not invariant (METHOD.md 11.4): it changes under exp.
+    # Variant C is not invariant (docs/method.md 11.4): it changes under exp.
     assert abs(aupro_variant_c(np.exp(1.5 * maps), masks) - aupro_variant_c(maps, masks)) > 1e-3
 
 

@@ -9,7 +9,7 @@ import torch
 from ddad_core.config import DDADConfig
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block, noise_step_for_bin
 
-# METHOD.md 6.3, the unit-test vector: kappa 0..10 -> T-hat, step size s and first visited timestep.
+# docs/method.md 6.3, the unit-test vector: kappa 0..10 -> T-hat, step size s and first visited timestep.
 PSI_TABLE = [20, 20, 20, 20, 30, 40, 50, 60, 60, 70, 80]
 STEP_TABLE = [2, 2, 2, 2, 3, 4, 5, 6, 6, 7, 8]
 FIRST_T_TABLE = [18, 18, 18, 18, 27, 36, 45, 54, 54, 63, 72]

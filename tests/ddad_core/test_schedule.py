@@ -1,4 +1,4 @@
-"""Noise schedule against the reference table of METHOD.md section 4.1."""
+"""Noise schedule against the reference table of docs/method.md section 4.1."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from ddad_core.config import DDADConfig
 from ddad_core.schedule import NoiseSchedule
 
-# t, beta_t, abar_t, sqrt(abar_t), sqrt(1 - abar_t)  (METHOD.md section 4.1)
+# t, beta_t, abar_t, sqrt(abar_t), sqrt(1 - abar_t)  (docs/method.md section 4.1)
 TABLE = [
     (0, 0.0015, 0.99850, 0.99925, 0.03873),
     (18, 0.001824, 0.96889, 0.98432, 0.17639),

@@ -1,4 +1,4 @@
-"""Conditioned DDIM step: grids, METHOD.md section 14 identities, parity with diffusers' DDIMScheduler."""
+"""Conditioned DDIM step: grids, docs/method.md section 14 identities, parity with diffusers' DDIMScheduler."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler
 from ddad_core.denoise import reconstruct
 from ddad_core.scheduler import DDADScheduler
 
-# METHOD.md section 7.2: eps == 0, w = 0, faithful grid -> sqrt(abar_T / abar_{T-s}) * y
+# docs/method.md section 7.2: eps == 0, w = 0, faithful grid -> sqrt(abar_T / abar_{T-s}) * y
 SHRINK = {20: 0.99815, 30: 0.99697, 40: 0.99562, 50: 0.99410, 60: 0.99241, 70: 0.99056, 80: 0.98854}
 
 
@@ -94,7 +94,7 @@ def _diffusers_ddim(eta: float) -> DDIMScheduler:
         beta_end=0.0195,
         beta_schedule="linear",
         clip_sample=False,
-        set_alpha_to_one=True,  # abar_{-1} = 1, as in METHOD.md section 7.2
+        set_alpha_to_one=True,  # abar_{-1} = 1, as in docs/method.md section 7.2
         steps_offset=0,
         prediction_type="epsilon",
         timestep_spacing="leading",

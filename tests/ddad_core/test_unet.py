@@ -50,7 +50,7 @@ def test_cpu_preset_shape_and_size():
 
 
 def test_paper_preset_matches_reference_structure():
-    """METHOD.md 4.4: analytic 281.1 M parameters, 8 heads, attention at 32/16/8/4 and in the middle."""
+    """docs/method.md 4.4: analytic 281.1 M parameters, 8 heads, attention at 32/16/8/4 and in the middle."""
     with torch.device("meta"):
         unet = build_unet("paper", latent_channels=4, latent_size=32)
     assert count_parameters(unet) == 281_088_004
