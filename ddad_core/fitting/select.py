@@ -108,6 +108,8 @@ def select_settings(
     grid = dict(DEFAULT_GRID if grid is None else grid)
     if pipe.patch_knn is None:
         grid.pop("knn_weight", None)  # no nominal bank in this bundle: the k-NN term cannot be weighed in
+    if pipe.unet is None:  # a patch-only bundle: nothing to reconstruct, only the normalisation to choose
+        grid = {k: v for k, v in grid.items() if k == "component_norm"}
     candidates = _candidates(pipe, grid)
     knn = pipe.patch_knn is not None
     groups: dict[tuple, list[dict[str, Any]]] = {}

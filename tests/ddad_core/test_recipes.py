@@ -364,3 +364,15 @@ def test_fast_recipe_trains_nothing_and_serves(tmp_path):
     assert out.anomaly_map.shape == (2, 64, 64) and set(out.timings_ms) >= {"noise_level", "patch_knn"}
     assert "denoise" not in out.timings_ms
     assert float(out.pred_score_raw[1]) > float(out.pred_score_raw[0])
+
+
+def test_select_on_a_fast_bundle_chooses_only_the_normalisation(tmp_path):
+    config, train = make_configs("cpu", image_size=64, recipe="fast", ddad_overrides={"knn_k": 3})
+    bundle = fit_images(
+        synthetic_textures(20, 64, seed=0), tmp_path / "fast", config=config, train_config=train,
+        backbone=TINY_BACKBONE, device="cpu", batch_size=8, log=None, progress=False, recipe="fast", target_fpr=0.1,
+        select=True,
+    )  # fmt: skip
+    selection = read_bundle_config(bundle).metadata["selection"]
+    assert [set(row["settings"]) for row in selection["table"]] == [{"component_norm"}] * 2
+    assert read_bundle_config(bundle).ddad.component_norm == selection["chosen"]["component_norm"]
