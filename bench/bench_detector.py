@@ -260,7 +260,7 @@ def variants_of(pipe: DDADPipeline) -> dict[str, dict[str, Any]]:
     """Map settings to compare on one bundle's components: the recipe as fitted, the patch term alone, the
     reconstruction alone, each per position and min-max."""
     out: dict[str, dict[str, Any]] = {}
-    terms = {"patch term": {"knn_weight": 1.0}}
+    terms = {"patch term": {"knn_weight": 1.0}} if pipe.patch_knn is not None else {}
     if pipe.reconstructs:
         terms = {"as fitted": {}, **terms, "reconstruction": {"knn_weight": 0.0}}
     for term, weights in terms.items():

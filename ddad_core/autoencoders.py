@@ -345,8 +345,10 @@ def _read_tae_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"cannot read TAE weight file {path}: not a readable torch checkpoint ({type(exc).__name__}); "
             "the file is damaged or not a .pth state dict, fetch it again"
         ) from exc
-    if not isinstance(state, dict) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     ):
         raise AutoencoderLoadError(f"TAE weight file {path} does not hold a state dict of tensors; {TAE_FILES_HINT}")
     return state
@@ -365,7 +367,11 @@ def _load_tae_half(module: nn.Module, state: dict[str, torch.Tensor], path: str 
     if missing or unexpected or wrong:
         parts = [
             f"{len(items)} {what} (first: {items[0]})"
-            for what, items in (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape(s)", wrong))
+            for what, items in (
+                ("missing key(s)", missing),
+                ("unexpected key(s)", unexpected),
+                ("wrong shape(s)", wrong),
+            )
             if items
         ]
         raise AutoencoderLoadError(f"TAE weights in {path} do not match the architecture: " + "; ".join(parts))
