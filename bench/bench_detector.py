@@ -335,6 +335,24 @@ def synthetic_agreement(rows: list[tuple[str, str, dict]]) -> dict[str, float]:
     return {name: float(spearmanr(values, real).statistic) for name, values in synthetic.items()}
 
 
+def selection_rows(rows: list[tuple[str, str, dict]]) -> list[tuple[str, dict]]:
+    """What ``ddad fit --select`` would ship for each bundle, from good images and synthetic defects alone: among
+    the bundle's variants in the selection grid (the recipe as fitted or the patch term alone, each per position or
+    min-max; never the reconstruction alone), the one whose synthetic defects separate best -- one row per
+    synthetic family, with that variant's figures."""
+    out = []
+    bundles: dict[str, list[tuple[str, dict]]] = {}
+    for _, method, res in rows:
+        recipe, _, variant = method.partition(": ")
+        if variant and not variant.startswith("reconstruction") and "synthetic_classic" in res["calibration"]:
+            bundles.setdefault(recipe, []).append((variant, res))
+    for recipe, variants in bundles.items():
+        for family in SYNTHETIC_FAMILIES:
+            variant, res = max(variants, key=lambda v: v[1]["calibration"][f"synthetic_{family}"])
+            out.append((f"{recipe}: --select on {family} synthetic defects -> {variant}", res))
+    return out
+
+
 def time_per_image(pipe: DDADPipeline, halves: dict[str, Half], count: int = 32) -> float:
     images = halves["report"].images[:count]
     t0 = time.perf_counter()
@@ -480,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
             everything[f"{name}/{run.name}"] = res
             print(report_table(rows[-1:]).splitlines()[-1], flush=True)
         agreement[name] = synthetic_agreement(rows[first:])
+        for method, res in selection_rows(rows[first:]):
+            rows.append((name, method, res))
+            everything[f"{name}/{method}"] = res
         print(f"{name}: synthetic vs real ranking of the variants on the tune half (Spearman): {agreement[name]}")
     spearman = "\n".join(
         f"- {name}: " + ", ".join(f"{family} {rho:+.2f}" for family, rho in values.items())
