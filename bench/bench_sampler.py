@@ -19,9 +19,9 @@ import time
 
 import torch
 
+from ddad_core.ddim import DDADScheduler
 from ddad_core.denoise import reconstruct
-from ddad_core.schedule import NoiseSchedule
-from ddad_core.scheduler import DDADScheduler
+from ddad_core.noise_schedule import NoiseSchedule
 from ddad_core.unet import build_unet, count_parameters
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

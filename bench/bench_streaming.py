@@ -43,11 +43,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devtools.demo import fabric_texture, local_stack, plant_defect, prepare_data  # noqa: E402
 from services._kafka import default_topic_specs, ensure_topics, make_consumer, make_producer  # noqa: E402
 from services.contracts.frames import Frame  # noqa: E402
 from services.contracts.results import InspectionResult  # noqa: E402
 from services.contracts.topics import Topics  # noqa: E402
-from services.demo import fabric_texture, local_stack, plant_defect, prepare_data  # noqa: E402
 from services.ingestor.publish import encode_jpeg  # noqa: E402
 
 

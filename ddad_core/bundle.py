@@ -39,6 +39,7 @@ __all__ = [
     "BundleConfig",
     "BundleError",
     "bundle_hash",
+    "file_sha256",
     "load_bundle",
     "read_bundle_config",
     "save_bundle",
@@ -106,10 +107,15 @@ class BundleConfig(BaseModel):
         return value
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in ``chunk``-byte blocks.
+
+    The one file hash of the package: the bundle's tensor files and ``bundle.json`` (``bundle_hash``), and the
+    original weight files that the autoencoder and backbone identities record.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
+        while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
@@ -158,7 +164,7 @@ def save_bundle(
         tmp = target.with_suffix(".safetensors.tmp")
         save_file(data, str(tmp), metadata={"group": name})
         os.replace(tmp, target)
-        files[name] = _sha256(target)
+        files[name] = file_sha256(target)
     update: dict[str, Any] = {"files": files}
     if not config.model_version:
         content = config.model_copy(update={"files": files, "created_at": ""}).model_dump_json()
@@ -225,7 +231,7 @@ def load_bundle(
         if not target.is_file():
             raise BundleError(f"model bundle {root} is missing {target.name} (listed in {BUNDLE_CONFIG_NAME})")
         if verify:
-            actual = _sha256(target)
+            actual = file_sha256(target)
             if actual != expected:
                 raise BundleError(
                     f"{target}: SHA-256 mismatch (bundle.json says {expected[:16]}..., file has {actual[:16]}...); "
@@ -247,4 +253,4 @@ def bundle_hash(path: str | os.PathLike) -> str:
     cfg_path = Path(path) / BUNDLE_CONFIG_NAME
     if not cfg_path.is_file():
         raise BundleError(f"model bundle {path} has no {BUNDLE_CONFIG_NAME}")
-    return _sha256(cfg_path)
+    return file_sha256(cfg_path)

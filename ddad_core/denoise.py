@@ -3,7 +3,7 @@
 ``reconstruct`` writes the loop out (diffusers' "model and scheduler are separate" stance): build every sample's
 grid, scale the input latent to its own start level (noiseless scaling, optionally with a continuous share omega
 of real noise), then ``steps_per_image`` batched UNet calls, each followed by the conditioned DDIM step of
-:mod:`ddad_core.scheduler`.
+:mod:`ddad_core.ddim`.
 
 Speed (docs/method.md section 13.2, item 1): the loop keeps only the current state, builds all timesteps on the device
 before it starts, never calls ``.item()``/``.cpu()``, and has no per-sample Python loop, so a batch with mixed start
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddad_core.scheduler import DDADScheduler
+from ddad_core.ddim import DDADScheduler
 
 __all__ = ["reconstruct", "start_state"]
 
@@ -103,7 +103,7 @@ def reconstruct(
     Args:
         unet: An eps-prediction model called as ``unet(z, t).sample`` (diffusers ``UNet2DModel``), with
             ``t`` a ``(B,)`` long tensor. Put it in eval mode and on the latents' device first.
-        scheduler: The :class:`~ddad_core.scheduler.DDADScheduler` (steps per image, grid).
+        scheduler: The :class:`~ddad_core.ddim.DDADScheduler` (steps per image, grid).
         latents: ``(B, C, h, w)`` input latents z0 (already scaled by the autoencoder's latent scale); they are
             both the start point and the condition y.
         noise_steps: ``(B,)`` long start timesteps T_i (e.g. from the noise-level estimator).
@@ -124,7 +124,7 @@ def reconstruct(
 
     Example:
         >>> from diffusers import UNet2DModel
-        >>> from ddad_core.schedule import NoiseSchedule
+        >>> from ddad_core.noise_schedule import NoiseSchedule
         >>> unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32,),
         ...                    down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",),
         ...                    layers_per_block=1, norm_num_groups=8).eval()

@@ -21,7 +21,6 @@ that lists the offending keys.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import timm
 import torch
 from torch import nn
 
+from ddad_core.bundle import file_sha256
 from ddad_core.preprocess import to_feature_input
 
 #: Output strides of blocks 1, 2, 3 (docs/method.md 5.1).
@@ -243,15 +243,6 @@ def offline_weight_path(name: str) -> Path:
     if not path.is_file():
         raise BackboneLoadError(f"{package} is installed but {path} is missing")
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The detector, end to end: ``DDADPipeline.__call__`` restates flow steps 1-8 in order.
 
 1. preprocess (``preprocess.py``) -> 2. encode (``autoencoders.py``) -> 3. noise level (``noise_level.py``, from
-the input's block-2 features, ``features.py``) -> 4. conditioned denoising (``denoise.py`` + ``scheduler.py``) ->
+the input's block-2 features, ``features.py``) -> 4. conditioned denoising (``denoise.py`` + ``ddim.py``) ->
 5. decode -> 6. features of the reconstruction -> 7. anomaly map (``anomaly_map.py``) -> 8. score, normalise,
 threshold (``scoring.py``) -> ``InspectionOutput``.
 
@@ -33,6 +33,7 @@ from ddad_core.anomaly_map import (
 from ddad_core.autoencoders import LatentAutoencoder, autoencoder_from_state
 from ddad_core.bundle import BundleConfig, BundleError, bundle_hash, load_bundle
 from ddad_core.config import DDADConfig
+from ddad_core.ddim import DDADScheduler
 from ddad_core.denoise import reconstruct
 from ddad_core.features import DIC_BLOCK, MAP_BLOCKS, FeatureExtractor, backbone_from_state, check_backbone
 from ddad_core.noise_level import NoiseLevelEstimator
@@ -40,7 +41,6 @@ from ddad_core.outputs import InspectionOutput
 from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
-from ddad_core.scheduler import DDADScheduler
 from ddad_core.scoring import Calibration, check_sensitivity, score_maps
 from ddad_core.unet import unet_from_config
 

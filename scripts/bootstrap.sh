@@ -36,8 +36,8 @@ export DDAD_HOME="${DDAD_HOME:-$HOME/.cache/ddad-inspection}"
 mkdir -p "$DDAD_HOME/stamps" "$DDAD_HOME/logs"
 _BOOT_LOGS="$DDAD_HOME/logs"
 
-# Pinned versions live in services/_localstack.py (the code that runs the servers); read them from there.
-_boot_version() { sed -n "s/^$1 = \"\(.*\)\"/\1/p" "$_BOOT_REPO/services/_localstack.py"; }
+# Pinned versions live in devtools/localstack/common.py (the code that runs the servers); read them from there.
+_boot_version() { sed -n "s/^$1 = \"\(.*\)\"/\1/p" "$_BOOT_REPO/devtools/localstack/common.py"; }
 KAFKA_VERSION="$(_boot_version KAFKA_VERSION)"
 S3PROXY_VERSION="$(_boot_version S3PROXY_VERSION)"
 HELM_VERSION="$(_boot_version HELM_VERSION)"

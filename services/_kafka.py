@@ -49,7 +49,7 @@ _ASSIGNORS = {
 class TopicSpec:
     """Partitions, retention, record size, replication and other configs of one topic.
 
-    Built from ``deploy/kafka/topics.yaml`` by ``load_topic_specs`` / ``default_topic_specs``; ``replicas`` -1 is
+    Built from ``services/contracts/topics.yaml`` by ``load_topic_specs`` / ``default_topic_specs``; ``replicas`` -1 is
     the broker's ``default.replication.factor`` (the local single-broker stack).
     """
 
@@ -67,7 +67,7 @@ class TopicSpec:
 
 def load_topic_specs(topics: Topics, path: str | os.PathLike[str] | None = None, *,
                      cluster: bool = True) -> dict[str, TopicSpec]:
-    """The topics of ``topics.yaml`` (default ``deploy/kafka/topics.yaml``) under their prefixed names.
+    """The topics of ``topics.yaml`` (default ``services/contracts/topics.yaml``) under their prefixed names.
 
     Args:
         topics: The names (with the environment prefix).

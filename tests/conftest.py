@@ -1,6 +1,6 @@
 """Shared fixtures: real Kafka, Redis and S3 servers for any test that asks for them, and the ``gpu`` auto-skip.
 
-The servers come from ``services._localstack`` (started lazily, once per session, on free loopback ports; logs under
+The servers come from ``devtools.localstack`` (started lazily, once per session, on free loopback ports; logs under
 pytest's basetemp, which pytest keeps for the last runs). Environment variables point the same tests at existing
 servers instead: ``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``, ``S3_ENDPOINT_URL`` (with ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``). When a test that uses a local server fails, its report gets a section with
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from services import _localstack
+from devtools import localstack
 
 _SERVER_FIXTURES = ("kafka_bootstrap_servers", "redis_url", "s3_client_kwargs")
-_started: list[_localstack.ServerHandle] = []
+_started: list[localstack.ServerHandle] = []
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def _servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def _serving(handle: _localstack.ServerHandle) -> Iterator[_localstack.ServerHandle]:
+def _serving(handle: localstack.ServerHandle) -> Iterator[localstack.ServerHandle]:
     _started.append(handle)
     try:
         yield handle
@@ -42,7 +42,7 @@ def kafka_bootstrap_servers(_servers_dir: Path) -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return
-    with _serving(_localstack.start_kafka(_servers_dir / "kafka")) as handle:
+    with _serving(localstack.start_kafka(_servers_dir / "kafka")) as handle:
         yield handle.bootstrap_servers
 
 
@@ -52,7 +52,7 @@ def redis_url(_servers_dir: Path) -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    with _serving(_localstack.start_redis(_servers_dir / "redis")) as handle:
+    with _serving(localstack.start_redis(_servers_dir / "redis")) as handle:
         yield handle.url
 
 
@@ -67,7 +67,7 @@ def s3_client_kwargs(_servers_dir: Path) -> Iterator[dict[str, str]]:
             "region_name": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         }
         return
-    with _serving(_localstack.start_s3(_servers_dir / "s3")) as handle:
+    with _serving(localstack.start_s3(_servers_dir / "s3")) as handle:
         yield handle.client_kwargs()
 
 

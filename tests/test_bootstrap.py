@@ -96,7 +96,7 @@ def test_test_plan_counts_what_is_there(tmp_path, bare_path):
     helm.write_text("#!/bin/sh\n")
     helm.chmod(0o755)
     version = next(
-        line.split('"')[1] for line in (REPO / "services" / "_localstack.py").read_text().splitlines()
+        line.split('"')[1] for line in (REPO / "devtools" / "localstack" / "common.py").read_text().splitlines()
         if line.startswith("HELM_VERSION = ")
     )  # fmt: skip
     (home / "stamps" / "helm").write_text(version + "\n")

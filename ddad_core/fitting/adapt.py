@@ -26,11 +26,11 @@ from torch import nn
 
 from ddad_core.autoencoders import LatentAutoencoder
 from ddad_core.config import DDADConfig
+from ddad_core.ddim import DDADScheduler
 from ddad_core.denoise import start_state
 from ddad_core.features import FeatureExtractor
 from ddad_core.noise_level import noise_step_for_bin
 from ddad_core.progress import Progress, as_progress
-from ddad_core.scheduler import DDADScheduler
 
 
 def adaptation_noise_levels(k: int, config: DDADConfig) -> tuple[int, int]:

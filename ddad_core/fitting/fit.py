@@ -39,7 +39,6 @@ from ddad_core.autoencoders import (
     ConvAutoencoder,
     DiffusersVAE,
     LatentAutoencoder,
-    fit_conv_autoencoder,
     load_autoencoder,
     measure_latent_scale,
     reconstruction_psnr,
@@ -47,6 +46,7 @@ from ddad_core.autoencoders import (
 from ddad_core.bundle import BUNDLE_CONFIG_NAME, BundleConfig, load_bundle, read_bundle_config, save_bundle
 from ddad_core.config import DDADConfig, TrainConfig
 from ddad_core.data import EmptyTrainSetError, MVTecFolder, load_images
+from ddad_core.ddim import DDADScheduler
 from ddad_core.features import (
     DIC_BLOCK,
     BackboneMismatchError,
@@ -57,16 +57,16 @@ from ddad_core.features import (
     parse_backbone_spec,
 )
 from ddad_core.fitting.adapt import domain_adapt
+from ddad_core.fitting.autoencoder_training import fit_conv_autoencoder
 from ddad_core.fitting.calibration import calibrate_pipeline, check_calibration_size
 from ddad_core.fitting.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ddad_core.fitting.train import encode_dataset, train_unet
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block
+from ddad_core.noise_schedule import NoiseSchedule
 from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.preprocess import preprocess
 from ddad_core.progress import Progress, Step, as_progress, format_seconds, format_timings, map_batches
-from ddad_core.schedule import NoiseSchedule
-from ddad_core.scheduler import DDADScheduler
 from ddad_core.unet import RECOMMENDED_TRAINING, build_unet
 
 #: The method's default latent space (docs/method.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).

@@ -33,8 +33,8 @@ from torch import nn
 
 from ddad_core.autoencoders import LatentAutoencoder
 from ddad_core.config import TrainConfig
+from ddad_core.noise_schedule import NoiseSchedule
 from ddad_core.progress import Progress, Step, as_progress
-from ddad_core.schedule import NoiseSchedule
 
 __all__ = ["CHECKPOINT_NAME", "LatentCache", "TrainingDivergedError", "encode_dataset", "train_unet"]
 

@@ -14,7 +14,10 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu --constraint /t
 COPY pyproject.toml README.md /src/
 COPY ddad_core /src/ddad_core
 COPY services /src/services
-RUN pip install --constraint /tmp/constraints.txt /src
+# The runtime packages only: devtools/ (local servers, demo) stays out, and so does its development command,
+# which pyproject.toml declares for checkouts (it would only fail here).
+RUN pip install --constraint /tmp/constraints.txt /src \
+    && rm /opt/venv/bin/inspection-stack
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 inspection \

@@ -20,7 +20,10 @@ COPY deploy/docker/constraints.txt /tmp/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY ddad_core /src/ddad_core
 COPY services /src/services
-RUN pip install --constraint /tmp/constraints.txt /src
+# The runtime packages only: devtools/ (local servers, demo) stays out, and so does its development command,
+# which pyproject.toml declares for checkouts (it would only fail here).
+RUN pip install --constraint /tmp/constraints.txt /src \
+    && rm /opt/venv/bin/inspection-stack
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

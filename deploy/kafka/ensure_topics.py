@@ -5,6 +5,9 @@ Flow step: deployment. Run by the Helm chart's pre-install/pre-upgrade hook Job 
 
     python /app/deploy/kafka/ensure_topics.py [--file topics.yaml] [--local]
 
+Without ``--file`` it reads the definitions the installed ``services`` package carries
+(``services/contracts/topics.yaml``); the Helm chart passes its rendered copy.
+
 Settings come from ``TOPICS_*`` environment variables, the same Kafka fields every service has
 (``TOPICS_KAFKA_BOOTSTRAP_SERVERS``, ``TOPICS_KAFKA_SECURITY_PROTOCOL``, ``TOPICS_KAFKA_SASL_*``, ...,
 ``TOPICS_TOPIC_PREFIX``, ``TOPICS_CONNECT_TIMEOUT_S``). Missing topics are created with the file's partitions,

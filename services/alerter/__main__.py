@@ -18,18 +18,17 @@ configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; b
 
 import argparse
 import os
-import signal
 import sys
 import threading
 
 from services import _observability as obs
-from services._config import EXIT_BAD_CONFIG, StartupChecks, StartupError, load_settings, run_main
+from services._config import EXIT_BAD_CONFIG, StartupError, load_settings, run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
 from services._redis import AlertStore, OverrideStore, connect_checked
+from services._serve import begin_serve
 from services.alerter.config import AlerterSettings
 from services.alerter.loop import SERVICE, AlerterLoop, calibration_rules
 from services.alerter.rules import AlertRules, Rule, RuleBook
-from services.contracts.topics import Topics
 
 
 def build_rulebook(settings: AlerterSettings) -> RuleBook:
@@ -57,16 +56,9 @@ def serve(settings: AlerterSettings, check_only: bool = False, stop: threading.E
     Raises:
         StartupError: unreadable bundle, Redis or Kafka unreachable (one line, see run_main).
     """
-    log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json)
-    health = obs.Health()
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    topics = Topics(settings.topic_prefix)
-    kafka = settings.kafka_kwargs(SERVICE)
-    timeout = settings.connect_timeout_s
-    checks = StartupChecks(SERVICE, settings, report=check_only)
+    start = begin_serve(SERVICE, settings, check_only, stop)
+    log, health, stop, topics, kafka, timeout, checks = (
+        start.log, start.health, start.stop, start.topics, start.kafka, start.timeout, start.checks)
     book = checks.run("rules", "bundle_path", lambda: _rules_step(settings))
     redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url, timeout))
     missing_topics = checks.run("kafka", "kafka_bootstrap_servers",

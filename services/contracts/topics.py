@@ -4,14 +4,16 @@ Flow step: the names every producer and consumer agree on. Topic names get an op
 (``staging.frames``); keys are always the camera id so one camera's records stay ordered inside one partition.
 
 The topics' definitions (partitions, retention, maximum record size, replication) live in one file,
-``deploy/kafka/topics.yaml`` (``TOPICS_FILE``), read here by ``read_topic_definitions``: the Helm chart's topic Job,
-the compose file, the local stack, the demo and the tests all create topics from it.
+``topics.yaml`` beside this module (package data, ``TOPICS_FILE``), read here by ``read_topic_definitions``: the Helm
+chart's topic Job, the compose file, the local stack, the demo and the tests all create topics from it.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import yaml
@@ -82,8 +84,9 @@ def record_key(camera_id: str) -> bytes:
     return camera_id.encode("utf-8")
 
 
-#: The single source of the topic definitions (a checkout's copy; the chart and the images carry the same file).
-TOPICS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "topics.yaml"
+#: The single source of the topic definitions: package data of ``services.contracts``, so an installed package (the
+#: images) has it as well as a checkout; the chart's ``files/topics.yaml`` links to it.
+TOPICS_FILE: Traversable = files(__package__).joinpath("topics.yaml")
 #: The topics of the product without prefix, in flow order (the keys ``topics.yaml`` must define).
 BASE_TOPICS = tuple(Topics().all())
 
@@ -152,7 +155,7 @@ class TopicDefinitions(BaseModel):
 
 
 def read_topic_definitions(path: str | os.PathLike[str] | None = None) -> TopicDefinitions:
-    """Read and validate ``topics.yaml`` (default ``TOPICS_FILE``).
+    """Read and validate ``topics.yaml`` (default ``TOPICS_FILE``, the package's own).
 
     Raises:
         ValueError: the file is missing, not YAML, or a field is wrong (named with its path in the file).
@@ -167,7 +170,7 @@ def read_topic_definitions(path: str | os.PathLike[str] | None = None) -> TopicD
         raw = yaml.safe_load(file.read_text())
     except OSError as exc:
         raise ValueError(f"topic definitions not found: {file} ({exc.strerror}); "
-                         "they live in deploy/kafka/topics.yaml of the repository") from None
+                         "they live in services/contracts/topics.yaml of the repository") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{file} is not valid YAML: {exc}") from None
     try:

@@ -7,7 +7,6 @@ SIGTERM ends the streams, stops the server and leaves the consumer group.
 
 from __future__ import annotations
 
-import signal
 import socket
 import sys
 import threading
@@ -15,12 +14,11 @@ from collections.abc import Callable
 
 import uvicorn
 
-from services import _observability as obs
-from services._config import StartupChecks, StartupError, run_main
+from services._config import StartupError, run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
 from services._object_store import open_checked
 from services._redis import AlertStore, connect_checked
-from services.contracts.topics import Topics
+from services._serve import begin_serve
 from services.dashboard.app import DashboardContext, create_app
 from services.dashboard.auth import Authenticator
 from services.dashboard.config import DashboardSettings
@@ -49,13 +47,10 @@ def serve(settings: DashboardSettings, check_only: bool = False, stop: threading
     Raises:
         StartupError: missing token, Redis, object store or Kafka unreachable, port taken (one line, see run_main).
     """
-    log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json)
-    health = obs.Health()
-    stop = stop or threading.Event()
-    topics = Topics(settings.topic_prefix)
-    kafka = settings.kafka_kwargs(SERVICE)
-    timeout = settings.connect_timeout_s
-    checks = StartupChecks(SERVICE, settings, report=check_only)
+    # Signals are handled only from just before uvicorn runs (below), as the dashboard always did.
+    start = begin_serve(SERVICE, settings, check_only, stop, signals=False)
+    log, health, stop, topics, kafka, timeout, checks = (
+        start.log, start.health, start.stop, start.topics, start.kafka, start.timeout, start.checks)
     token = checks.run("token", "token", lambda: (settings.require_token(), "set"))
     redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url, timeout))
     store = checks.run("object store", "object_store_url",
@@ -91,9 +86,7 @@ def serve(settings: DashboardSettings, check_only: bool = False, stop: threading
 
     server = uvicorn.Server(uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=3, ws="none"))
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    start.handle_signals()
 
     def watch() -> None:
         if consumer.assigned.wait(timeout=120) and not stop.is_set():

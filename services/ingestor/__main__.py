@@ -12,7 +12,6 @@ from ddad_core.runtime import configure_cpu_threads
 
 configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before numpy and OpenCV load
 
-import signal
 import sys
 import threading
 import time
@@ -21,11 +20,11 @@ from datetime import UTC, datetime
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from services import _observability as obs
-from services._config import StartupChecks, StartupError, run_main
+from services._config import StartupError, run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_producer
 from services._object_store import open_checked
 from services._outage import DependencyGuard
-from services.contracts.topics import Topics
+from services._serve import begin_serve
 from services.ingestor.camera import CameraSource, FrameSource, RateLimiter, open_source
 from services.ingestor.config import IngestorSettings
 from services.ingestor.publish import SERVICE, Captured, FrameBuffer, FramePublisher, encode_image, sender_loop
@@ -54,21 +53,16 @@ def serve(settings: IngestorSettings, check_only: bool = False, stop: threading.
     Raises:
         StartupError: bad source, object store or Kafka unreachable (one line, see run_main).
     """
-    log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json).bind(camera_id=settings.camera_id)
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    topics = Topics(settings.topic_prefix)
-    kafka = settings.kafka_kwargs(SERVICE)
-    checks = StartupChecks(SERVICE, settings, report=check_only)
+    start = begin_serve(SERVICE, settings, check_only, stop)
+    log, health, stop, topics, kafka, timeout, checks = (
+        start.log, start.health, start.stop, start.topics, start.kafka, start.timeout, start.checks)
+    log = log.bind(camera_id=settings.camera_id)
     source = checks.run("source", "source", lambda: _open_source_step(settings, log, check_only))
     try:
         store = checks.run("object store", "object_store_url", lambda: open_checked(
-            settings.object_store_url, settings.s3_client_kwargs(), settings.connect_timeout_s))
+            settings.object_store_url, settings.s3_client_kwargs(), timeout))
         missing_topics = checks.run("kafka", "kafka_bootstrap_servers",
-                                    lambda: check_kafka(kafka, settings.connect_timeout_s, [topics.frames]))
-        health = obs.Health()
+                                    lambda: check_kafka(kafka, timeout, [topics.frames]))
         server = None if check_only else checks.run(
             "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
         checks.finish()

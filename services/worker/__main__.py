@@ -14,18 +14,17 @@ from ddad_core.runtime import configure_cpu_threads
 configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before numpy and torch load
 
 import os
-import signal
 import sys
 import threading
 from typing import Any
 
 from services import _observability as obs
-from services._config import StartupChecks, run_main
+from services._config import run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
 from services._memory import freeze_start_up_heap
 from services._object_store import open_checked
 from services._redis import InspectionStore, connect_checked
-from services.contracts.topics import Topics
+from services._serve import begin_serve
 from services.worker.config import WorkerSettings
 from services.worker.inference import load_detector, warm_up
 from services.worker.loop import SERVICE, WorkerLoop
@@ -58,20 +57,11 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     Raises:
         StartupError: a dependency is unreachable or the bundle is missing or broken (one line, see run_main).
     """
-    log = obs.configure_logging(SERVICE, settings.log_level, settings.log_json)
-    health = health or obs.Health()
-    checks = StartupChecks(SERVICE, settings, report=check_only)
+    start = begin_serve(SERVICE, settings, check_only, stop, health)
+    log, health, stop, topics, kafka, timeout, checks = (
+        start.log, start.health, start.stop, start.topics, start.kafka, start.timeout, start.checks)
     server = None if check_only else checks.run(
         "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
-    stop = stop or threading.Event()
-    own_process = threading.current_thread() is threading.main_thread()  # tests and the demo run serve on threads
-    if own_process:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-
-    topics = Topics(settings.topic_prefix)
-    kafka = settings.kafka_kwargs(SERVICE)
-    timeout = settings.connect_timeout_s
     missing_topics = checks.run("kafka", "kafka_bootstrap_servers",
                                 lambda: check_kafka(kafka, timeout, [topics.frames, topics.results, topics.frames_dlq]))
     redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url, timeout))
@@ -106,7 +96,7 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     loop.subscribe()
     if on_loop is not None:
         on_loop(loop)
-    if own_process:
+    if start.main_thread:  # its own process (tests and the demo run serve on threads)
         log.info("start_up_heap_frozen", objects=freeze_start_up_heap())
     health.set_ready(True, "ready")
     try:

@@ -63,8 +63,6 @@ class WorkerSettings(CommonSettings):
     result_ttl_s: int = Field(86400, gt=0, description="TTL of the Redis result hash and stream.")
     stream_maxlen: int = Field(1000, gt=0, description="Approximate cap of each per-camera Redis stream.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed to finish pending frames.")
-    sink_retries: int = Field(3, ge=0, description="Kept for compatibility: sink and produce steps are now retried "
-                                                   "until the dependency answers (offsets held back meanwhile).")
     warmup: bool = Field(True, description="Run one batch at max_batch_size before reporting ready.")
     compile: bool = Field(
         False, description="torch.compile every network for the batch sizes 1, 2, 4, ... up to max_batch_size "

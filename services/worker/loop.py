@@ -125,7 +125,7 @@ class WorkerLoop:
     """Owns the consumer, the micro-batcher and the commit of one worker process.
 
     Args:
-        settings: Worker settings (batching, retries, thread counts).
+        settings: Worker settings (batching, thread counts, pipelining).
         consumer: A ``KafkaConsumer`` made by ``services._kafka.make_consumer`` (auto-commit off).
         producer: An idempotent ``KafkaProducer`` (results and DLQ).
         detector: The loaded ``DDADPipeline`` (or anything with its call signature).

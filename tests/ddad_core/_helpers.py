@@ -1,12 +1,40 @@
-"""Shared helpers of core2's tests (fixtures live in the test files; conftest.py belongs to core1)."""
+"""Shared helpers of the ddad_core tests: tiny fitted bundles and fit settings, MVTec-layout folders, generated
+defects, a zero UNet (fixtures live in conftest.py and the test files)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ddad_core.config import DDADConfig, TrainConfig
 from ddad_core.testing import make_tiny_bundle, synthetic_textures
+
+#: Keyword arguments of ``fitting.fit.fit`` for a fit in seconds (tiny UNet, one epoch, own autoencoder, random
+#: test backbone).
+TINY_FIT = dict(
+    config=DDADConfig(image_size=64, knn_k=3, da_epochs=1, da_batch_size=8),
+    train_config=TrainConfig(preset="tiny", epochs=1, batch_size=8, holdout_fraction=0.25),
+    autoencoder="conv",
+    autoencoder_epochs=1,
+    backbone="test_resnet:random",
+    device="cpu",
+    progress=False,
+    log=None,
+    target_fpr=0.2,
+)
+
+
+class ZeroUNet(torch.nn.Module):
+    """A stand-in UNet whose noise prediction is always zero (eps_theta == 0): the sampler's own arithmetic alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, sample, timestep):
+        return type("Out", (), {"sample": torch.zeros_like(sample)})()
 
 
 def tiny_bundle(root: Path) -> Path:

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from ddad_core.autoencoders import ConvAutoencoder
-from ddad_core.schedule import NoiseSchedule
+from ddad_core.config import DDADConfig, TrainConfig
+from ddad_core.noise_schedule import NoiseSchedule
+from ddad_core.testing import TINY_BACKBONE, synthetic_textures
 from ddad_core.unet import build_unet
 
 #: Optional real TAEF2 weights: set the environment variable ``DDAD_TAEF2_DIR`` to a directory holding
@@ -69,3 +71,28 @@ def rgb_images() -> list[np.ndarray]:
         base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)
         out.append(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8))
     return out
+
+
+def fit_production(path: Path, size: int = 64) -> Path:
+    """A small bundle of the ``production`` recipe (k-NN term, per-position normalisation, EMA, capped timesteps)."""
+    from ddad_core.fitting.fit import fit_images  # only when a test asks for it: fitting imports the whole pipeline
+
+    config = DDADConfig(
+        image_size=size, knn_k=3, da_epochs=0, knn_weight=0.5, component_norm="position", feature_pool=3,
+        knn_bank_size=256,
+    )  # fmt: skip
+    train = TrainConfig(preset="tiny", epochs=2, batch_size=8, holdout_fraction=0.5, timestep_max=160, ema_decay=0.9)
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(latent_channels=4, widths=(8, 16, 16))
+    images = synthetic_textures(24, size, seed=0)
+    return fit_images(
+        images, path, config=config, train_config=train, autoencoder=ae, backbone=TINY_BACKBONE, device="cpu",
+        batch_size=8, log=None, progress=False, recipe="production", image_names=[f"{i}.png" for i in range(24)],
+        target_fpr=0.1,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def production_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The production-recipe bundle of 24 synthetic textures, fitted once per run (tests only read it)."""
+    return fit_production(tmp_path_factory.mktemp("prod") / "bundle")

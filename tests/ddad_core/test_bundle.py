@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
 
 from ddad_core.autoencoders import autoencoder_from_state
-from ddad_core.bundle import BundleConfig, BundleError, bundle_hash, load_bundle, read_bundle_config, save_bundle
+from ddad_core.bundle import (
+    BundleConfig,
+    BundleError,
+    bundle_hash,
+    file_sha256,
+    load_bundle,
+    read_bundle_config,
+    save_bundle,
+)
 from ddad_core.config import DDADConfig, TrainConfig
+from ddad_core.ddim import DDADScheduler
 from ddad_core.denoise import reconstruct
-from ddad_core.scheduler import DDADScheduler
 from ddad_core.unet import unet_from_config
 
 
@@ -130,3 +139,17 @@ def test_bad_group_name(tmp_path, bundle_dir):
     cfg = read_bundle_config(bundle_dir)
     with pytest.raises(ValueError):
         save_bundle(tmp_path / "x", cfg, {"../evil": {"w": torch.zeros(1)}})
+
+
+def test_file_sha256_reads_in_blocks_and_records_the_tensor_files(tmp_path, bundle_dir):
+    data = bytes(range(256)) * 41  # 10496 bytes: several blocks of 1000 and a partial last one
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert file_sha256(path) == file_sha256(str(path), chunk=1000) == expected
+    (tmp_path / "empty.bin").write_bytes(b"")
+    assert file_sha256(tmp_path / "empty.bin") == hashlib.sha256(b"").hexdigest()
+    # The same function is what the bundle records for every tensor file and for bundle.json.
+    cfg = read_bundle_config(bundle_dir)
+    assert cfg.files and all(file_sha256(bundle_dir / f"{name}.safetensors") == h for name, h in cfg.files.items())
+    assert bundle_hash(bundle_dir) == hashlib.sha256((bundle_dir / "bundle.json").read_bytes()).hexdigest()

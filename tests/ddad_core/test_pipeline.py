@@ -1,8 +1,11 @@
-"""DDADPipeline on a tiny fitted bundle: outputs, determinism, batch invariance, thresholds, refusal cases."""
+"""DDADPipeline on a tiny fitted bundle: outputs, determinism, batch invariance, thresholds, refusal cases; new
+settings over shared weights (``with_settings``) on a production-recipe bundle."""
 
 from __future__ import annotations
 
 import json
+import math
+import time
 
 import numpy as np
 import pytest
@@ -37,15 +40,20 @@ def frames():
 
 
 def test_output_fields_and_shapes(pipe, frames):
+    start = time.perf_counter()
     out = pipe(frames[:3])
+    wall_ms = (time.perf_counter() - start) * 1000.0
     assert isinstance(out, InspectionOutput) and len(out) == 3
     assert out.anomaly_map.shape == (3, 64, 64) and out.pred_mask.dtype == torch.bool
     assert out.pred_label.dtype == torch.bool and out.noise_step.dtype == torch.long
     assert ((out.pred_score >= 0) & (out.pred_score <= 1)).all()
     torch.testing.assert_close(out.pred_score_raw, out.anomaly_map.flatten(1).amax(1))
     assert set(out.noise_step.tolist()) <= {20, 30, 40, 50, 60, 70, 80}
-    for stage in ("preprocess", "encode", "noise_level", "denoise", "decode", "features", "anomaly_map", "score"):
-        assert out.timings_ms[stage] >= 0
+    stages = ("preprocess", "encode", "noise_level", "denoise", "decode", "features", "anomaly_map", "score")
+    assert set(stages) <= set(out.timings_ms)
+    assert all(math.isfinite(out.timings_ms[stage]) and out.timings_ms[stage] > 0 for stage in stages), out.timings_ms
+    # Consecutive laps inside the call, in milliseconds: together they cannot exceed the call's own wall time.
+    assert sum(out.timings_ms.values()) <= wall_ms, (out.timings_ms, wall_ms)
     assert pipe.image_size == 64 and pipe.model_version and len(pipe.bundle_hash) == 64
 
 
@@ -122,3 +130,16 @@ def test_bundle_records_backbone_and_noise_level(bundle):
     assert set(cfg["files"]) == {"unet", "autoencoder", "backbone", "noise_level"}
     assert cfg["calibration"]["normalization"]["latent_max"] > cfg["calibration"]["normalization"]["latent_min"]
     assert cfg["metadata"]["da_losses"]  # domain adaptation ran and was recorded
+
+
+def test_with_settings_shares_weights_and_refuses_refit_fields(production_bundle):
+    pipe = DDADPipeline.from_bundle(production_bundle)
+    other = pipe.with_settings(guidance=0.0, max_noise_step=150)
+    assert other.unet is pipe.unet and other.patch_knn is pipe.patch_knn
+    assert other.config.guidance == 0.0 and pipe.config.guidance != 0.0
+    block2 = pipe.features(torch.zeros(2, 3, 64, 64))[1]
+    assert set(other.noise_level(block2).tolist()) <= set(range(20, 151, 10))
+    with pytest.raises(ValueError, match="refitting"):
+        pipe.with_settings(knn_k=5)
+    with pytest.raises(ValueError, match="omega"):
+        pipe.with_settings(omega=2.0)

@@ -15,8 +15,7 @@ from ddad_core.bundle import read_bundle_config
 from ddad_core.fitting.fit import fit
 from ddad_core.progress import Progress, as_progress, format_seconds, format_timings, map_batches
 
-from ._helpers import write_mvtec
-from .test_fit import TINY
+from ._helpers import TINY_FIT, write_mvtec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,7 +127,7 @@ def test_fit_reports_and_times_every_step(tmp_path):
     data = write_mvtec(tmp_path / "data", n_train=10)
     out = io.StringIO()
     lines: list[str] = []
-    settings = {k: v for k, v in TINY.items() if k not in ("progress", "log")}
+    settings = {k: v for k, v in TINY_FIT.items() if k not in ("progress", "log")}
     bundle = fit(data, tmp_path / "bundle", progress=Progress(mode="lines", stream=out), log=lines.append, **settings)
     steps = (
         "load_images",
@@ -139,7 +138,7 @@ def test_fit_reports_and_times_every_step(tmp_path):
         "domain_adaptation",
         "training_features",
         "calibration",
-    )  # fmt: skip (TINY has no k-NN term, so no coreset: test_cli's production fit has one)
+    )  # fmt: skip (TINY_FIT has no k-NN term, so no coreset: test_cli's production fit has one)
     text = out.getvalue()
     for name in steps:
         assert f"{name}: started" in text and f"{name}: done" in text, name

@@ -64,3 +64,17 @@ def test_calibration_round_trip_and_heatmap():
     assert again == cal
     heat = normalize_map(torch.tensor([[[1.0, 3.0]]]), cal)
     assert heat.tolist() == [[[0.5, 1.0]]]
+
+
+def test_flagged_image_below_the_pixel_threshold_still_gets_a_mask():
+    cal = Calibration(MapNormalization(0, 1, 0, 1), image_threshold=1.0, pixel_threshold=2.0, image_min=0.0,
+                      image_max=2.0, pixel_min=0.0, pixel_max=3.0)  # fmt: skip
+    maps = torch.zeros(3, 4, 4)
+    maps[0, 0, 0] = 1.5  # flagged, weak: below the pixel threshold
+    maps[1, 1, 1], maps[1, 2, 2] = 2.5, 1.5  # flagged, strong: only the pixel above 2
+    maps[2, 3, 3] = 0.9  # not flagged
+    _, _, label, mask = score_maps(maps, cal)
+    assert label.tolist() == [True, True, False]
+    assert mask[0].sum() == 1 and bool(mask[0, 0, 0])
+    assert mask[1].sum() == 1 and bool(mask[1, 1, 1])
+    assert not mask[2].any()

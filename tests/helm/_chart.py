@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services._localstack import ddad_home, find_go_tool
+from devtools.localstack import ddad_home, find_go_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "ddad-inspection"

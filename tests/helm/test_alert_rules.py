@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import services._observability  # noqa: F401 - registers the services' metrics
-from services._localstack import find_go_tool
+from devtools.localstack import find_go_tool
 from tests.helm._chart import CHART, REPO, by_kind, render, run
 from tests.helm.test_chart import VARIANTS
 

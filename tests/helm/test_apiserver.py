@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -23,17 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.localstack import free_port
 from tests.helm._chart import CHART, CRD_MODULES, PRODUCTION, _go_module_dir, ddad_home, run, tool
 
 pytestmark = [pytest.mark.helm, pytest.mark.timeout(300)]
 
 TOKEN = "ddad-test-admin-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _binary(name: str) -> str:
@@ -66,7 +60,7 @@ def _wait(url: str, timeout_s: float, headers: dict | None = None) -> None:
 @pytest.fixture(scope="module")
 def kubeconfig(tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("apiserver")
-    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     logs = []
     etcd_log = open(root / "etcd.log", "w")
     logs.append(etcd_log)

@@ -162,7 +162,8 @@ def test_compose_runs_kafka_in_kraft_mode_with_pinned_images_and_topics_from_the
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), (name, image)
     setup = " ".join(compose["setup"]["command"])
-    assert "ensure_topics.py --local --file /app/deploy/kafka/topics.yaml" in setup
+    # no --file: the definitions the image's services package carries (services/contracts/topics.yaml)
+    assert "python /app/deploy/kafka/ensure_topics.py --local &&" in setup
     for name in ("worker", "alerter", "ingestor", "dashboard"):
         assert compose[name]["read_only"] is True and compose[name]["cap_drop"] == ["ALL"], name
         assert compose[name]["depends_on"]["setup"]["condition"] == "service_completed_successfully"

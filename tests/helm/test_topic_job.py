@@ -1,4 +1,4 @@
-"""The topic definitions (``deploy/kafka/topics.yaml``) and the topic Job that applies them, against real Kafka.
+"""The topic definitions (``services/contracts/topics.yaml``) and the topic Job that applies them, against real Kafka.
 
 Flow step: deployment. The same file feeds the chart's hook Job, the compose file and the local stack; the Job
 (``deploy/kafka/ensure_topics.py``) must create, grow and re-configure topics idempotently and reject bad input

@@ -35,7 +35,7 @@ from typing import Any
 
 import cv2
 
-from services import _localstack as ls
+from devtools import localstack as ls
 from services._kafka import make_consumer, make_producer
 from services._object_store import open_object_store
 from services._redis import InspectionStore, connect

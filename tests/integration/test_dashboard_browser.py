@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services import _localstack
+from devtools import localstack
 from services.contracts.feedback import FeedbackRecord
 from tests.services._helpers import TopicReader, wait_for
 from tests.services.dashboard._harness import TOKEN, make_env, start_dashboard, stop_dashboard
@@ -44,7 +44,7 @@ def _keep(shots: Path, page, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory):
-    handle = _localstack.start_redis(tmp_path_factory.mktemp("dashboard-redis"), persistent=True)
+    handle = localstack.start_redis(tmp_path_factory.mktemp("dashboard-redis"), persistent=True)
     yield handle
     handle.stop()
 

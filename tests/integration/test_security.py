@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from services import _localstack as ls
+from devtools import localstack as ls
 from services._kafka import make_consumer
 from services._object_store import open_object_store
 from services._redis import connect

@@ -107,7 +107,7 @@ def test_s3_put_get(s3_client_kwargs: dict[str, str]) -> None:
     import boto3
     from botocore.exceptions import ClientError
 
-    from services._localstack import create_bucket
+    from devtools.localstack import create_bucket
 
     s3 = boto3.client("s3", **s3_client_kwargs)
     bucket, key, body = f"ddad-smoke-{uuid.uuid4().hex[:12]}", "frames/cam-1/000001.png", os.urandom(256 * 1024)
@@ -141,23 +141,23 @@ def test_s3_rejects_wrong_secret(s3_client_kwargs: dict[str, str]) -> None:
 def test_taken_port_is_one_clear_error(tmp_path) -> None:
     import socket
 
-    from services import _localstack
+    from devtools import localstack
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(_localstack.ServerNotAvailable, match=f"port {port} on 127.0.0.1 is taken"):
-            _localstack.start_redis(tmp_path / "redis", port=port)
+        with pytest.raises(localstack.ServerNotAvailable, match=f"port {port} on 127.0.0.1 is taken"):
+            localstack.start_redis(tmp_path / "redis", port=port)
 
 
 def test_missing_binaries_are_one_clear_error(tmp_path, monkeypatch) -> None:
-    from services import _localstack
+    from devtools import localstack
 
     monkeypatch.setenv("DDAD_KAFKA_LIBS", str(tmp_path / "no-jars"))
-    with pytest.raises(_localstack.ServerNotAvailable, match="Kafka .* jars missing .*KAFKA_BOOTSTRAP_SERVERS"):
-        _localstack.start_kafka(tmp_path / "kafka")
+    with pytest.raises(localstack.ServerNotAvailable, match="Kafka .* jars missing .*KAFKA_BOOTSTRAP_SERVERS"):
+        localstack.start_kafka(tmp_path / "kafka")
     monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server (nor java) on this PATH
     monkeypatch.delenv("DDAD_REDIS_SERVER", raising=False)
-    with pytest.raises(_localstack.ServerNotAvailable, match="redis-server not found.*REDIS_URL"):
-        _localstack.start_redis(tmp_path / "redis")
+    with pytest.raises(localstack.ServerNotAvailable, match="redis-server not found.*REDIS_URL"):
+        localstack.start_redis(tmp_path / "redis")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services._localstack import create_bucket
+from devtools.localstack import create_bucket
 from tests.services._entry import one_line_error, run_service
 
 pytestmark = [pytest.mark.integration]

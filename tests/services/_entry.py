@@ -11,9 +11,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def entry(service: str) -> list[str]:
-    """``inspection-<service>`` next to this Python (the installed console script), else ``python -m``."""
+    """``inspection-<service>`` next to this Python (the installed console script), else ``python -m``.
+
+    ``stack`` is the development command ``inspection-stack`` (``devtools.stack``); the others are services.
+    """
     script = Path(sys.executable).parent / f"inspection-{service}"
-    return [str(script)] if script.exists() else [sys.executable, "-m", f"services.{service}"]
+    module = "devtools.stack" if service == "stack" else f"services.{service}"
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
 
 
 def clean_env(**settings: str) -> dict[str, str]:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
+from devtools.demo import log_errors, write_gallery
 from services._object_store import LocalObjectStore
 from services.contracts.defects import DefectAlert, alert_id_for
-from services.demo import log_errors, write_gallery
 from services.worker.inference import encode_mask_png
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services._localstack import free_port
+from devtools.localstack import free_port
 from tests.services._entry import one_line_error, run_service
 
 

@@ -40,11 +40,11 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end -}}
 {{- end -}}
 
-{{/* The topic definitions: files/topics.yaml (= deploy/kafka/topics.yaml) with the values' changes, as YAML. */}}
+{{/* The topic definitions: files/topics.yaml (= services/contracts/topics.yaml) with the values' changes, as YAML. */}}
 {{- define "ddad.topics" -}}
 {{- $defs := .Files.Get "files/topics.yaml" | fromYaml -}}
 {{- if not $defs.topics -}}
-{{- fail "files/topics.yaml is missing or empty (it links to deploy/kafka/topics.yaml)" -}}
+{{- fail "files/topics.yaml is missing or empty (it links to services/contracts/topics.yaml)" -}}
 {{- end -}}
 {{- if not (kindIs "invalid" .Values.topics.replicas) -}}
 {{- $_ := set $defs "replicas" .Values.topics.replicas -}}

@@ -25,6 +25,7 @@ def test_sensitivity_moves_at_threshold_like_the_masks(setup):
     eager = evaluate(bundle, data, log=None, sensitivity=1.0)
     assert eager["sensitivity"] == 1.0 and base["sensitivity"] == 0.5
     assert eager["at_threshold"]["threshold"] < base["at_threshold"]["threshold"]
+
     def flagged(r: dict) -> int:
         at = r["at_threshold"]
         return at["false_alarms"] + at["n_defective"] - at["misses"]

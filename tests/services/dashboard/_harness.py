@@ -14,8 +14,8 @@ import cv2
 import httpx
 import numpy as np
 
+from devtools.localstack import create_bucket
 from services._kafka import TopicSpec, ensure_topics, make_producer
-from services._localstack import create_bucket
 from services._object_store import open_object_store
 from services._redis import InspectionStore, connect
 from services.contracts.defects import DefectAlert, alert_id_for

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -106,8 +108,12 @@ def test_compiled_batch_sizes_cover_every_batch_up_to_the_cap():
     assert compiled_batch_sizes(12) == (1, 2, 4, 8, 12)
 
 
-def test_warm_up_of_a_compiled_detector_times_one_batch_after_compiling_every_size():
+def test_warm_up_of_a_compiled_detector_times_one_batch_after_compiling_every_size(monkeypatch):
+    from services.worker import inference
     from services.worker.inference import warm_up
+
+    clock = [0.0]
+    monkeypatch.setattr(inference, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
     class Compiled:
         compiled_batch_sizes = (1, 2, 4)
@@ -118,10 +124,12 @@ def test_warm_up_of_a_compiled_detector_times_one_batch_after_compiling_every_si
 
         def warmup(self, batch_size):
             self.calls.append(("warmup", batch_size))
+            clock[0] += 60.0  # compiling every batch size: slow, and not what the frame-age limit should see
 
         def __call__(self, frames):
             self.calls.append(("batch", len(frames)))
+            clock[0] += 0.25
 
     det = Compiled()
-    assert warm_up(det, 4) >= 0
+    assert warm_up(det, 4) == 0.25  # the one plain batch, without the compile pass
     assert det.calls == [("warmup", 4), ("batch", 4)]  # compile pass once, then exactly one timed batch

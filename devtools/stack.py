@@ -1,8 +1,8 @@
-"""``inspection-stack`` / ``python -m services.stack up``: Kafka, Redis and an S3 server on this machine, by hand.
+"""``inspection-stack`` / ``python -m devtools.stack up``: Kafka, Redis and an S3 server on this machine, by hand.
 
 Flow step: none (the servers underneath every step). In the foreground it
 
-1. starts the embedded servers of ``services._localstack`` (Kafka KRaft, Redis, s3proxy) on free loopback ports;
+1. starts the embedded servers of ``devtools.localstack`` (Kafka KRaft, Redis, s3proxy) on free loopback ports;
 2. creates the product's topics (``services._kafka.default_topic_specs``) and the bucket for masks and claim checks;
 3. prints, and writes to ``<workdir>/stack.env``, the environment for the three services (``INGESTOR_*``,
    ``WORKER_*``, ``ALERTER_*``) and for the tests (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``, ``S3_*``, ``AWS_*``);
@@ -21,8 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from devtools.localstack import LocalStack, ServerNotAvailable, ServerStartError, ddad_home, free_port
 from services._kafka import default_topic_specs, ensure_topics
-from services._localstack import LocalStack, ServerNotAvailable, ServerStartError, ddad_home, free_port
 from services.contracts.topics import Topics
 
 SERVICES = ("INGESTOR", "WORKER", "ALERTER")
@@ -45,8 +45,13 @@ def service_env(stack: LocalStack, topic_prefix: str, bucket: str) -> dict[str, 
             if service != "INGESTOR":
                 values["REDIS_KEY_PREFIX"] = topic_prefix
         if service != "ALERTER":  # the alerter never touches the object store
-            values.update(OBJECT_STORE_URL=f"s3://{bucket}/objects", S3_ENDPOINT_URL=s3.endpoint_url,
-                          S3_ACCESS_KEY_ID=s3.access_key, S3_SECRET_ACCESS_KEY=s3.secret_key, S3_REGION=s3.region)
+            values.update(
+                OBJECT_STORE_URL=f"s3://{bucket}/objects",
+                S3_ENDPOINT_URL=s3.endpoint_url,
+                S3_ACCESS_KEY_ID=s3.access_key,
+                S3_SECRET_ACCESS_KEY=s3.secret_key,
+                S3_REGION=s3.region,
+            )
         env.update({f"{service}_{k}": v for k, v in values.items()})
     return env
 
@@ -73,8 +78,10 @@ def up(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         return 2
     try:
         topics = Topics(args.topic_prefix)
-        created = ensure_topics({"bootstrap_servers": [stack.kafka.bootstrap_servers], "client_id": "inspection-stack"},
-                                default_topic_specs(topics, args.frames_partitions))
+        created = ensure_topics(
+            {"bootstrap_servers": [stack.kafka.bootstrap_servers], "client_id": "inspection-stack"},
+            default_topic_specs(topics, args.frames_partitions),
+        )
         env = service_env(stack, args.topic_prefix, args.bucket)
         env_file.parent.mkdir(parents=True, exist_ok=True)
         env_file.write_text("\n".join(_env_lines(env)) + "\n")
@@ -88,8 +95,12 @@ def up(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             dead = [h for h in stack.handles() if not h.running]
             if dead:
                 h = dead[0]
-                print(f"[stack] {h.name} exited with code {h.process.returncode}; logs: "
-                      f"{', '.join(str(p) for p in h.log_paths)}", file=sys.stderr, flush=True)
+                print(
+                    f"[stack] {h.name} exited with code {h.process.returncode}; logs: "
+                    f"{', '.join(str(p) for p in h.log_paths)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 1
         return 0
     finally:
@@ -103,12 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["up", *argv]
-    parser = argparse.ArgumentParser(prog="inspection-stack", description="Kafka, Redis and an S3 server on this "
-                                     "machine, in the foreground, for running the services by hand.")
+    parser = argparse.ArgumentParser(
+        prog="inspection-stack",
+        description="Kafka, Redis and an S3 server on this "
+        "machine, in the foreground, for running the services by hand.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start Kafka, Redis and S3 in the foreground (the default command)")
-    p.add_argument("--workdir", type=Path, default=ddad_home() / "stack",
-                   help="data and logs of the servers, wiped at start (default: $DDAD_HOME/stack)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=ddad_home() / "stack",
+        help="data and logs of the servers, wiped at start (default: $DDAD_HOME/stack)",
+    )
     p.add_argument("--env-file", type=Path, help="where to write the environment (default: WORKDIR/stack.env)")
     p.add_argument("--topic-prefix", default="", help="per-environment topic and Redis key prefix")
     p.add_argument("--frames-partitions", type=int, default=6, help="partitions of frames and results")

@@ -7,10 +7,10 @@ import torch
 
 from ddad_core.autoencoders import ConvAutoencoder
 from ddad_core.config import DDADConfig
+from ddad_core.ddim import DDADScheduler
 from ddad_core.features import FeatureExtractor
 from ddad_core.fitting.adapt import adaptation_loss, adaptation_noise_levels, domain_adapt, reconstruct_for_adaptation
-from ddad_core.schedule import NoiseSchedule
-from ddad_core.scheduler import DDADScheduler
+from ddad_core.noise_schedule import NoiseSchedule
 from ddad_core.unet import build_unet
 
 

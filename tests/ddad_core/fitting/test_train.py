@@ -1,4 +1,5 @@
-"""UNet training: reproducibility, resume after interruption, divergence handling, dataset encoding."""
+"""UNet training: reproducibility, resume after interruption, divergence handling, dataset encoding, and the
+recipes' training settings (EMA, cosine learning rate, timestep range)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from ddad_core.config import TrainConfig
 from ddad_core.fitting.train import CHECKPOINT_NAME, LatentCache, TrainingDivergedError, encode_dataset, train_unet
+from ddad_core.noise_schedule import NoiseSchedule
 from ddad_core.unet import build_unet
 
 
@@ -128,7 +130,7 @@ def test_cache_sample_uses_std():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training_and_resume(tmp_path, cache):
-    from ddad_core.schedule import NoiseSchedule
+    from ddad_core.noise_schedule import NoiseSchedule
 
     unet = build_unet("tiny", 4, 8, seed=0)
     losses = train_unet(unet, cache, NoiseSchedule(), _cfg(), "cuda", tmp_path, progress=False)
@@ -140,3 +142,42 @@ def test_resume_with_changed_config_warns(tmp_path, cache, schedule):
     _train(cache, schedule, _cfg(), checkpoint_dir=tmp_path, max_epochs=2)
     with pytest.warns(UserWarning, match="different training config"):
         _train(cache, schedule, _cfg(lr=5e-4), checkpoint_dir=tmp_path, max_epochs=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training settings of the recipes (EMA, cosine schedule, timestep range)
+
+
+def _train_fresh(cfg: TrainConfig):
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 4, 8, seed=0)
+    cache = LatentCache(torch.randn(16, 4, 8, 8), torch.zeros(16, 4, 8, 8))
+    return unet, train_unet(unet, cache, NoiseSchedule(), cfg, "cpu", progress=False)
+
+
+def test_ema_and_cosine_and_timestep_range_change_training():
+    base = TrainConfig(preset="tiny", epochs=3, batch_size=8, lr=1e-3)
+    unet_a, _ = _train_fresh(base)
+    unet_b, _ = _train_fresh(base.model_copy(update={"ema_decay": 0.5}))
+    unet_c, _ = _train_fresh(base.model_copy(update={"lr_schedule": "cosine"}))
+    unet_d, _ = _train_fresh(base.model_copy(update={"timestep_max": 100}))
+    ref = dict(unet_a.named_parameters())
+    for other in (unet_b, unet_c, unet_d):
+        diff = max(float((p - ref[n]).abs().max()) for n, p in other.named_parameters())
+        assert diff > 0
+
+
+def test_timestep_max_limits_the_sampled_range(monkeypatch):
+    seen = []
+    original = NoiseSchedule.add_noise
+
+    def spy(self, z0, noise, t):
+        seen.append(t.clone())
+        return original(self, z0, noise, t)
+
+    monkeypatch.setattr(NoiseSchedule, "add_noise", spy)
+    _train_fresh(TrainConfig(preset="tiny", epochs=4, batch_size=8, timestep_max=50))
+    assert int(torch.cat(seen).max()) < 50
+    seen.clear()
+    _train_fresh(TrainConfig(preset="tiny", epochs=4, batch_size=8))
+    assert int(torch.cat(seen).max()) >= 50
