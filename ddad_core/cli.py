@@ -86,8 +86,10 @@ fit_parser.add_argument("--guidance", type=float, help="conditioning weight w (d
 fit_parser.add_argument(
     "--select",
     action="store_true",
-    help="choose sampler and map settings per product on synthetic defects made on held-out good images",
+    help="choose sampler and map settings per product on synthetic defects made on the good images (the full "
+    "grid; recipes that choose some settings per product by themselves, like fast, do so without it)",
 )
+fit_parser.add_argument("--no-select", action="store_true", help="keep the recipe's settings fixed")
 fit_group = fit_parser.add_argument_group("extras")
 fit_group.add_argument("--image-size", type=int, help="model input side S (default 256)")
 fit_group.add_argument("--max-train-images", type=int, help="use an evenly spaced subset of train/good")
@@ -123,6 +125,7 @@ calibrate_parser.add_argument("bundle_dir", type=Path)
 calibrate_parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
 calibrate_parser.add_argument("--recipe", choices=sorted(RECIPES), help="take this recipe's method settings")
 calibrate_parser.add_argument("--select", action="store_true", help="choose settings on synthetic defects")
+calibrate_parser.add_argument("--no-select", action="store_true", help="keep the settings fixed")
 calibrate_parser.add_argument("--target-fpr", type=float, help="false-alarm rate on good parts (default: the bundle's)")
 calibrate_parser.add_argument("--tail-fit", action="store_true", help="as for `ddad fit`")
 calibrate_parser.add_argument("--pixel-target-fpr", type=float, help="as for `ddad fit`")
@@ -213,7 +216,7 @@ def _fit(args: argparse.Namespace) -> int:
         log=_print,
         metadata={"preset": args.preset},
         recipe=args.recipe,
-        select=args.select,
+        select=True if args.select else (False if args.no_select else None),
     )
     return 0
 
@@ -228,7 +231,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         tail_fit=args.tail_fit,
         pixel_target_fpr=args.pixel_target_fpr,
         max_good_images=args.max_good_images,
-        select=args.select,
+        select=True if args.select else (False if args.no_select else None),
         device=args.device,
         recipe=args.recipe,
         progress=_progress(args),

@@ -346,8 +346,9 @@ def calibrate_pipeline(
     sampler and map settings first).
 
     Every good image is scored out of sample (``out_of_sample.py``); synthetic defects are made on up to
-    ``max_synthetic`` evenly spaced good images (they set the pixel threshold and, with ``select``, choose the
-    settings; never the image threshold). The pipeline gets the statistics over all good images.
+    ``max_synthetic`` evenly spaced good images: the DRAEM/CutPaste kinds set the pixel threshold, and with
+    ``select`` the subtle kinds (pits, scratches, stains) choose the settings; neither moves the image threshold.
+    The pipeline gets the statistics over all good images.
 
     Args:
         pipe: A fitted ``DDADPipeline`` whose banks hold exactly ``good_images``, in this order.
@@ -372,7 +373,7 @@ def calibrate_pipeline(
         reconstruction_gap,
     )
     from ddad_core.fitting.select import select_settings
-    from ddad_core.fitting.synthetic import make_synthetic_defects
+    from ddad_core.fitting.synthetic import SUBTLE_KINDS, make_synthetic_defects
     from ddad_core.progress import as_progress
 
     progress = as_progress(progress)
@@ -380,29 +381,32 @@ def calibrate_pipeline(
     check_calibration_size(n, target_fpr, tail_fit)
     synth_source = np.unique(np.linspace(0, n - 1, min(n, max_synthetic)).round().astype(int))
     synthetic = make_synthetic_defects(good_images[synth_source], seed=seed)
-    selection, comps, synth_comps = None, None, None
+    selection, comps = None, None
     if select:
+        # Settings are ranked on defects like real ones (small, thin, low contrast): their ranking agrees with the
+        # real defects' far better than that of the large DRAEM/CutPaste pastes (docs/benchmarks.md).
+        selection_defects = make_synthetic_defects(good_images[synth_source], seed=seed, kinds=SUBTLE_KINDS)
         if log is not None:
             log(f"[6/7] selecting settings on {n} good images and {len(synth_source)} synthetic defects")
         selection = select_settings(
             pipe,
             good_images,
-            synthetic.images,
-            synthetic.masks,
+            selection_defects.images,
+            selection_defects.masks,
             synth_source,
             grid=select_grid,
             batch_size=batch_size,
             log=log,
             progress=progress,
         )
-        comps, synth_comps = selection.pop("components")
+        comps, _ = selection.pop("components")
         pipe = pipe.with_settings(**selection["chosen"])
         if log is not None:
             log(f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
-    if comps is None:
-        with progress.step("calibration", total=n + len(synth_source)) as step:
+    with progress.step("calibration", total=(0 if comps is not None else n) + len(synth_source)) as step:
+        if comps is None:
             comps = good_components(pipe, good_images, batch_size=batch_size, step=step)
-            synth_comps = good_components(pipe, synthetic.images, synth_source, batch_size, step)
+        synth_comps = good_components(pipe, synthetic.images, synth_source, batch_size, step)
     good_maps = out_of_sample_maps(pipe, comps)
     synthetic_maps = out_of_sample_maps(pipe, comps, synth_comps, synth_source)
     normalization, pipe.position_norm = deployed_statistics(pipe, comps)

@@ -284,7 +284,7 @@ def recalibrate(
     bundle_dir: str | Path,
     out_dir: str | Path,
     target_fpr: float | None = None,
-    select: bool = False,
+    select: bool | None = False,
     log: Callable[[str], None] | None = print,
     device: str | torch.device = "cpu",
     recipe: str | Recipe | None = None,
@@ -320,6 +320,10 @@ def recalibrate(
         if differ and chosen.ddad.get("knn_weight", 0.0) < 1.0:  # a patch-only recipe uses no trained network
             raise SettingError(f"recipe {chosen.name} trains differently ({differ}); refit with `ddad fit --recipe`")
         overrides = {**chosen.ddad, **overrides}
+    select_grid = None
+    if select is None:  # the recipe's own per-product choice, if it has one
+        select_grid = chosen.select_grid if recipe is not None else None
+        select = select_grid is not None
     overrides = {k: v for k, v in overrides.items() if getattr(pipe.config, k) != v}
     bank_fields = {"knn_bank_size", "knn_zero_pad", "knn_k", "num_bins", "knn_mode", "dic_pool_size"}
     try:
@@ -361,6 +365,7 @@ def recalibrate(
         batch_size=batch_size,
         seed=old.train.seed,
         select=select,
+        select_grid=select_grid,
         log=log,
         progress=progress,
         tail_fit=tail_fit,
@@ -491,7 +496,7 @@ def fit_images(
     progress: Progress | bool = True,
     recipe: str | Recipe | None = None,
     image_names: Sequence[str] | None = None,
-    select: bool = False,
+    select: bool | None = None,
     select_grid: dict[str, Sequence[Any]] | None = None,
     tail_fit: bool = False,
     pixel_target_fpr: float | None = None,
@@ -522,8 +527,9 @@ def fit_images(
             were built by hand (recorded as ``custom``).
         image_names: Names of the images (recorded, so ``recalibrate`` can find them again).
         select: Choose sampler and map settings on synthetic defects (``ddad_core.fitting.select``); the choice and the
-            table are recorded in ``metadata["selection"]``.
-        select_grid: The grid for ``select`` (default ``ddad_core.fitting.select.DEFAULT_GRID``).
+            table are recorded in ``metadata["selection"]``. None: what the recipe does (``Recipe.select_grid``);
+            False: fixed settings.
+        select_grid: The grid for ``select`` (default: the recipe's, else ``ddad_core.fitting.select.DEFAULT_GRID``).
         tail_fit: Where there are too few good images for ``target_fpr``, extrapolate the threshold with a
             generalised Pareto tail instead of refusing (``calibration.py``).
         pixel_target_fpr: Share of good pixels allowed above the pixel threshold (default: synthetic-defect F1).
@@ -543,6 +549,9 @@ def fit_images(
     cfg = config or default_cfg
     tcfg = train_config or default_tcfg
     recipe_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if select is None:  # the recipe's own per-product choice, if it has one
+        select = recipe_obj is not None and recipe_obj.select_grid is not None
+        select_grid = select_grid or (recipe_obj.select_grid if select else None)
     recipe_info = (
         recipe_obj.identity()
         if recipe_obj is not None

@@ -3,8 +3,9 @@
 * ``paper``: the reference defaults of D3AD (docs/method.md section 9) with its faithful quirks: minmax-normalised
   latent + feature map, dynamic T-hat up to 80, w = 4, one epoch of domain adaptation, UNet trained on the whole
   timestep range without EMA or learning-rate decay.
-* ``fast``: the patch k-NN term alone, with the same per-position statistics: no autoencoder, no UNet, no
-  denoising, so nothing is trained and a frame costs one backbone pass and one nearest-neighbour search.
+* ``fast``: the patch k-NN term alone (zero-padded patches): no autoencoder, no UNet, no denoising, so nothing is
+  trained and a frame costs one backbone pass and one nearest-neighbour search; whether the map is normalised per
+  position or by min-max is chosen per product at every fit, from the good images and subtle synthetic defects.
 * ``production``: a clearly labelled variant chosen from the ablations on real data (``bench/ablations.py``;
   tables in the README): the same reconstruction, plus a PatchCore-style patch k-NN term on the nominal feature
   bank (``patch_knn.py``), each component standardised per position against held-out good images
@@ -38,6 +39,8 @@ class Recipe:
         description: One line for logs and reports.
         ddad: ``DDADConfig`` overrides.
         train: ``TrainConfig`` overrides.
+        select_grid: Settings chosen per product at every fit, from the good images and synthetic defects made on
+            them (``select.py``); None: fixed settings unless ``--select`` asks for the full grid.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Recipe:
     description: str
     ddad: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    select_grid: dict[str, tuple] | None = None
 
     def identity(self) -> dict[str, Any]:
         """What the bundle records."""
@@ -82,9 +86,13 @@ RECIPES: dict[str, Recipe] = {
     "fast": Recipe(
         name="fast",
         version=1,
-        description="patch k-NN term only (no autoencoder, no UNet, no denoising), per-position z-scores; "
-        "several times faster to fit and to run",
-        ddad={"knn_weight": 1.0, "component_norm": "position", "da_epochs": 0},
+        description="patch k-NN term only (no autoencoder, no UNet, no denoising), zero-padded patches; per-position "
+        "or min-max normalisation chosen per product on subtle synthetic defects",
+        # Chosen on the tune halves (docs/benchmarks.md): zero-padded patches (PatchCore's padding) matched or beat
+        # averaging inside the map; per-position statistics help aligned parts (KolektorSDD) and hurt the others,
+        # so the normalisation is chosen per product from good images and synthetic defects.
+        ddad={"knn_weight": 1.0, "component_norm": "position", "da_epochs": 0, "knn_zero_pad": True},
+        select_grid={"component_norm": ("position", "minmax")},
     ),
 }
 
