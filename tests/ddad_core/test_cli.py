@@ -22,7 +22,7 @@ def fitted(tmp_path_factory):
     argv = [
         "fit", str(data), "--out", str(root / "bundle"), "--preset", "cpu", "--epochs", "1", "--da-epochs", "1",
         "--guidance", "4", "--image-size", "64", "--autoencoder", "conv", "--ae-epochs", "1",
-        "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet", "--target-fpr", "0.1",
+        "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet", "--target-fpr", "0.1", "--no-select",
     ]  # fmt: skip
     assert main(argv) == 0
     return root, data, root / "bundle"

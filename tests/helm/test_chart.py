@@ -217,7 +217,7 @@ def test_the_topic_job_applies_the_single_topic_definitions_file(variant: str, r
     weight = int(cm["metadata"]["annotations"]["helm.sh/hook-weight"])
     assert weight < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])  # the ConfigMap exists first
     assert "ensure_topics.py" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
-    # What the Job reads is valid for the Job's own parser, and equals services/contracts/topics.yaml plus the overrides.
+    # What the Job reads is valid for the Job's own parser, and equals the packaged topics.yaml plus the overrides.
     path = tmp_path / "topics.yaml"
     path.write_text(cm["data"]["topics.yaml"])
     job_defs = read_topic_definitions(path)

@@ -109,6 +109,7 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     argv = [
         "fit", str(data), "--out", str(tmp_path / "b"), "--epochs", "1", "--image-size", "64", "--autoencoder", "conv",
         "--ae-epochs", "1", "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet", "--target-fpr", "0.1",
+        "--no-select",
     ]  # fmt: skip
     assert main(argv) == 0
     before = read_bundle_config(tmp_path / "b")
