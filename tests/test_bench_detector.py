@@ -48,11 +48,16 @@ def test_quick_run_reports_both_methods_under_one_protocol(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "bench_results.json").read_text())["results"]
-    assert set(results) == {
+    plain = {name for name in results if "--select" not in name}
+    assert plain == {
         "parts/kNN baseline",
-        "parts/fast: patch term, position",
-        "parts/fast: patch term, minmax",
+        "parts/fast (zero-padded patches): patch term, position",
+        "parts/fast (zero-padded patches): patch term, minmax",
     }
+    picks = sorted(name.split(" -> ")[0] for name in results if "--select" in name)
+    assert picks == [
+        f"parts/fast (zero-padded patches): --select on {f} synthetic defects" for f in ("classic", "subtle")
+    ]
     for name, res in results.items():
         report, tune = res["report"], res["tune"]
         assert report["n_images"] == tune["n_images"] == 12  # 6 good + 6 defective per half
@@ -64,4 +69,4 @@ def test_quick_run_reports_both_methods_under_one_protocol(tmp_path):
         if name != "parts/kNN baseline":
             assert set(report["vs_baseline"]) == {"image_auroc", "aupro", "recall_at_1pct_fpr"}
     table = (out / "bench_results.md").read_text()
-    assert "## Report half" in table and "## Tune half" in table and table.count("| parts |") == 6
+    assert "## Report half" in table and "## Tune half" in table and table.count("| parts |") == 10

@@ -50,7 +50,6 @@ from services._object_store import ObjectStore, ObjectStoreUnavailable
 from services._outage import DependencyGuard
 from services._redis import InspectionStore
 from services.contracts.frames import Frame, FrameDecodeError
-from services.contracts.results import DroppedFrame, InspectionResult
 from services.contracts.topics import Topics
 from services.worker.batcher import Batch, MicroBatcher, Pending
 from services.worker.config import WorkerSettings
@@ -59,10 +58,10 @@ from services.worker.inference import (
     InvalidFrameError,
     decision_thresholds,
     decode_frame,
-    mask_to_boxes,
     raw_threshold,
     split_output,
 )
+from services.worker.results import BatchInfo, ModelInfo, dropped_frame, inspection_result
 from services.worker.sinks import MaskSink, ResultsProducer
 
 SERVICE = "worker"
@@ -169,9 +168,11 @@ class WorkerLoop:
         self._writes: deque[_Write] = deque()  # in submission order, at most ``pipeline_depth``
         self._writes_lock = threading.Lock()  # the deque vs. the rebalance listener's snapshot
         self.masks = MaskSink(store, self._sink_pool, settings.write_heatmaps)
-        self.threshold, self.threshold_raw = decision_thresholds(detector)
+        threshold, threshold_raw = decision_thresholds(detector)
         self.heatmap_threshold = raw_threshold(detector)  # the heatmaps' mid-scale
-        self.model_version = str(getattr(detector, "model_version", "unknown"))
+        self.model = ModelInfo(model_version=str(getattr(detector, "model_version", "unknown")),
+                               bundle_hash=str(getattr(detector, "bundle_hash", "unknown")),
+                               threshold=threshold, threshold_raw=threshold_raw)
         self._stale = Counter()  # stale drops per camera since the last warning line
         self._stale_oldest_ms = 0.0
         self._next_stale_log = 0.0
@@ -447,11 +448,8 @@ class WorkerLoop:
         f = p.item.frame
         now = self._wall()
         age_ms = max(0.0, (now - f.captured_ts) * 1000.0)
-        self.results.add(DroppedFrame(
-            frame_id=f.frame_id, camera_id=f.camera_id, line_id=f.line_id, product_id=f.product_id,
-            sequence=f.sequence, source=f.source, captured_at=f.captured_at,
-            dropped_at=datetime.fromtimestamp(now, UTC), reason="stale", age_ms=round(age_ms, 3),
-            max_frame_age_ms=self.max_frame_age_ms, model_version=self.model_version))
+        self.results.add(dropped_frame(f, now=now, age_ms=age_ms, max_frame_age_ms=self.max_frame_age_ms,
+                                       model_version=self.model.model_version))
         obs.FRAMES_DROPPED.labels(SERVICE, "stale").inc()
         self._stale[f.camera_id] += 1
         self._stale_oldest_ms = max(self._stale_oldest_ms, age_ms)
@@ -477,21 +475,11 @@ class WorkerLoop:
         uris = self._until_ok("object_store", lambda: self.masks.write(
             [(p.item.frame.camera_id, p.item.frame.frame_id, out) for p, out in inferred], self.heatmap_threshold))
         obs.STAGE_DURATION.labels("sink_masks").observe(self._clock() - t0)
-        processed_at = datetime.fromtimestamp(self._wall(), UTC)
-        results = []
-        for (p, out), (mask_uri, heat_uri) in zip(inferred, uris, strict=True):
-            f = p.item.frame
-            results.append(InspectionResult(
-                frame_id=f.frame_id, camera_id=f.camera_id, line_id=f.line_id, product_id=f.product_id,
-                sequence=f.sequence, source=f.source, captured_at=f.captured_at, processed_at=processed_at,
-                pred_score=out.pred_score, pred_score_raw=out.pred_score_raw, pred_label=out.pred_label,
-                noise_step=out.noise_step, threshold=self.threshold, threshold_raw=self.threshold_raw,
-                model_version=self.model_version, bundle_hash=str(getattr(self.detector, "bundle_hash", "unknown")),
-                mask_uri=mask_uri, heatmap_uri=heat_uri,
-                defect_regions=mask_to_boxes(out.pred_mask, f.width, f.height, self.settings.min_box_area_fraction)
-                if out.pred_label else [],
-                timings_ms={k: round(v, 3) for k, v in timings.items()}, batch_id=batch_id,
-                batch_size=len(inferred), queue_wait_ms=round(max(0.0, started - p.enqueued_at) * 1000.0, 3)))
+        batch = BatchInfo(batch_id, len(inferred), started, datetime.fromtimestamp(self._wall(), UTC), timings)
+        results = [inspection_result(p.item.frame, out, mask_uri=mask_uri, heatmap_uri=heat_uri,
+                                     enqueued_at=p.enqueued_at, batch=batch, model=self.model,
+                                     min_box_area_fraction=self.settings.min_box_area_fraction)
+                   for (p, out), (mask_uri, heat_uri) in zip(inferred, uris, strict=True)]
         # 4. write Redis (one MULTI/EXEC per batch)
         t0 = self._clock()
         self._until_ok("redis", lambda: self.inspection_store.write(results))

@@ -2,7 +2,8 @@
 
 Flow step: results -> object store + ``results`` topic. Every write is keyed by frame id (object keys
 ``masks/{camera_id}/{frame_id}.png``, record key camera id with the frame id inside), so when a batch is replayed
-after a crash between "write" and "commit", the replay overwrites instead of duplicating.
+after a crash between "write" and "commit", the replay overwrites instead of duplicating. The records written here
+are built in ``services.worker.results``.
 """
 
 from __future__ import annotations
