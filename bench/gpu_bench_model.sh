@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 12: reference flow vs serving pipeline with the `paper` UNet preset at batch 32 in
+# The prepared GPU check of the serving pipeline: reference flow vs serving pipeline with the `paper` UNet preset at batch 32 in
 # bf16, once with the offline TAEF2 autoencoder and once with an SD-VAE-sized AutoencoderKL (random weights: timing
 # only), then the serving path's batch scaling. Meant for one run of at most 8 minutes on an H200; on a GPU machine
 # without the venv, `pip install -e .` (torch, diffusers, timm, scikit-learn) is enough.

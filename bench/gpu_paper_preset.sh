@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 13: the `paper` UNet preset (281 M parameters) trained 300 epochs on one dataset
+# The prepared GPU check of the paper-sized model: the `paper` UNet preset (281 M parameters) trained 300 epochs on one dataset
 # with the offline TAEF2 autoencoder and MobileNetV2 features, then the same side-by-side table as on the CPU
 # (k-NN baseline, paper recipe, production recipe). Meant for one run of at most 8 minutes on an H200.
 #

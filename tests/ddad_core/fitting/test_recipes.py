@@ -52,7 +52,7 @@ def test_production_bundle_round_trip(production_bundle):
 
 
 def test_good_maps_have_no_border_excess(production_bundle):
-    """The map of unseen good images has no fixed border band above the interior (issue 13, item 4)."""
+    """The map of unseen good images has no fixed border band above the interior."""
     pipe = DDADPipeline.from_bundle(production_bundle)
     maps = pipe(synthetic_textures(8, 64, seed=11)).anomaly_map
     band = torch.cat(
