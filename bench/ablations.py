@@ -41,7 +41,7 @@ import torch
 from bench_detector import fit_bundle  # bench/ is on sys.path when this file runs as a script
 
 from ddad_core.config import DDADConfig
-from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
+from ddad_core.data import MVTecFolder, evenly_spaced, load_images, load_mask, resize_mask
 from ddad_core.evaluation.metrics import aupro, auroc, f1_max, pixel_auroc
 from ddad_core.evaluation.splits import half_of_items
 from ddad_core.features import load_backbone
@@ -211,9 +211,7 @@ class TestSet:
 def load_test_set(data_dir: Path, size: int, max_images: int | None) -> TestSet:
     folder = MVTecFolder(data_dir, require_test=True)
     items = half_of_items(folder.test_items, folder.root / "test", "tune")
-    if max_images is not None and len(items) > max_images:
-        keep = sorted(set(np.linspace(0, len(items) - 1, max_images).round().astype(int).tolist()))
-        items = [items[i] for i in keep]
+    items = [items[i] for i in evenly_spaced(len(items), max_images)]
     loaded = load_images([it.path for it in items], warn=False)
     by_path = dict(zip(loaded.paths, loaded.images, strict=True))
     items = [it for it in items if it.path in by_path]

@@ -55,7 +55,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ddad_core.anomaly_map import gaussian_blur, upsample_map
-from ddad_core.data import MVTecFolder, load_images, load_mask, resize_mask
+from ddad_core.data import MVTecFolder, evenly_spaced, load_images, load_mask, resize_mask
 from ddad_core.evaluation.evaluate import EvaluationData, compute_results
 from ddad_core.evaluation.intervals import bootstrap_intervals
 from ddad_core.evaluation.splits import half_of_items
@@ -90,15 +90,9 @@ class Half:
     labels: np.ndarray
 
 
-def _evenly(paths: list, limit: int | None) -> list:
-    if limit is None or len(paths) <= limit:
-        return list(paths)
-    keep = sorted(set(np.linspace(0, len(paths) - 1, limit).round().astype(int).tolist()))
-    return [paths[i] for i in keep]
-
-
 def load_half(folder: MVTecFolder, half: str, size: int, limit: int | None) -> Half:
-    items = _evenly(half_of_items(folder.test_items, folder.root / "test", half), limit)
+    items = half_of_items(folder.test_items, folder.root / "test", half)
+    items = [items[i] for i in evenly_spaced(len(items), limit)]
     loaded = load_images([it.path for it in items], warn=False)
     by_path = dict(zip(loaded.paths, loaded.images, strict=True))
     items = [it for it in items if it.path in by_path]
@@ -114,7 +108,7 @@ def load_half(folder: MVTecFolder, half: str, size: int, limit: int | None) -> H
 
 
 def load_train(folder: MVTecFolder, size: int, limit: int | None) -> tuple[list[str], torch.Tensor]:
-    paths = _evenly(folder.train_good, limit)
+    paths = [folder.train_good[i] for i in evenly_spaced(len(folder.train_good), limit)]
     loaded = load_images(paths, warn=False)
     names = [str(Path(p).relative_to(folder.root)) for p in loaded.paths]
     return names, torch.cat([preprocess(loaded.images[s : s + 32], image_size=size)
@@ -241,19 +235,21 @@ def fit_bundle(data_dir: Path, bundle: Path, args: argparse.Namespace, device, r
     return time.perf_counter() - t0
 
 
-def components(pipe: DDADPipeline, cache: Path, images: torch.Tensor, good: bool, batch: int) -> MapComponents:
-    """Raw components (good training images out of sample when ``good``), cached on disk by bundle and set."""
+def cached_components(cache: Path, compute) -> MapComponents:
+    """Raw components from ``cache``, or ``compute()`` them and keep them there (maps and noise steps)."""
     if cache.exists():
         return MapComponents(**torch.load(cache))
-    comps = (
-        good_components(pipe, images, batch_size=batch)
-        if good
-        else MapComponents.concat([pipe.components(images[s : s + batch]) for s in range(0, len(images), batch)])
-    )
+    comps = compute()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    keep = ("latent_map", "feature_map", "noise_step", "knn_map")
-    torch.save({k: getattr(comps, k) for k in keep}, cache)
+    torch.save({k: getattr(comps, k) for k in ("latent_map", "feature_map", "noise_step", "knn_map")}, cache)
     return comps
+
+
+def components(pipe: DDADPipeline, cache: Path, images: torch.Tensor, good: bool, batch: int) -> MapComponents:
+    """Raw components (good training images out of sample when ``good``), cached on disk by bundle and set."""
+    if good:
+        return cached_components(cache, lambda: good_components(pipe, images, batch_size=batch))
+    return cached_components(cache, lambda: pipe.components_batched(images, batch))
 
 
 def variants_of(pipe: DDADPipeline) -> dict[str, dict[str, Any]]:
@@ -304,16 +300,12 @@ def synthetic_sets(pipe: DDADPipeline, train: torch.Tensor, cache: Path, batch: 
     """Synthetic defects made on up to ``count`` evenly spaced good training images, of each family (the classic
     DRAEM/CutPaste pastes and the subtle pits, scratches and stains), with their out-of-sample components (each
     leaves out the image it was made on) -- what ``--select`` ranks settings with."""
-    source = np.unique(np.linspace(0, len(train) - 1, min(count, len(train))).round().astype(int))
+    source = evenly_spaced(len(train), count)
     out = {}
     for name, kinds in SYNTHETIC_FAMILIES.items():
         made = make_synthetic_defects(train[source], seed=0, kinds=kinds)
         path = Path(f"{cache}-synthetic-{name}.pt")
-        if path.exists():
-            comps = MapComponents(**torch.load(path))
-        else:
-            comps = good_components(pipe, made.images, source, batch)
-            torch.save({k: getattr(comps, k) for k in ("latent_map", "feature_map", "noise_step", "knn_map")}, path)
+        comps = cached_components(path, lambda made=made: good_components(pipe, made.images, source, batch))
         out[name] = (made, torch.as_tensor(source), comps)
     return out
 

@@ -79,6 +79,20 @@ class LoadedImages:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
+    """Sorted indices of at most ``limit`` of ``n`` items, evenly spaced from the first to the last (all of them
+    when ``limit`` is None or not smaller than ``n``): the one rule for thinning training images, test sets and
+    synthetic defects, so a subset can be found again from ``n`` and ``limit`` alone.
+
+    Example:
+        >>> evenly_spaced(10, 4).tolist(), evenly_spaced(3, 5).tolist()
+        ([0, 3, 6, 9], [0, 1, 2])
+    """
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (hidden files ignored)."""
     return sorted(

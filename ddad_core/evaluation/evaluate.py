@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ddad_core.anomaly_map import MapNormalization
-from ddad_core.data import MVTecFolder, load_mask, resize_mask
+from ddad_core.data import MVTecFolder, evenly_spaced, load_mask, resize_mask
 from ddad_core.evaluation.intervals import binomial_interval, bootstrap_intervals, recall_at_fpr
 from ddad_core.evaluation.metrics import (
     aupro,
@@ -113,9 +113,7 @@ def collect(
         ``(data, timing)`` with timing keys ``seconds_model`` (pipeline time), ``seconds_total`` (with file IO).
     """
     items = half_of_items(folder.test_items, folder.root / "test", half)
-    if max_images is not None and len(items) > max_images:
-        keep = sorted(set(np.linspace(0, len(items) - 1, max_images).round().astype(int).tolist()))
-        items = [items[i] for i in keep]
+    items = [items[i] for i in evenly_spaced(len(items), max_images)]
     size = pipe.image_size
     kept, parts, thumbs, masks, has_mask, skipped = [], [], [], [], [], []
     model_seconds = 0.0

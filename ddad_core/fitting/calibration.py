@@ -181,11 +181,6 @@ def pareto_tail_threshold(scores, target_fpr: float) -> tuple[float, dict[str, A
     return max(threshold, float(s[-1])), {"tail_size": m, "tail_shape": float(shape), "tail_scale": float(scale)}
 
 
-def threshold_at_fpr(good_scores, target_fpr: float = 0.01) -> float:
-    """The conformal threshold for ``target_fpr`` (see :func:`conformal_threshold`), as a plain number."""
-    return conformal_threshold(good_scores, target_fpr)[0]
-
-
 def _percent(rate: float) -> str:
     return f"{100 * rate:.3g} %"
 
@@ -366,6 +361,7 @@ def calibrate_pipeline(
         ``(pipe, calibration, selection)``: the pipeline with its settings and statistics, its calibration (also set
         on it), and the selection record (None without ``select``).
     """
+    from ddad_core.data import evenly_spaced
     from ddad_core.fitting.out_of_sample import (
         deployed_statistics,
         good_components,
@@ -379,7 +375,7 @@ def calibrate_pipeline(
     progress = as_progress(progress)
     n = len(good_images)
     check_calibration_size(n, target_fpr, tail_fit)
-    synth_source = np.unique(np.linspace(0, n - 1, min(n, max_synthetic)).round().astype(int))
+    synth_source = evenly_spaced(n, max_synthetic)
     synthetic = make_synthetic_defects(good_images[synth_source], seed=seed)
     selection, comps = None, None
     if select:

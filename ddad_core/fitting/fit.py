@@ -45,7 +45,7 @@ from ddad_core.autoencoders import (
 )
 from ddad_core.bundle import BUNDLE_CONFIG_NAME, BundleConfig, load_bundle, read_bundle_config, save_bundle
 from ddad_core.config import DDADConfig, TrainConfig
-from ddad_core.data import EmptyTrainSetError, MVTecFolder, load_images
+from ddad_core.data import EmptyTrainSetError, MVTecFolder, evenly_spaced, load_images
 from ddad_core.ddim import DDADScheduler
 from ddad_core.features import (
     DIC_BLOCK,
@@ -269,15 +269,8 @@ def _good_image_names(old: BundleConfig, max_good_images: int | None) -> tuple[P
     if names:
         return Path(data_dir), list(names)
     folder = MVTecFolder(data_dir)
-    paths = _evenly(folder.train_good, max_good_images)
+    paths = [folder.train_good[i] for i in evenly_spaced(len(folder.train_good), max_good_images)]
     return Path(data_dir), [str(Path(p).relative_to(folder.root)) for p in paths]
-
-
-def _evenly(paths: Sequence, limit: int | None) -> list:
-    if limit is None or len(paths) <= limit:
-        return list(paths)
-    keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
-    return [paths[i] for i in sorted(set(keep.tolist()))]
 
 
 def recalibrate(
@@ -712,10 +705,7 @@ def fit(
         EmptyTrainSetError: no decodable image in ``train/good``.
     """
     folder = MVTecFolder(data_dir)
-    paths = folder.train_good
-    if max_train_images is not None and len(paths) > max_train_images:
-        keep = np.linspace(0, len(paths) - 1, max_train_images).round().astype(int)
-        paths = [paths[i] for i in sorted(set(keep.tolist()))]
+    paths = [folder.train_good[i] for i in evenly_spaced(len(folder.train_good), max_train_images)]
     progress = as_progress(kwargs.pop("progress", True))
     with warnings.catch_warnings(), progress.step("load_images", total=len(paths)) as step:
         warnings.simplefilter("ignore")  # the skipped files are reported below, once

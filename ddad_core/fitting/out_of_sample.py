@@ -77,8 +77,8 @@ def _minmax_leave_one_out(good: MapComponents, names: Sequence[str], source: tor
     if n < 2:
         raise ValueError("leave-one-out statistics need at least two good images")
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, maps in good.maps().items():
-        flat = maps.flatten(1)
+    for name in names:
+        flat = good.maps()[name].flatten(1)
         ranges[name] = (flat.amin(dim=1).double().numpy(), flat.amax(dim=1).double().numpy())
     out = []
     for s in source.tolist():
@@ -90,6 +90,22 @@ def _minmax_leave_one_out(good: MapComponents, names: Sequence[str], source: tor
             values[f"{name}_min"], values[f"{name}_max"] = float(lows[keep].min()), float(highs[keep].max())
         out.append(MapNormalization(**values))
     return out
+
+
+def _position_rows(stats: dict[str, torch.Tensor], source: torch.Tensor) -> PositionNorm:
+    """Per target row, the per-position statistics of the good images other than ``source[row]`` (all of them for
+    -1); the leave-one-out statistics are computed only when some row needs them."""
+    full = PositionNorm.fit(stats)
+    left_out = source >= 0
+    if not bool(left_out.any()):
+        return full
+    loo = PositionNorm.leave_one_out(stats).select(source.clamp_min(0))
+    means, sds = {}, {}
+    for name in loo.names:
+        keep = left_out.view(-1, 1, 1)
+        means[name] = torch.where(keep, getattr(loo, f"mean_{name}"), getattr(full, f"mean_{name}"))
+        sds[name] = torch.where(keep, getattr(loo, f"sd_{name}"), getattr(full, f"sd_{name}"))
+    return PositionNorm(means, sds)
 
 
 def out_of_sample_maps(
@@ -118,13 +134,7 @@ def out_of_sample_maps(
     weights = component_weights(cfg.latent_weight, cfg.knn_weight)
     stats = _weighted_maps(pipe, good, overrides)
     if cfg.component_norm == "position":
-        loo = PositionNorm.leave_one_out(stats)
-        full = PositionNorm.fit(stats)
-        rows = []
-        for i, s in enumerate(source.tolist()):
-            norm = loo.select([s]) if s >= 0 else full
-            rows.append(combine_maps(target.select([i]).maps(), weights, position_norm=norm, sigma=cfg.blur_sigma))
-        return torch.cat(rows) if rows else torch.zeros(0, *next(iter(target.maps().values())).shape[1:])
+        return combine_maps(target.maps(), weights, position_norm=_position_rows(stats, source), sigma=cfg.blur_sigma)
     norms = _minmax_leave_one_out(good, list(stats), source)
     groups: dict[MapNormalization, list[int]] = {}
     for i, norm in enumerate(norms):

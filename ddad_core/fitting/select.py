@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from ddad_core.evaluation.metrics import aupro, auroc, pixel_auroc
-from ddad_core.pipeline import DDADPipeline, MapComponents
-from ddad_core.progress import Progress, Step, as_progress, map_batches
+from ddad_core.pipeline import DDADPipeline
+from ddad_core.progress import Progress, as_progress
 
-__all__ = ["DEFAULT_GRID", "SelectionResult", "batched_components", "select_settings"]
+__all__ = ["DEFAULT_GRID", "SelectionResult", "select_settings"]
 
 #: The default grid: guidance w (sampler) x weight of the k-NN term x lambda x normalisation (map only). The recipe's
 #: own values are put first by ``select_settings``.
@@ -44,13 +44,6 @@ DEFAULT_GRID: dict[str, Sequence[Any]] = {
 
 #: Fields a candidate may set without rerunning the pipeline.
 MAP_FIELDS = frozenset({"knn_weight", "latent_weight", "blur_sigma", "component_norm"})
-
-
-def batched_components(
-    pipe: DDADPipeline, images: torch.Tensor, batch_size: int, step: Step | None = None, knn: bool | None = None
-) -> MapComponents:
-    """``pipe.components_batched`` that counts every batch on a progress ``step``."""
-    return MapComponents.concat(map_batches(lambda x: pipe.components(x, knn=knn), images, batch_size, step))
 
 
 def separation(good_maps: torch.Tensor, defect_maps: torch.Tensor, defect_masks: torch.Tensor) -> dict[str, float]:
