@@ -83,6 +83,12 @@ class DDADConfig(BaseModel):
         description="Average border patches with zeros outside the map (PatchCore's padding, which damps borders); "
         "False averages only the pixels inside.",
     )
+    knn_features: Literal["blocks", "expanded"] = Field(
+        "blocks",
+        description="Features of the patch k-NN term: 'blocks', the backbone's block outputs at strides 8 and 16; "
+        "'expanded', the wider expansion activations inside the last block at each of those strides "
+        "(inverted-residual backbones: MobileNetV2, EfficientNet).",
+    )
     component_norm: Literal["minmax", "position"] = Field(
         "minmax",
         description="How each map component is normalised before blending: 'minmax' (paper) or 'position', "

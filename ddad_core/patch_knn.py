@@ -6,7 +6,9 @@ distance on the same backbone's features finds them (Roth et al., "Towards Total
 Detection", CVPR 2022). The two are blended after per-position standardisation (``position_norm.py``).
 
 1. ``patch_features``: blocks 2 and 3 of the backbone (strides 8 and 16), each averaged over its 3 x 3
-   neighbourhood ("locally aware" patches), block 3 upsampled to block 2's grid, concatenated;
+   neighbourhood ("locally aware" patches), block 3 upsampled to block 2's grid, concatenated; or, with
+   ``DDADConfig.knn_features = "expanded"``, the 6x wider activations after the expansion convolution inside the last
+   block at those strides (inverted-residual backbones), taken from the same forward pass;
 2. ``greedy_coreset``: the bank of every training patch is reduced by greedy k-centre selection on a random
    projection (PatchCore's coreset), so memory and query time stay bounded (``DDADConfig.knn_bank_size``);
 3. ``PatchKNN.forward``: L2 distance of every query patch to its nearest bank patch -> ``(B, S/8, S/8)`` map,
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddad_core.anomaly_map import local_mean
-from ddad_core.features import MAP_BLOCKS
+from ddad_core.features import EXPANDED_BLOCKS, MAP_BLOCKS
 
 __all__ = ["PatchKNN", "greedy_coreset", "patch_features"]
 
@@ -37,27 +39,32 @@ _BANK_CHUNK = 16384
 _PROGRESS_EVERY = 256  # centres between two progress callbacks
 
 
-def patch_features(blocks: list[torch.Tensor], zero_padded: bool = False) -> torch.Tensor:
-    """Locally aware patch features from the backbone's blocks 1-3 (``FeatureExtractor`` output).
+def patch_features(blocks: list[torch.Tensor], zero_padded: bool = False, expanded: bool = False) -> torch.Tensor:
+    """Locally aware patch features from the backbone's output (``FeatureExtractor``).
 
     Args:
-        blocks: ``[block1, block2, block3]``; blocks 2 and 3 are used.
+        blocks: ``[block1, block2, block3]``, blocks 2 and 3 are used; with ``expanded``, the extractor's
+            ``expanded=True`` output, whose expansion activations at strides 8 and 16 are used instead.
         zero_padded: Average border patches with zeros outside the map (PatchCore's ``AvgPool2d(3, 1, 1)``, which
             damps every border patch towards 0 -- the k-NN baseline); False (the production term) averages only the
             pixels inside, and the per-position normalisation handles the borders.
+        expanded: Use the expansion activations (``DDADConfig.knn_features == "expanded"``).
 
     Returns:
-        ``(B, C2 + C3, S/8, S/8)`` float32.
+        ``(B, C2 + C3, S/8, S/8)`` float32 (``E2 + E3`` channels with ``expanded``).
 
     Example:
         >>> b = [torch.zeros(1, 4, 16, 16), torch.ones(1, 2, 8, 8), torch.ones(1, 3, 4, 4)]
         >>> patch_features(b).shape
         torch.Size([1, 5, 8, 8])
     """
+    used = EXPANDED_BLOCKS if expanded else MAP_BLOCKS
+    if expanded and len(blocks) <= max(used):
+        raise ValueError("expanded patch features need the extractor's output with expanded=True")
     if zero_padded:
-        b2, b3 = (F.avg_pool2d(blocks[j].float(), 3, stride=1, padding=1) for j in MAP_BLOCKS)
+        b2, b3 = (F.avg_pool2d(blocks[j].float(), 3, stride=1, padding=1) for j in used)
     else:
-        b2, b3 = (local_mean(blocks[j].float(), 3) for j in MAP_BLOCKS)
+        b2, b3 = (local_mean(blocks[j].float(), 3) for j in used)
     b3 = F.interpolate(b3, size=b2.shape[-2:], mode="bilinear", align_corners=False)
     return torch.cat([b2, b3], dim=1)
 

@@ -304,6 +304,7 @@ class DDADPipeline:
             "da_lr",
             "knn_bank_size",
             "knn_zero_pad",
+            "knn_features",
         }
     )
 
@@ -508,17 +509,19 @@ class DDADPipeline:
         latents = dist.sample(generator) if cfg.posterior == "sample" else dist.mean
         timer.lap("encode")
         # 3. Noise level: block-2 features of the input -> k-NN distance -> bin -> start timestep per image.
-        feats = self.features(x.to(self.dtype))
+        if knn is None:
+            knn = cfg.knn_weight > 0 and self.patch_knn is not None
+        expanded = knn and cfg.knn_features == "expanded"
+        feats = self.features(x.to(self.dtype), expanded=expanded)
         noise_steps = self.noise_level(feats[DIC_BLOCK], exclude)
         timer.lap("noise_level")
         # 3b. Patch k-NN term (production recipe): the input's own features against the nominal patch bank.
-        if knn is None:
-            knn = cfg.knn_weight > 0 and self.patch_knn is not None
         knn_map = None
         if knn:
             if self.patch_knn is None:
                 raise RuntimeError("the pipeline has no patch k-NN bank")
-            knn_map = upsample_map(self.patch_knn(patch_features(feats, cfg.knn_zero_pad), exclude), cfg.image_size)
+            patches = patch_features(feats, cfg.knn_zero_pad, expanded)
+            knn_map = upsample_map(self.patch_knn(patches, exclude), cfg.image_size)
             timer.lap("patch_knn")
         # 4. Conditioned denoising, every image from its own start step, all in one batch.
         recon_latents = reconstruct(
@@ -561,10 +564,11 @@ class DDADPipeline:
         the patch k-NN map."""
         if self.patch_knn is None:
             raise RuntimeError("a recipe without reconstruction needs the patch k-NN bank")
-        feats = self.features(x.to(self.dtype))
+        expanded = self.config.knn_features == "expanded"
+        feats = self.features(x.to(self.dtype), expanded=expanded)
         noise_steps = self.noise_level(feats[DIC_BLOCK], exclude)
         timer.lap("noise_level")
-        patches = patch_features(feats, self.config.knn_zero_pad)
+        patches = patch_features(feats, self.config.knn_zero_pad, expanded)
         knn_map = upsample_map(self.patch_knn(patches, exclude), self.config.image_size)
         timer.lap("patch_knn")
         return MapComponents(

@@ -59,7 +59,7 @@ from ddad_core.features import (
 from ddad_core.fitting.adapt import domain_adapt
 from ddad_core.fitting.autoencoder_training import fit_conv_autoencoder
 from ddad_core.fitting.calibration import calibrate_pipeline, check_calibration_size
-from ddad_core.fitting.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from ddad_core.fitting.recipes import DEFAULT_RECIPE, Recipe, SettingError, get_recipe
 from ddad_core.fitting.train import encode_dataset, train_unet
 from ddad_core.noise_level import NoiseLevelEstimator, embed_block
 from ddad_core.noise_schedule import NoiseSchedule
@@ -207,6 +207,16 @@ def _preprocess_all(
     return torch.cat(map_batches(lambda part: preprocess(list(part), image_size=size), images, chunk, step))
 
 
+def _check_knn_features(config: DDADConfig, backbone_name: str) -> None:
+    """Refuse, before any training, expanded patch features on a backbone that has none (ResNet)."""
+    if config.knn_weight > 0 and config.knn_features == "expanded":
+        if FeatureExtractor(backbone_name).expanded_channels is None:
+            raise SettingError(
+                f"knn_features='expanded' needs an inverted-residual backbone (MobileNetV2, EfficientNet), "
+                f"not {backbone_name}; use knn_features='blocks'"
+            )
+
+
 @torch.inference_mode()
 def fit_banks(
     features: FeatureExtractor,
@@ -222,8 +232,10 @@ def fit_banks(
     patch bank, which is what leaving it out at calibration relies on."""
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        blocks = features(x.to(device))
-        patches = patch_features(blocks, config.knn_zero_pad).cpu() if config.knn_weight > 0 else None
+        knn = config.knn_weight > 0
+        expanded = knn and config.knn_features == "expanded"
+        blocks = features(x.to(device), expanded=expanded)
+        patches = patch_features(blocks, config.knn_zero_pad, expanded).cpu() if knn else None
         return embed_block(blocks[DIC_BLOCK], config.dic_pool_size), patches
 
     with progress.step("training_features", total=len(images)) as step:
@@ -318,7 +330,7 @@ def recalibrate(
         select_grid = chosen.select_grid if recipe is not None else None
         select = select_grid is not None
     overrides = {k: v for k, v in overrides.items() if getattr(pipe.config, k) != v}
-    bank_fields = {"knn_bank_size", "knn_zero_pad", "knn_k", "num_bins", "knn_mode", "dic_pool_size"}
+    bank_fields = {"knn_bank_size", "knn_zero_pad", "knn_features", "knn_k", "num_bins", "knn_mode", "dic_pool_size"}
     try:
         pipe = pipe.with_settings(**{k: v for k, v in overrides.items() if k not in bank_fields})
     except ValueError as exc:
@@ -558,6 +570,7 @@ def fit_images(
     requested_backbone = backbone.name if isinstance(backbone, FeatureExtractor) else backbone
     if requested_backbone is not None:
         _check_existing(out_dir, parse_backbone_spec(requested_backbone)[0], overwrite)
+        _check_knn_features(cfg, parse_backbone_spec(requested_backbone)[0])
     torch.manual_seed(tcfg.seed)
 
     # 1. Preprocess; the UNet trains on all but a share of the good images (the banks and statistics keep all).

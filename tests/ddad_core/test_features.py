@@ -20,7 +20,7 @@ from ddad_core.features import (
     read_weight_file,
     to_timm_state_dict,
 )
-from ddad_core.preprocess import preprocess
+from ddad_core.preprocess import preprocess, to_feature_input
 
 
 def _offline_available(name: str) -> bool:
@@ -50,6 +50,35 @@ def test_efficientnet_features_are_truncated_after_stride_16():
     fe = FeatureExtractor("mobilenetv2_100")
     assert len(fe.body.blocks) == 5  # blocks.4 is the stride-16 stage; blocks 5-6 are not computed
     assert not any(k.startswith("blocks.6") for k in fe.state_dict())
+
+
+@pytest.mark.parametrize("name, widths", [("mobilenetv2_100", [192, 576]), ("efficientnet_lite0", [240, 672])])
+def test_expanded_activations_come_from_the_same_pass(name, widths):
+    fe = FeatureExtractor(name).eval()
+    x = torch.randn(2, 3, 64, 64).clamp(-1, 1)
+    with torch.no_grad():
+        plain = fe(x)
+        feats = fe(x, expanded=True)
+        # The same activation recomputed by hand: the stride-8 stage up to its last block, then that block's
+        # expansion (1x1 conv, batch norm, activation).
+        h = fe.body.bn1(fe.body.conv_stem(to_feature_input(x)))
+        h = fe.body.blocks[:2](h)
+        h = fe.body.blocks[2][:-1](h)
+        by_hand = fe.body.blocks[2][-1].bn1(fe.body.blocks[2][-1].conv_pw(h))
+    assert len(plain) == 3 and len(feats) == 5
+    for a, b in zip(plain, feats[:3], strict=True):
+        torch.testing.assert_close(a, b)
+    assert fe.expanded_channels == widths == [f.shape[1] for f in feats[3:]]
+    assert [f.shape[-1] for f in feats[3:]] == [8, 4]
+    torch.testing.assert_close(feats[3], by_hand)
+    assert not fe.body.blocks[2][-1].bn1._forward_hooks  # nothing left attached after the call
+
+
+def test_expanded_activations_refused_for_resnets():
+    fe = FeatureExtractor("test_resnet").eval()
+    assert fe.expanded_channels is None
+    with pytest.raises(ValueError, match="no expansion activations"):
+        fe(torch.zeros(1, 3, 64, 64), expanded=True)
 
 
 def test_spec_parsing_and_errors(tmp_path):

@@ -54,3 +54,13 @@ def test_patch_features_zero_padded_damps_borders():
     assert float(inside[0, 0, 0, 0]) == pytest.approx(1.0)  # averages only the pixels inside
     assert float(padded[0, 0, 0, 0]) == pytest.approx(4 / 9)  # PatchCore's AvgPool2d(3, 1, 1): zeros outside
     assert float(padded[0, 0, 1, 1]) == pytest.approx(1.0)
+
+
+def test_patch_features_expanded_uses_the_expansion_activations():
+    blocks = [torch.zeros(1, 2, 16, 16), torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 4, 4)]
+    expansions = [torch.full((1, 6, 8, 8), 2.0), torch.full((1, 5, 4, 4), 3.0)]
+    feats = patch_features(blocks + expansions, expanded=True)
+    assert feats.shape == (1, 11, 8, 8)
+    assert float(feats[0, :6].min()) == 2.0 and float(feats[0, 6:].min()) == 3.0
+    with pytest.raises(ValueError, match="expanded=True"):
+        patch_features(blocks, expanded=True)

@@ -94,3 +94,26 @@ def test_fast_recipe_trains_nothing_and_serves(tmp_path):
     assert out.anomaly_map.shape == (2, 64, 64) and set(out.timings_ms) >= {"noise_level", "patch_knn"}
     assert "denoise" not in out.timings_ms
     assert float(out.pred_score_raw[1]) > float(out.pred_score_raw[0])
+
+
+def test_expanded_patch_features_fit_and_serve(tmp_path):
+    config, train = make_configs(
+        "cpu", image_size=64, recipe="fast", ddad_overrides={"knn_k": 3, "knn_features": "expanded"}
+    )
+    with pytest.raises(SettingError, match="inverted-residual backbone"):  # refused before anything is fitted
+        fit_images(
+            synthetic_textures(20, 64, seed=0), tmp_path / "resnet", config=config, train_config=train,
+            backbone=TINY_BACKBONE, device="cpu", batch_size=8, log=None, progress=False, target_fpr=0.1,
+        )  # fmt: skip
+    assert not (tmp_path / "resnet").exists()
+    bundle = fit_images(
+        synthetic_textures(20, 64, seed=0), tmp_path / "expanded", config=config, train_config=train,
+        backbone="mobilenetv2_050:random", device="cpu", batch_size=8, log=None, progress=False, target_fpr=0.1,
+    )  # fmt: skip
+    pipe = DDADPipeline.from_bundle(bundle)
+    assert pipe.patch_knn.bank.shape[1] == sum(pipe.features.expanded_channels) == 96 + 288
+    frames = synthetic_textures(2, 64, seed=9)
+    damaged = frames[1].copy()
+    damaged[20:34, 20:34] = 255
+    out = pipe([frames[0], damaged])
+    assert float(out.pred_score_raw[1]) > float(out.pred_score_raw[0])
