@@ -315,7 +315,8 @@ class FeatureExtractor(nn.Module):
             stage = self.body.get_submodule(stage_name)
             block = stage[-1] if isinstance(stage, nn.Sequential) else stage
             conv = getattr(block, "conv_pw", None) or getattr(block, "conv_exp", None)  # inverted or edge residual
-            if not (hasattr(block, "conv_pwl") and isinstance(conv, nn.Conv2d) and conv.out_channels > conv.in_channels):
+            widens = isinstance(conv, nn.Conv2d) and conv.out_channels > conv.in_channels
+            if not (hasattr(block, "conv_pwl") and widens):
                 return None
             if tuple(getattr(getattr(block, "conv_dw", None), "stride", (1, 1))) != (1, 1):
                 return None  # the block downsamples after its expansion: the activation is at the previous stride
