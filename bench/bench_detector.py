@@ -201,12 +201,16 @@ def run_baseline(train: torch.Tensor, halves: dict[str, Half], args, cache: Path
 
 
 def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
-    """``fast`` or ``fast:knn_zero_pad=true,knn_bank_size=8192`` -> recipe name and ``DDADConfig`` overrides."""
+    """``fast`` or ``fast:knn_zero_pad=true,knn_features=expanded`` -> recipe name and ``DDADConfig`` overrides
+    (values read as JSON, bare words as strings)."""
     name, _, rest = text.partition(":")
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        try:
+            overrides[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     return name, overrides
 
 
