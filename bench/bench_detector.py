@@ -67,7 +67,7 @@ from ddad_core.fitting.select import separation
 from ddad_core.fitting.synthetic import KINDS, SUBTLE_KINDS, make_synthetic_defects
 from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline, MapComponents
-from ddad_core.preprocess import preprocess
+from ddad_core.preprocess import as_shape, preprocess
 
 DEFAULT_BACKBONE = "mobilenetv2_100:offline"
 HALVES = ("tune", "report")
@@ -90,7 +90,7 @@ class Half:
     labels: np.ndarray
 
 
-def load_half(folder: MVTecFolder, half: str, size: int, limit: int | None) -> Half:
+def load_half(folder: MVTecFolder, half: str, size: int | tuple[int, int], limit: int | None) -> Half:
     items = half_of_items(folder.test_items, folder.root / "test", half)
     items = [items[i] for i in evenly_spaced(len(items), limit)]
     loaded = load_images([it.path for it in items], warn=False)
@@ -98,7 +98,7 @@ def load_half(folder: MVTecFolder, half: str, size: int, limit: int | None) -> H
     items = [it for it in items if it.path in by_path]
     masks = []
     for it in items:
-        mask = np.zeros((size, size), bool)
+        mask = np.zeros(as_shape(size), bool)
         if it.mask_path is not None:
             mask = resize_mask(load_mask(it.mask_path, by_path[it.path].shape), size)
         masks.append(mask)
@@ -107,7 +107,7 @@ def load_half(folder: MVTecFolder, half: str, size: int, limit: int | None) -> H
     return Half(items, images, np.stack(masks), np.array([it.label for it in items], dtype=np.int64))
 
 
-def load_train(folder: MVTecFolder, size: int, limit: int | None) -> tuple[list[str], torch.Tensor]:
+def load_train(folder: MVTecFolder, size: int | tuple[int, int], limit: int | None) -> tuple[list[str], torch.Tensor]:
     paths = [folder.train_good[i] for i in evenly_spaced(len(folder.train_good), limit)]
     loaded = load_images(paths, warn=False)
     names = [str(Path(p).relative_to(folder.root)) for p in loaded.paths]
@@ -219,13 +219,15 @@ def bundle_for(data_dir: Path, recipe: str, args) -> Path:
     if (bundle / "bundle.json").exists():
         return bundle
     recipe, overrides = parse_recipe(recipe)
+    aspect = overrides.pop("aspect", "square")  # a fit setting (input geometry), not a DDADConfig field
     config, train_config = make_configs(
         args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe, ddad_overrides=overrides
     )
     fit(
         data_dir, bundle, config=config, train_config=train_config, autoencoder=args.autoencoder,
         backbone=args.backbone, device=args.device, max_train_images=args.max_train_images, recipe=recipe,
-        target_fpr=args.target_fpr, tail_fit=True, progress=not args.quiet, log=None if args.quiet else print,
+        target_fpr=args.target_fpr, tail_fit=True, aspect=aspect, progress=not args.quiet,
+        log=None if args.quiet else print,
     )  # fmt: skip
     return bundle
 
@@ -270,11 +272,20 @@ def variants_of(pipe: DDADPipeline) -> dict[str, dict[str, Any]]:
 
 
 @torch.inference_mode()
-def run_bundle(bundle: Path, train: torch.Tensor, names: list[str], halves: dict[str, Half], args) -> list[MethodRun]:
+def run_bundle(
+    bundle: Path, folder: MVTecFolder, train: torch.Tensor, names: list[str], halves: dict[str, Half], args
+) -> list[MethodRun]:
+    """Every variant of one bundle (``variants_of``). A bundle fitted at its own aspect ratio (``--aspect keep``)
+    sees the images at its input shape; its maps are brought to the common square grid of the masks (bilinear)
+    before they are scored, so every method is measured on the same pixels."""
     pipe = DDADPipeline.from_bundle(bundle, device=args.device)
     recorded = (pipe.bundle_config.metadata or {}).get("good_images")
     if recorded is not None and list(recorded) != names:
         raise SystemExit(f"{bundle}: its banks hold other good images than this run's; use the same --max-train-images")
+    grid = tuple(train.shape[-2:])
+    if pipe.input_shape != grid:
+        train = load_train(folder, pipe.input_shape, args.max_train_images)[1]
+        halves = {h: load_half(folder, h, pipe.input_shape, args.max_test_images) for h in halves}
     key = f"{bundle.name}-{pipe.model_version}"
     good = components(pipe, args.out / "cache" / f"{key}-good.pt", train, True, args.batch_size)
     tests = {h: components(pipe, args.out / "cache" / f"{key}-{h}.pt", half.images, False, args.batch_size)
@@ -282,18 +293,25 @@ def run_bundle(bundle: Path, train: torch.Tensor, names: list[str], halves: dict
     fit_seconds = float((pipe.bundle_config.metadata.get("fit_seconds") or {}).get("total", float("nan")))
     runs = []
     recipe = (pipe.bundle_config.recipe or {}).get("name", "custom")
-    if pipe.config.knn_zero_pad:
-        recipe += " (zero-padded patches)"
+    cfg = pipe.config
+    settings = [
+        *(["zero-padded patches"] if cfg.knn_zero_pad else []),
+        *(["expanded features"] if cfg.knn_features == "expanded" else []),
+        *([f"{cfg.input_shape[1]} x {cfg.input_shape[0]} input"] if cfg.image_shape is not None else []),
+    ]
+    if settings:
+        recipe += f" ({', '.join(settings)})"
     synthetic = synthetic_sets(pipe, train, args.out / "cache" / key, args.batch_size)
     for label, overrides in variants_of(pipe).items():
         variant = pipe.with_settings(**{k: v for k, v in overrides.items() if k == "knn_weight"})
         good_maps = out_of_sample_maps(pipe, good, overrides=overrides)
-        threshold, record = threshold_from(good_maps, args)
+        threshold, record = threshold_from(upsample_map(good_maps, grid), args)
         record["good_tail"] = good_tail(good_maps)
         for set_name, (made, source, comps) in synthetic.items():
             defect_maps = out_of_sample_maps(pipe, good, comps, source, overrides)
             record[f"synthetic_{set_name}"] = separation(good_maps, defect_maps, made.masks.cpu())["score"]
-        maps = {h: out_of_sample_maps(pipe, good, comps, [-1] * len(comps), overrides) for h, comps in tests.items()}
+        maps = {h: upsample_map(out_of_sample_maps(pipe, good, comps, [-1] * len(comps), overrides), grid)
+                for h, comps in tests.items()}  # fmt: skip
         runs.append(
             MethodRun(f"{recipe}: {label}", maps, threshold, record, fit_seconds, time_per_image(variant, halves))
         )
@@ -485,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         base_cache = args.out / "cache" / f"{name}-baseline-{args.backbone.replace(':', '_')}-{sizes}.pt"
         runs = [] if args.skip_baseline else [run_baseline(train, halves, args, base_cache)]
         for recipe in args.recipes:
-            runs.extend(run_bundle(bundle_for(data_dir, recipe, args), train, names, halves, args))
+            runs.extend(run_bundle(bundle_for(data_dir, recipe, args), folder, train, names, halves, args))
         base = None if args.skip_baseline else runs[0]
         first = len(rows)
         for run in runs:

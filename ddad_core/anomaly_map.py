@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ddad_core.preprocess import as_shape
+
 
 @dataclass(frozen=True)
 class MapNormalization:
@@ -82,23 +84,26 @@ class MapNormalization:
         return getattr(self, f"{component}_min"), getattr(self, f"{component}_max")
 
 
-def upsample_map(maps: torch.Tensor, size: int) -> torch.Tensor:
-    # (B, h, w) -> (B, S, S); the reference upsamples with align_corners=True.
-    if maps.shape[-2:] == (size, size):
+def upsample_map(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    # (B, h, w) -> (B, S, S) or (B, H, W); the reference upsamples with align_corners=True.
+    shape = as_shape(size)
+    if tuple(maps.shape[-2:]) == shape:
         return maps
-    return F.interpolate(maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=True).squeeze(1)
+    return F.interpolate(maps.unsqueeze(1), size=shape, mode="bilinear", align_corners=True).squeeze(1)
 
 
-def latent_distance_map(latents: torch.Tensor, recon_latents: torch.Tensor, size: int) -> torch.Tensor:
+def latent_distance_map(
+    latents: torch.Tensor, recon_latents: torch.Tensor, size: int | tuple[int, int]
+) -> torch.Tensor:
     """A_lat: channel-mean absolute latent difference, upsampled to the image size.
 
     Args:
         latents: ``(B, C, h, w)`` z0.
         recon_latents: ``(B, C, h, w)`` z-hat.
-        size: Image side S.
+        size: Image side S, or ``(H, W)``.
 
     Returns:
-        ``(B, S, S)`` float32.
+        ``(B, S, S)`` (or ``(B, H, W)``) float32.
 
     Example:
         >>> latent_distance_map(torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2), 8).shape
@@ -114,14 +119,17 @@ def local_mean(features: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def feature_distance_map(
-    features: Sequence[torch.Tensor], recon_features: Sequence[torch.Tensor], size: int, pool: int = 1
+    features: Sequence[torch.Tensor],
+    recon_features: Sequence[torch.Tensor],
+    size: int | tuple[int, int],
+    pool: int = 1,
 ) -> torch.Tensor:
     """A_feat: sum over the given blocks of ``1 - cosine`` over channels at each position, upsampled.
 
     Args:
         features: Blocks of the input, e.g. ``[(B, C2, S/8, S/8), (B, C3, S/16, S/16)]``.
         recon_features: The same blocks of the decoded reconstruction.
-        size: Image side S.
+        size: Image side S, or ``(H, W)``.
         pool: ``k x k`` local averaging of both before the cosine (``DDADConfig.feature_pool``; 1 = none, paper).
 
     Returns:

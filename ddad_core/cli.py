@@ -92,6 +92,13 @@ fit_parser.add_argument(
 fit_parser.add_argument("--no-select", action="store_true", help="keep the recipe's settings fixed")
 fit_group = fit_parser.add_argument_group("extras")
 fit_group.add_argument("--image-size", type=int, help="model input side S (default 256)")
+fit_group.add_argument(
+    "--aspect",
+    choices=("square", "keep"),
+    default="square",
+    help="square: resize every image to S x S; keep: to H x W with about as many pixels and the good images' "
+    "median aspect ratio (long, narrow parts keep their resolution along the long side)",
+)
 fit_group.add_argument("--max-train-images", type=int, help="use an evenly spaced subset of train/good")
 fit_group.add_argument(
     "--target-fpr",
@@ -209,6 +216,7 @@ def _fit(args: argparse.Namespace) -> int:
         target_fpr=args.target_fpr,
         tail_fit=args.tail_fit,
         pixel_target_fpr=args.pixel_target_fpr,
+        aspect=args.aspect,
         autoencoder_epochs=args.ae_epochs,
         max_train_images=args.max_train_images,
         overwrite=args.overwrite,

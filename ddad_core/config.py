@@ -28,6 +28,11 @@ class DDADConfig(BaseModel):
 
     # -- preprocessing (section 2)
     image_size: int = Field(256, ge=32, description="Square input size S; images are resized to S x S.")
+    image_shape: tuple[int, int] | None = Field(
+        None,
+        description="(H, W) of a non-square input, about as many pixels as S x S, with the good images' typical "
+        "aspect ratio (`ddad fit --aspect keep`); None = S x S.",
+    )
 
     # -- noise schedule (section 4.1)
     num_train_timesteps: int = Field(1000, gt=0, description="T of the forward process.")
@@ -107,9 +112,18 @@ class DDADConfig(BaseModel):
             )
         if self.feature_pool % 2 == 0:
             raise ValueError(f"feature_pool ({self.feature_pool}) must be odd (a centred k x k window)")
-        if self.image_size % 8:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of 8 (the autoencoder's downsampling)")
+        for side in self.input_shape:
+            if side % 8 or side < 32:
+                raise ValueError(
+                    f"input size {self.input_shape} must be at least 32 and a multiple of 8 in each direction "
+                    "(the autoencoder's downsampling)"
+                )
         return self
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the model input: ``image_shape``, or ``(S, S)``."""
+        return tuple(self.image_shape) if self.image_shape is not None else (self.image_size, self.image_size)
 
 
 class TrainConfig(BaseModel):

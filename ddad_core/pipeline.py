@@ -292,6 +292,7 @@ class DDADPipeline:
     REFIT_FIELDS = frozenset(
         {
             "image_size",
+            "image_shape",
             "num_train_timesteps",
             "beta_start",
             "beta_end",
@@ -399,8 +400,13 @@ class DDADPipeline:
 
     @property
     def image_size(self) -> int:
-        """Side S of the square model input."""
+        """Side S of the square model input (see ``input_shape`` for bundles with a non-square one)."""
         return self.config.image_size
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(H, W)`` every image is resized to."""
+        return self.config.input_shape
 
     @property
     def reconstructs(self) -> bool:
@@ -521,7 +527,7 @@ class DDADPipeline:
             if self.patch_knn is None:
                 raise RuntimeError("the pipeline has no patch k-NN bank")
             patches = patch_features(feats, cfg.knn_zero_pad, expanded)
-            knn_map = upsample_map(self.patch_knn(patches, exclude), cfg.image_size)
+            knn_map = upsample_map(self.patch_knn(patches, exclude), cfg.input_shape)
             timer.lap("patch_knn")
         # 4. Conditioned denoising, every image from its own start step, all in one batch.
         recon_latents = reconstruct(
@@ -544,7 +550,7 @@ class DDADPipeline:
             feats = self.features(self.autoencoder.decode(latents).to(self.dtype))
         timer.lap("features")
         # 7a. Raw component maps (normalised and blended by the caller).
-        size = cfg.image_size
+        size = cfg.input_shape
         latent_map = latent_distance_map(latents, recon_latents, size)
         feature_map = feature_distance_map(
             [feats[j] for j in MAP_BLOCKS], [recon_feats[j] for j in MAP_BLOCKS], size, pool=cfg.feature_pool
@@ -569,7 +575,7 @@ class DDADPipeline:
         noise_steps = self.noise_level(feats[DIC_BLOCK], exclude)
         timer.lap("noise_level")
         patches = patch_features(feats, self.config.knn_zero_pad, expanded)
-        knn_map = upsample_map(self.patch_knn(patches, exclude), self.config.image_size)
+        knn_map = upsample_map(self.patch_knn(patches, exclude), self.config.input_shape)
         timer.lap("patch_knn")
         return MapComponents(
             latent_map=None, feature_map=None, noise_step=noise_steps, timings_ms=dict(timer.times), knn_map=knn_map
@@ -631,7 +637,7 @@ class DDADPipeline:
         """
         start = time.perf_counter()
         # 1. Preprocess: the one resize/normalisation shared with fitting.
-        x = preprocess(images, image_size=self.image_size, device=self.device)
+        x = preprocess(images, image_size=self.input_shape, device=self.device)
         preprocess_ms = (time.perf_counter() - start) * 1000.0
         out = self.run_tensor(x, sensitivity)
         out.timings_ms = {"preprocess": preprocess_ms, **out.timings_ms}
@@ -642,5 +648,5 @@ class DDADPipeline:
         compiled batch sizes (``optimize``), one batch of each, so none compiles while frames wait."""
         out = None
         for size in self.compiled_batch_sizes or (batch_size,):
-            out = self(np.full((size, self.image_size, self.image_size, 3), 127, dtype=np.uint8))
+            out = self(np.full((size, *self.input_shape, 3), 127, dtype=np.uint8))
         return out

@@ -4,7 +4,9 @@ Training, evaluation and serving all call :func:`preprocess`, so a model never s
 from the ones it was fitted on (the "preprocess parity" requirement). The reference code resizes with PIL's
 bilinear filter with antialiasing (torchvision ``Resize`` on PIL images) and keeps the result as uint8 before
 ``ToTensor``; we resize with ``F.interpolate(mode="bilinear", antialias=True)`` -- the same filter -- and round to
-uint8 levels as PIL does, then map ``[0, 255] -> [-1, 1]``. Aspect ratio is not kept (as in the reference).
+uint8 levels as PIL does, then map ``[0, 255] -> [-1, 1]``. The input is square (S x S, as in the reference, aspect
+ratio not kept) unless a bundle was fitted with ``ddad fit --aspect keep``: then every image is resized to the
+bundle's ``(H, W)``, whose ratio is the good images' typical one.
 
 File and byte decoding (:func:`load_image`, :func:`decode_image`) share one decoder so that an image read from
 disk during fitting and the same image arriving as a PNG/JPEG frame on the stream give identical tensors.
@@ -24,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "IMAGENET_MEAN",
+    "as_shape",
     "IMAGENET_STD",
     "ImageDecodeError",
     "decode_image",
@@ -186,28 +189,43 @@ def _split_batch(images) -> list[torch.Tensor] | torch.Tensor:
     )
 
 
-def _resize_normalise(batch: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 ``(B, H, W, 3)`` -> float ``(B, 3, S, S)`` in [-1, 1]."""
+def as_shape(size: int | Sequence[int]) -> tuple[int, int]:
+    """A model input size as ``(height, width)``: ``S`` means ``(S, S)``.
+
+    Example:
+        >>> as_shape(256), as_shape((416, 160))
+        ((256, 256), (416, 160))
+    """
+    shape = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(shape) != 2 or min(shape) <= 0:
+        raise ValueError(f"image size must be a positive S or (H, W), got {size!r}")
+    return shape
+
+
+def _resize_normalise(batch: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``(B, H, W, 3)`` -> float ``(B, 3, *shape)`` in [-1, 1]."""
     x = batch.permute(0, 3, 1, 2).float()
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    if tuple(x.shape[-2:]) != shape:
+        x = F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True)
         # PIL hands back uint8: rounding here keeps us within one grey level of the reference pipeline.
         x = x.round_().clamp_(0, 255)
     return x.mul_(2.0 / 255.0).sub_(1.0).contiguous()
 
 
-def preprocess(images, image_size: int = 256, device: torch.device | str | None = None) -> torch.Tensor:
+def preprocess(
+    images, image_size: int | tuple[int, int] = 256, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Turn uint8 images into the model's input tensor.
 
     Args:
         images: One uint8 image as ``np.ndarray``/``torch.Tensor`` of shape ``(H, W)``, ``(H, W, 1)`` or
             ``(H, W, 3)`` (RGB); a list/tuple of those (sizes may differ); or a uint8 batch ``(B, H, W, 3)``,
             ``(B, H, W, 1)`` or ``(B, H, W)``. Gray images are expanded to 3 channels.
-        image_size: Output side S; every image is resized to S x S (bilinear, antialiased; aspect not kept).
+        image_size: Output side S (every image is resized to S x S) or ``(H, W)`` (bilinear, antialiased).
         device: Where the result lives. The uint8 data is moved first (4x less to copy than floats).
 
     Returns:
-        Float32 tensor ``(B, 3, S, S)`` with values in [-1, 1].
+        Float32 tensor ``(B, 3, S, S)`` (or ``(B, 3, H, W)``) with values in [-1, 1].
 
     Raises:
         TypeError: Not uint8, or not an array/tensor/list.
@@ -220,13 +238,12 @@ def preprocess(images, image_size: int = 256, device: torch.device | str | None 
         >>> float(preprocess(np.full((8, 8, 3), 255, np.uint8), image_size=8).min())
         1.0
     """
-    if image_size <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+    shape = as_shape(image_size)
     batch = _split_batch(images)
     if isinstance(batch, torch.Tensor):
-        return _resize_normalise(batch.to(device), image_size)
+        return _resize_normalise(batch.to(device), shape)
     # Mixed sizes: resize one by one (outside any hot loop; the worker receives same-size frames).
-    return torch.cat([_resize_normalise(img.to(device).unsqueeze(0), image_size) for img in batch])
+    return torch.cat([_resize_normalise(img.to(device).unsqueeze(0), shape) for img in batch])
 
 
 def to_feature_input(images: torch.Tensor) -> torch.Tensor:

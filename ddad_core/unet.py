@@ -205,7 +205,7 @@ def unet_from_config(config: dict[str, Any]) -> UNet2DModel:
 def build_unet(
     preset: str,
     latent_channels: int,
-    latent_size: int,
+    latent_size: int | tuple[int, int],
     seed: int | None = None,
     **overrides: Any,
 ) -> UNet2DModel:
@@ -214,7 +214,7 @@ def build_unet(
     Args:
         preset: ``"paper"``, ``"cpu"`` or ``"tiny"`` (keys of :data:`UNET_PRESETS`).
         latent_channels: In/out channels (4 for SD latents, 32 for TAEF2, the ConvAutoencoder's channels).
-        latent_size: Latent side h (32 for 256x256 images); sets ``sample_size``.
+        latent_size: Latent side h (32 for 256x256 images) or ``(h, w)``; sets ``sample_size``.
         seed: If given, the initial weights are drawn from ``torch.manual_seed(seed)`` (reproducible) without
             touching the global random state.
         **overrides: Replace preset entries (for experiments).
@@ -239,7 +239,8 @@ def build_unet(
     kwargs = copy.deepcopy(UNET_PRESETS[preset])
     kwargs.update(overrides)
     levels = len(kwargs["block_out_channels"])
-    if latent_size % (2 ** (levels - 1)):
+    sides = (latent_size,) if isinstance(latent_size, int) else tuple(latent_size)
+    if any(side % (2 ** (levels - 1)) for side in sides):
         raise ValueError(f"latent_size {latent_size} must be divisible by {2 ** (levels - 1)} for preset {preset!r}")
     heads = kwargs.pop("num_attention_heads", None)
     no_attn = kwargs.pop("no_attention_up_blocks", ())

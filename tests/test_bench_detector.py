@@ -1,6 +1,7 @@
-"""``bench/bench_detector.py`` end to end on generated parts (its ``--quick`` mode): the baseline and a fitted
-``fast`` bundle side by side, both calibrated by the same out-of-sample rule, with intervals and paired differences
-on the report half and the tune half's figures beside them."""
+"""``bench/bench_detector.py`` end to end on generated parts (its ``--quick`` mode): the baseline and fitted
+``fast`` bundles (square input, and the parts' own aspect ratio) side by side, all calibrated by the same
+out-of-sample rule, with intervals and paired differences on the report half and the tune half's figures beside
+them."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _write_parts(root: Path) -> Path:
+    """Generated parts, cropped to 40 x 64 (width x height): narrower than the square the baseline sees."""
     from PIL import Image
 
     def save(path: Path, array: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
+        Image.fromarray(np.ascontiguousarray(array[:, 12:52])).save(path)
 
     for i, image in enumerate(machined_parts(30, 64, seed=0)):
         save(root / "train" / "good" / f"{i:03d}.png", image)
@@ -43,21 +45,20 @@ def test_quick_run_reports_both_methods_under_one_protocol(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "bench_detector.py"), "--data", str(data), "--recipes", "fast",
-         "--backbone", "test_resnet:random", "--quick", "--quiet", "--out", str(out)],
+         "fast:aspect=keep", "--backbone", "test_resnet:random", "--quick", "--quiet", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "bench_results.json").read_text())["results"]
     plain = {name for name in results if "--select" not in name}
-    assert plain == {
-        "parts/kNN baseline",
-        "parts/fast (zero-padded patches): patch term, position",
-        "parts/fast (zero-padded patches): patch term, minmax",
+    recipes = ["fast (zero-padded patches)", "fast (zero-padded patches, 48 x 80 input)"]
+    assert plain == {"parts/kNN baseline"} | {
+        f"parts/{recipe}: patch term, {norm}" for recipe in recipes for norm in ("position", "minmax")
     }
     picks = sorted(name.split(" -> ")[0] for name in results if "--select" in name)
-    assert picks == [
-        f"parts/fast (zero-padded patches): --select on {f} synthetic defects" for f in ("classic", "subtle")
-    ]
+    assert picks == sorted(
+        f"parts/{recipe}: --select on {f} synthetic defects" for recipe in recipes for f in ("classic", "subtle")
+    )
     for name, res in results.items():
         report, tune = res["report"], res["tune"]
         assert report["n_images"] == tune["n_images"] == 12  # 6 good + 6 defective per half
@@ -69,4 +70,4 @@ def test_quick_run_reports_both_methods_under_one_protocol(tmp_path):
         if name != "parts/kNN baseline":
             assert set(report["vs_baseline"]) == {"image_auroc", "aupro", "recall_at_1pct_fpr"}
     table = (out / "bench_results.md").read_text()
-    assert "## Report half" in table and "## Tune half" in table and table.count("| parts |") == 10
+    assert "## Report half" in table and "## Tune half" in table and table.count("| parts |") == 2 * (1 + 4 * len(recipes))

@@ -1,9 +1,9 @@
 """Offline evaluation: run a bundle over ``DATA_DIR/test`` and score it against ``ground_truth`` (docs/method.md 11).
 
-Metrics are computed at the model resolution S x S (as D3AD does at 256), with masks resized by nearest neighbour
-(binary; no fractional boundary pixels). ``normalization="fixed"`` (default) uses the bundle's calibration --
-what a stream sees; ``"paper"`` re-normalises both map components with the min and max over the whole evaluated
-set, as the reference code does (offline reproduction only; the bundle's threshold does not apply then).
+Metrics are computed at the model resolution (S x S as D3AD does at 256, or the bundle's H x W), with masks resized
+by nearest neighbour (binary; no fractional boundary pixels). ``normalization="fixed"`` (default) uses the bundle's
+calibration -- what a stream sees; ``"paper"`` re-normalises both map components with the min and max over the whole
+evaluated set, as the reference code does (offline reproduction only; the bundle's threshold does not apply then).
 
 With ``report_dir``, ``evaluate`` also writes the HTML report (``report.py``: ``write_report``).
 """
@@ -114,7 +114,7 @@ def collect(
     """
     items = half_of_items(folder.test_items, folder.root / "test", half)
     items = [items[i] for i in evenly_spaced(len(items), max_images)]
-    size = pipe.image_size
+    size = pipe.input_shape
     kept, parts, thumbs, masks, has_mask, skipped = [], [], [], [], [], []
     model_seconds = 0.0
     start_total = time.perf_counter()
@@ -128,7 +128,7 @@ def collect(
                     skipped.append((item.path, str(exc)))
                     step.update(1)
                     continue
-                mask = np.zeros((size, size), dtype=bool)
+                mask = np.zeros(size, dtype=bool)
                 mask_ok = item.label == 0
                 if item.mask_path is not None:
                     try:
@@ -352,7 +352,7 @@ def evaluate(
         normalization=normalization,
         recipe=recipe_label(pipe.bundle_config.recipe if pipe.bundle_config else None),
         settings=pipe.config.model_dump(),
-        resolution=pipe.image_size,
+        resolution=" x ".join(map(str, pipe.input_shape[::-1])),
         bundle=str(bundle_dir),
         model_version=pipe.model_version,
         data_dir=str(data_dir),

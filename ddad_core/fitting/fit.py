@@ -26,11 +26,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.preprocess import preprocess
 from ddad_core.progress import Progress, Step, as_progress, format_seconds, format_timings, map_batches
-from ddad_core.unet import RECOMMENDED_TRAINING, build_unet
+from ddad_core.unet import RECOMMENDED_TRAINING, UNET_PRESETS, build_unet
 
 #: The method's default latent space (docs/method.md 3) and backbone (5.1: torchvision's ImageNet ResNet-34 weights).
 DEFAULT_AUTOENCODER = "sd:stabilityai/sd-vae-ft-mse"
@@ -197,14 +198,28 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
 
 
+def input_shape_for(images: Sequence[np.ndarray], image_size: int, multiple: int) -> tuple[int, int]:
+    """``(H, W)`` with the images' median aspect ratio and about ``image_size**2`` pixels, each side a multiple of
+    ``multiple`` (what the backbone's strides, the autoencoder and the UNet's levels divide by).
+
+    Example:
+        >>> input_shape_for([np.zeros((630, 250), np.uint8)], 256, 16)
+        (400, 160)
+    """
+    ratio = float(np.median([image.shape[1] / image.shape[0] for image in images]))  # width / height
+    height = max(multiple, round(image_size / math.sqrt(ratio) / multiple) * multiple)
+    width = max(multiple, round(image_size * math.sqrt(ratio) / multiple) * multiple)
+    return height, width
+
+
 def _preprocess_all(
-    images: Sequence[np.ndarray] | torch.Tensor, size: int, chunk: int = 64, step: Step | None = None
+    images: Sequence[np.ndarray] | torch.Tensor, shape: tuple[int, int], chunk: int = 64, step: Step | None = None
 ) -> torch.Tensor:
     if isinstance(images, torch.Tensor) and images.is_floating_point():
-        if images.ndim != 4 or images.shape[1:] != (3, size, size):
-            raise ValueError(f"preprocessed images must be (N, 3, {size}, {size}), got {tuple(images.shape)}")
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, *shape):
+            raise ValueError(f"preprocessed images must be (N, 3, {shape[0]}, {shape[1]}), got {tuple(images.shape)}")
         return images
-    return torch.cat(map_batches(lambda part: preprocess(list(part), image_size=size), images, chunk, step))
+    return torch.cat(map_batches(lambda part: preprocess(list(part), image_size=shape), images, chunk, step))
 
 
 def _check_knn_features(config: DDADConfig, backbone_name: str) -> None:
@@ -343,7 +358,7 @@ def recalibrate(
     loaded = load_images([data_dir / n for n in names], warn=False)
     if len(loaded.images) != len(names):
         raise SettingError(f"{len(names) - len(loaded.images)} good image(s) of {bundle_dir} can no longer be read")
-    good = _preprocess_all(loaded.images, pipe.image_size)
+    good = _preprocess_all(loaded.images, pipe.input_shape)
     tensors = load_bundle(bundle_dir, device="cpu")[1]
     knn = pipe.patch_knn
     stale = (
@@ -458,12 +473,12 @@ def _fit_reconstruction(
     # 3. UNet on cached latents, resumable.
     with progress.step("latent_cache", total=len(train_images)) as step:
         cache = encode_dataset(ae, train_images, batch_size=batch_size, step=step)
-    latent_size = cfg.image_size // ae.downsample
+    latent_size = tuple(side // ae.downsample for side in cfg.input_shape)
     unet = build_unet(tcfg.preset, ae.latent_channels, latent_size, seed=tcfg.seed)
     checkpoint_dir = out_dir / "checkpoints"
     request = {
         "n_train": len(train_images),
-        "image_size": cfg.image_size,
+        "image_size": list(cfg.input_shape),
         "autoencoder": ae.identity()["sha256"],
         "train": tcfg.model_dump(),
         "unet_config": {k: v for k, v in dict(unet.config).items() if not str(k).startswith("_")},
@@ -505,6 +520,7 @@ def fit_images(
     select_grid: dict[str, Sequence[Any]] | None = None,
     tail_fit: bool = False,
     pixel_target_fpr: float | None = None,
+    aspect: Literal["square", "keep"] = "square",
 ) -> Path:
     """Fit the detector on good images and write a bundle (steps 1-7 of the module docstring).
 
@@ -538,6 +554,8 @@ def fit_images(
         tail_fit: Where there are too few good images for ``target_fpr``, extrapolate the threshold with a
             generalised Pareto tail instead of refusing (``calibration.py``).
         pixel_target_fpr: Share of good pixels allowed above the pixel threshold (default: synthetic-defect F1).
+        aspect: ``square`` resizes every image to S x S; ``keep`` to ``(H, W)`` with about as many pixels and the
+            good images' median aspect ratio (``input_shape_for``; needs uint8 ``images``).
 
     Returns:
         The bundle directory.
@@ -566,6 +584,14 @@ def fit_images(
     out_dir = Path(out_dir)
     if len(images) == 0:
         raise EmptyTrainSetError("no good training image to fit on")
+    if aspect == "keep" and cfg.image_shape is None:
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            raise SettingError("--aspect keep needs the images as decoded, not preprocessed")
+        multiple = 16 if cfg.knn_weight >= 1.0 else 8 * 2 ** (len(UNET_PRESETS[tcfg.preset]["block_out_channels"]) - 1)
+        shape = input_shape_for(images, cfg.image_size, multiple)
+        cfg = DDADConfig(**{**cfg.model_dump(), "image_shape": shape})
+    elif aspect not in ("square", "keep"):
+        raise SettingError(f"aspect must be 'square' or 'keep', not {aspect!r}")
     check_calibration_size(len(images), target_fpr, tail_fit)  # before any training: a bad target fails at once
     requested_backbone = backbone.name if isinstance(backbone, FeatureExtractor) else backbone
     if requested_backbone is not None:
@@ -575,12 +601,13 @@ def fit_images(
 
     # 1. Preprocess; the UNet trains on all but a share of the good images (the banks and statistics keep all).
     with progress.step("preprocess", total=len(images)) as step:
-        all_images = _preprocess_all(images, cfg.image_size, step=step)
+        all_images = _preprocess_all(images, cfg.input_shape, step=step)
     fit_idx, hold_idx = split_holdout(len(all_images), tcfg.holdout_fraction, tcfg.seed)
     train_images = all_images[fit_idx]
     _say(
         log,
-        f"[1/7] {len(all_images)} good images at {cfg.image_size} px (the UNet trains on {len(train_images)}, "
+        f"[1/7] {len(all_images)} good images at {cfg.input_shape[1]} x {cfg.input_shape[0]} px (the UNet trains on "
+        f"{len(train_images)}, "
         f"{len(hold_idx)} stay unseen by it)",
     )
 
