@@ -133,6 +133,20 @@ SWEEPS: dict[str, Sweep] = {
             "lambda inside the reconstruction part of the production map",
         ),
         Sweep("prod_guidance", "production", "sampler", (0.0, 4.0, 10.0), "w with the production recipe"),
+        Sweep(
+            "prod_feature_reference",
+            "production",
+            "sampler",
+            ("input", "reconstruction"),
+            "feature term against x or against D(E(x)), so that the autoencoder's own error cancels",
+        ),
+        Sweep(
+            "prod_t_max",
+            "production",
+            "sampler",
+            (80, 150),
+            "largest start step, within the production UNet's training range (t < 160)",
+        ),
     )
 }
 
@@ -141,12 +155,14 @@ def sampler_overrides(sweep: str, value) -> dict[str, Any]:
     """``DDADConfig`` fields that a sampler/map sweep point sets."""
     if sweep == "noise":
         return {"dynamic_noise": True} if value == "dynamic" else {"dynamic_noise": False, "max_noise_step": int(value)}
-    if sweep == "t_max":
+    if sweep in ("t_max", "prod_t_max"):
         return {"max_noise_step": int(value)}
     if sweep in ("guidance", "prod_guidance"):
         return {"guidance": float(value)}
     if sweep in ("omega", "feature_reference", "feature_pool"):
         return {sweep: value}
+    if sweep == "prod_feature_reference":
+        return {"feature_reference": value}
     return {}
 
 
@@ -208,7 +224,7 @@ class TestSet:
     holdout: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-def load_test_set(data_dir: Path, size: int, max_images: int | None) -> TestSet:
+def load_test_set(data_dir: Path, size: tuple[int, int], max_images: int | None) -> TestSet:
     folder = MVTecFolder(data_dir, require_test=True)
     items = half_of_items(folder.test_items, folder.root / "test", "tune")
     items = [items[i] for i in evenly_spaced(len(items), max_images)]
@@ -218,7 +234,7 @@ def load_test_set(data_dir: Path, size: int, max_images: int | None) -> TestSet:
     masks = []
     for it in items:
         image = by_path[it.path]
-        mask = np.zeros((size, size), bool)
+        mask = np.zeros(size, bool)
         if it.mask_path is not None:
             mask = resize_mask(load_mask(it.mask_path, image.shape), size)
         masks.append(mask)
@@ -226,7 +242,7 @@ def load_test_set(data_dir: Path, size: int, max_images: int | None) -> TestSet:
     return TestSet(images, np.stack(masks), np.array([it.label for it in items]))
 
 
-def holdout_images(bundle: Path, data_dir: Path, size: int) -> torch.Tensor:
+def holdout_images(bundle: Path, data_dir: Path, size: tuple[int, int]) -> torch.Tensor:
     from ddad_core.bundle import read_bundle_config
 
     names = read_bundle_config(bundle).metadata.get("good_images")
@@ -343,8 +359,8 @@ def run_dataset(data_dir: Path, sweeps: dict[str, Sweep], args, deadline: float,
     sweeps = dict(sorted(sweeps.items(), key=lambda kv: order[kv[1].kind]))
     for recipe, bundle in bundles.items():
         pipe = DDADPipeline.from_bundle(bundle, device=device)
-        data = load_test_set(data_dir, pipe.image_size, args.max_test_images)
-        data.holdout = holdout_images(bundle, data_dir, pipe.image_size)
+        data = load_test_set(data_dir, pipe.input_shape, args.max_test_images)
+        data.holdout = holdout_images(bundle, data_dir, pipe.input_shape)
         t0 = time.perf_counter()
         default = run_components(pipe, data, args.batch_size)
         per_run = time.perf_counter() - t0
@@ -358,6 +374,8 @@ def run_dataset(data_dir: Path, sweeps: dict[str, Sweep], args, deadline: float,
             points = out.setdefault(name, [])
             for value in sweep.values:
                 point: dict[str, Any] = {"value": value, "status": "done"}
+                alone: list[dict] = []
+                extra: list[dict] = []
                 if time.perf_counter() > deadline:
                     point["status"] = "not run (time budget)"
                     points.append(point)
@@ -389,13 +407,19 @@ def run_dataset(data_dir: Path, sweeps: dict[str, Sweep], args, deadline: float,
                             default if unchanged and not random else run_components(variant, data, args.batch_size)
                         )
                         runs.append(score(blend_for(variant, hold, test, {}), data))
+                        if pipe.patch_knn is not None:  # what the reconstruction alone makes of the setting
+                            alone.append(score(blend_for(variant, hold, test, {"knn_weight": 0.0}), data))
                     point.update(
                         mean_points(runs),
                         runs=len(runs),
                         seeds=[args.seed + s for s in seeds],
                         per_seed=runs if len(runs) > 1 else None,
                     )
+                    if alone:
+                        extra.append({"value": f"{value} (reconstruction alone)", "status": "done",
+                                      **mean_points(alone), "runs": len(alone)})  # fmt: skip
                 points.append(point)
+                points.extend(extra)
                 log(
                     f"  {data_dir.name} {name}={value}: "
                     + ", ".join(f"{k} {point[k]:.3f}" for k in METRICS if point.get(k) is not None)
