@@ -94,10 +94,11 @@ fit_group = fit_parser.add_argument_group("extras")
 fit_group.add_argument("--image-size", type=int, help="model input side S (default 256)")
 fit_group.add_argument(
     "--aspect",
-    choices=("square", "keep"),
+    choices=("square", "keep", "auto"),
     default="square",
     help="square: resize every image to S x S; keep: to H x W with about as many pixels and the good images' "
-    "median aspect ratio (long, narrow parts keep their resolution along the long side)",
+    "median aspect ratio (long, narrow parts keep their resolution along the long side); auto: keep when the good "
+    "images share one ratio that is not square",
 )
 fit_group.add_argument("--max-train-images", type=int, help="use an evenly spaced subset of train/good")
 fit_group.add_argument(

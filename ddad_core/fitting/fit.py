@@ -212,6 +212,22 @@ def input_shape_for(images: Sequence[np.ndarray], image_size: int, multiple: int
     return height, width
 
 
+def keeps_aspect(images: Sequence[np.ndarray], spread: float = 0.1, squareness: float = 0.2) -> bool:
+    """Whether ``--aspect auto`` keeps the aspect ratio: the good images share one (the middle half of their width /
+    height ratios within ``spread`` of the median) and it is not square (the median more than ``squareness`` away
+    from 1 on a log scale). Parts photographed at many shapes, or square ones, stay S x S.
+
+    Example:
+        >>> keeps_aspect([np.zeros((630, 250))] * 4), keeps_aspect([np.zeros((512, 512))] * 4)
+        (True, False)
+    """
+    ratios = np.array([image.shape[1] / image.shape[0] for image in images], dtype=np.float64)
+    median = float(np.median(ratios))
+    low, high = np.percentile(ratios, [25, 75])
+    agree = (high - low) <= spread * median
+    return bool(agree and abs(math.log(median)) > math.log1p(squareness))
+
+
 def _preprocess_all(
     images: Sequence[np.ndarray] | torch.Tensor, shape: tuple[int, int], chunk: int = 64, step: Step | None = None
 ) -> torch.Tensor:
@@ -520,7 +536,7 @@ def fit_images(
     select_grid: dict[str, Sequence[Any]] | None = None,
     tail_fit: bool = False,
     pixel_target_fpr: float | None = None,
-    aspect: Literal["square", "keep"] = "square",
+    aspect: Literal["square", "keep", "auto"] = "square",
 ) -> Path:
     """Fit the detector on good images and write a bundle (steps 1-7 of the module docstring).
 
@@ -555,7 +571,8 @@ def fit_images(
             generalised Pareto tail instead of refusing (``calibration.py``).
         pixel_target_fpr: Share of good pixels allowed above the pixel threshold (default: synthetic-defect F1).
         aspect: ``square`` resizes every image to S x S; ``keep`` to ``(H, W)`` with about as many pixels and the
-            good images' median aspect ratio (``input_shape_for``; needs uint8 ``images``).
+            good images' median aspect ratio (``input_shape_for``; needs uint8 ``images``); ``auto`` keeps it when
+            the good images share one that is not square (``keeps_aspect``).
 
     Returns:
         The bundle directory.
@@ -584,14 +601,17 @@ def fit_images(
     out_dir = Path(out_dir)
     if len(images) == 0:
         raise EmptyTrainSetError("no good training image to fit on")
+    if aspect not in ("square", "keep", "auto"):
+        raise SettingError(f"aspect must be 'square', 'keep' or 'auto', not {aspect!r}")
+    decoded = not (isinstance(images, torch.Tensor) and images.is_floating_point())
+    if aspect == "auto":
+        aspect = "keep" if decoded and keeps_aspect(images) else "square"
     if aspect == "keep" and cfg.image_shape is None:
-        if isinstance(images, torch.Tensor) and images.is_floating_point():
+        if not decoded:
             raise SettingError("--aspect keep needs the images as decoded, not preprocessed")
         multiple = 16 if cfg.knn_weight >= 1.0 else 8 * 2 ** (len(UNET_PRESETS[tcfg.preset]["block_out_channels"]) - 1)
         shape = input_shape_for(images, cfg.image_size, multiple)
         cfg = DDADConfig(**{**cfg.model_dump(), "image_shape": shape})
-    elif aspect not in ("square", "keep"):
-        raise SettingError(f"aspect must be 'square' or 'keep', not {aspect!r}")
     check_calibration_size(len(images), target_fpr, tail_fit)  # before any training: a bad target fails at once
     requested_backbone = backbone.name if isinstance(backbone, FeatureExtractor) else backbone
     if requested_backbone is not None:

@@ -9,7 +9,7 @@ import pytest
 from ddad_core.bundle import read_bundle_config
 from ddad_core.config import DDADConfig
 from ddad_core.evaluation.evaluate import evaluate
-from ddad_core.fitting.fit import fit, input_shape_for, make_configs
+from ddad_core.fitting.fit import fit, input_shape_for, keeps_aspect, make_configs
 from ddad_core.fitting.recipes import SettingError
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.preprocess import preprocess
@@ -43,6 +43,17 @@ def test_input_shape_keeps_the_median_ratio_and_the_pixel_count():
     assert (h, w) == (400, 160) and abs(h * w / 256**2 - 1) < 0.05 and abs(w / h - 250 / 630) < 0.02
     assert input_shape_for([np.zeros((512, 512, 3), np.uint8)], 256, 64) == (256, 256)
     assert input_shape_for([np.zeros((10, 1000), np.uint8)], 256, 64) == (64, 2560 // 64 * 64)  # never below one step
+
+
+def test_auto_keeps_a_shared_ratio_that_is_not_square():
+    def images(*sizes):
+        return [np.zeros(size, np.uint8) for size in sizes]
+
+    assert keeps_aspect(images(*[(630, 250)] * 5, (640, 250)))  # long strips, one a little longer
+    assert keeps_aspect(images(*[(230, 565)] * 4))  # wide ones
+    assert not keeps_aspect(images(*[(512, 512)] * 4))  # square
+    assert not keeps_aspect(images((300, 280), (260, 300)))  # nearly square
+    assert not keeps_aspect(images((286, 123), (266, 218), (380, 265), (100, 240)))  # many shapes
 
 
 def test_config_refuses_shapes_the_autoencoder_cannot_take():
