@@ -83,3 +83,31 @@ def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_
         log=None,
         progress=False,
     )
+
+
+def make_tiny_fast_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_images: int = 20) -> Path:
+    """Fit a tiny bundle of the ``fast`` recipe (patch k-NN term alone, nothing trained) in about a second.
+
+    The bundle that nominal overlays (``ddad_core.overlay``) are tested with: its score is the patch k-NN distance
+    of timm's random ``test_resnet`` features, so a pattern missing from the synthetic good textures alerts and a
+    taught one does not.
+    """
+    from ddad_core.fitting.fit import fit_images, make_configs
+
+    config, train_config = make_configs(
+        "cpu", image_size=image_size, recipe="fast", ddad_overrides={"knn_k": 3}, train_overrides={"seed": seed}
+    )
+    return fit_images(
+        synthetic_textures(num_images, image_size, seed),
+        path,
+        config=config,
+        train_config=train_config,
+        backbone=TINY_BACKBONE,
+        device="cpu",
+        batch_size=8,
+        target_fpr=0.1,
+        recipe="fast",
+        metadata={"purpose": "tiny test bundle of the fast recipe (random backbone)"},
+        log=None,
+        progress=False,
+    )
