@@ -70,6 +70,9 @@ class InspectionResult(FrameRecord):
     threshold_raw: float = Field(description="The same decision point on the raw score (pred_score_raw).")
     model_version: str
     bundle_hash: str
+    overlay_version: int | None = Field(
+        None, ge=0, description="Version of the product's nominal overlay the frame was scored with (None: none)."
+    )
     mask_uri: str | None = Field(None, description="PNG of pred_mask (0/255) in the object store.")
     heatmap_uri: str | None = Field(None, description="Colour PNG of the anomaly map in the object store.")
     defect_regions: list[BoundingBox] = Field(default_factory=list, description="Connected regions of pred_mask.")

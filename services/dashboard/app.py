@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from services import _observability as obs
-from services._object_store import ObjectStore
+from services._object_store import ObjectStore, stored_frame
 from services._redis import AlertStore, InspectionStore, OverrideStore
 from services.contracts.feedback import FeedbackAction, FeedbackRecord, new_feedback_id
 from services.dashboard import images, metrics
@@ -282,7 +282,7 @@ def create_app(ctx: DashboardContext) -> FastAPI:
         alert = _alert(alert_id)
         state = ctx.feedback.get(alert_id)
         insp = ctx.inspections.get(alert.camera_id, alert.frame_id) or {}
-        has_frame = images.stored_frame(ctx.store, alert) is not None
+        has_frame = stored_frame(ctx.store, alert.camera_id, alert.frame_id) is not None
         return {**summary(alert, state), "frame_id": alert.frame_id, "pred_score_raw": alert.pred_score_raw,
                 "sensitivity": alert.sensitivity, "debounce": alert.debounce, "model_version": alert.model_version,
                 "noise_step": int(insp["noise_step"]) if insp.get("noise_step") else None,

@@ -19,15 +19,17 @@ import threading
 from typing import Any
 
 from services import _observability as obs
-from services._config import run_main
+from services._config import StartupError, run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
 from services._memory import freeze_start_up_heap
 from services._object_store import open_checked
+from services._overlays import OverlayStore
 from services._redis import InspectionStore, connect_checked
 from services._serve import begin_serve
 from services.worker.config import WorkerSettings
 from services.worker.inference import load_detector, warm_up
 from services.worker.loop import SERVICE, WorkerLoop
+from services.worker.overlay import OverlayFollower
 
 
 def _load_model(settings: WorkerSettings, detector: Any) -> tuple[tuple[Any, float | None], str]:
@@ -39,6 +41,25 @@ def _load_model(settings: WorkerSettings, detector: Any) -> tuple[tuple[Any, flo
     if warmup_s is not None:
         detail += f", warm-up batch of {settings.max_batch_size} in {warmup_s:.2f} s"
     return (detector, warmup_s), detail
+
+
+def _overlay_step(settings: WorkerSettings, model: tuple[Any, float | None] | None, redis_client: Any,
+                  store: Any, log: Any) -> tuple[tuple[OverlayFollower | None, Any], str]:
+    """The ``overlay`` start-up step: with ``overlay_product`` set, check that the bundle can take an overlay and
+    load the version in force, so the first frame is already scored with it."""
+    detector = model[0] if model is not None else None
+    if not settings.overlay_product or detector is None or redis_client is None or store is None:
+        return (None, detector), "none (WORKER_OVERLAY_PRODUCT unset)"
+    from ddad_core.overlay import OverlayError
+
+    try:
+        detector.with_overlay(None)
+    except OverlayError as exc:
+        raise StartupError(f"bundle {settings.bundle_path}: {exc}") from None
+    follower = OverlayFollower(OverlayStore(redis_client, store, settings.redis_key_prefix), settings.overlay_product,
+                               settings.overlay_refresh_s, log)
+    detector = follower.follow(detector) or detector
+    return (follower, detector), f"product {settings.overlay_product}: version {follower.version}"
 
 
 def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Event | None = None,
@@ -69,10 +90,12 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
                        lambda: open_checked(settings.object_store_url, settings.s3_client_kwargs(), timeout))
     health.set_ready(False, "loading model")
     model = checks.run("model", "bundle_path", lambda: _load_model(settings, detector))
+    follower, detector = checks.run("overlay", "overlay_product",
+                                    lambda: _overlay_step(settings, model, redis_client, store, log)) or (None, None)
     checks.finish()
     if check_only:
         return 0
-    detector, warmup_s = model
+    warmup_s = model[1]
     if missing_topics:
         log.warning("kafka_topics_missing", topics=missing_topics, hint=TOPICS_HINT)
     max_frame_age_ms = settings.frame_age_limit_ms(warmup_s)
@@ -92,7 +115,8 @@ def serve(settings: WorkerSettings, check_only: bool = False, stop: threading.Ev
     producer = make_producer(kafka)
     loop = WorkerLoop(settings, consumer, producer, detector, store,
                       InspectionStore(redis_client, settings.result_ttl_s, settings.stream_maxlen,
-                                      settings.redis_key_prefix), log, health, max_frame_age_ms=max_frame_age_ms)
+                                      settings.redis_key_prefix), log, health, max_frame_age_ms=max_frame_age_ms,
+                      overlay=follower)
     loop.subscribe()
     if on_loop is not None:
         on_loop(loop)

@@ -69,6 +69,13 @@ class WorkerSettings(CommonSettings):
         "(smaller batches are padded up; compiled during warm-up, before ready). Same scores. On 2 CPU cores it "
         "made TAEF2 about 2x faster but costs about a minute per batch size at start-up; not yet measured on a "
         "GPU, hence off by default.")
+    overlay_product: str | None = Field(
+        None, description="Product whose nominal overlay (taught by services.teacher) this worker scores with; the "
+        "bundle must have the patch k-NN term. Unset: the bundle's bank alone.")
+    overlay_refresh_s: float = Field(1.0, gt=0, description="How often the overlay's version in force is checked.")
+    keep_flagged_frames: bool = Field(
+        True, description="Keep the bytes of flagged inline frames in the object store (frames/{camera}/{frame}), "
+        "so operators' marks can teach and guard the overlay with them.")
     lag_interval_s: float = Field(15.0, gt=0, description="How often consumer lag is measured for the gauge.")
 
     @field_validator("device")
