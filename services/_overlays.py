@@ -124,8 +124,10 @@ class OverlayStore:
                 pipe.watch(key)
                 current = pipe.hget(key, "version")
                 if int(current or 0) != overlay.version - 1:
-                    raise OverlayConflict(f"overlay of {overlay.product_id} is at version {current}, this change "
-                                          f"was made on version {overlay.version - 1}")
+                    raise OverlayConflict(
+                        f"overlay of {overlay.product_id} is at version {current}, this change "
+                        f"was made on version {overlay.version - 1}"
+                    )
                 pipe.multi()
                 pipe.hset(key, mapping=record)
                 pipe.hdel(self.refused_key(overlay.product_id), alert_id)
@@ -147,10 +149,16 @@ class OverlayStore:
         """Alert id -> ``{camera_id, frame_id}`` of every confirmed defect of the product."""
         return {k: json.loads(v) for k, v in self.client.hgetall(self.confirmed_key(product_id)).items()}
 
-    def refuse(self, product_id: str, alert_id: str, *, actor: str, reason: str, missed: list[str],
-               version: int) -> dict[str, Any]:
-        refusal = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "actor": actor, "reason": reason,
-                   "missed": missed, "version": version}
+    def refuse(
+        self, product_id: str, alert_id: str, *, actor: str, reason: str, missed: list[str], version: int
+    ) -> dict[str, Any]:
+        refusal = {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "actor": actor,
+            "reason": reason,
+            "missed": missed,
+            "version": version,
+        }
         self.client.hset(self.refused_key(product_id), alert_id, json.dumps(refusal))
         return refusal
 

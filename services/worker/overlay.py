@@ -33,8 +33,14 @@ class OverlayFollower:
         clock: Monotonic seconds (injectable).
     """
 
-    def __init__(self, overlays: OverlayStore, product_id: str, refresh_s: float, log: Any,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        overlays: OverlayStore,
+        product_id: str,
+        refresh_s: float,
+        log: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.overlays = overlays
         self.product_id = product_id
         self.refresh_s = refresh_s
@@ -63,11 +69,16 @@ class OverlayFollower:
             return None
         except OverlayError as exc:
             self._rejected = version
-            self.log.error("overlay_rejected", product_id=self.product_id, version=version, error=str(exc),
-                           kept=self.version)
+            self.log.error(
+                "overlay_rejected", product_id=self.product_id, version=version, error=str(exc), kept=self.version
+            )
             return None
         self.version = swapped.overlay_version
-        self.log.info("overlay_swapped", product_id=self.product_id, version=self.version,
-                      entries=len(overlay.entries) if overlay is not None else 0,
-                      patches=len(overlay.patches) if overlay is not None else 0)
+        self.log.info(
+            "overlay_swapped",
+            product_id=self.product_id,
+            version=self.version,
+            entries=len(overlay.entries) if overlay is not None else 0,
+            patches=len(overlay.patches) if overlay is not None else 0,
+        )
         return swapped
