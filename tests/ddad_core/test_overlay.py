@@ -12,32 +12,12 @@ from ddad_core.overlay import NominalOverlay, OverlayEntry, OverlayError, frame_
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.testing import make_tiny_bundle, make_tiny_fast_bundle, synthetic_textures
 
+from ._helpers import recapture, ring, square
+
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory) -> DDADPipeline:
     return DDADPipeline.from_bundle(make_tiny_fast_bundle(tmp_path_factory.mktemp("overlay") / "fast"))
-
-
-def ring(image: np.ndarray, cx: int = 24, cy: int = 30) -> np.ndarray:
-    """A dark ring (a harmless mark the good textures never show)."""
-    out = image.copy()
-    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
-    r = np.hypot(yy - cy, xx - cx)
-    out[(r > 4) & (r < 8)] = 30
-    return out
-
-
-def square(image: np.ndarray, x: int = 10, y: int = 40) -> np.ndarray:
-    """A bright square (a defect)."""
-    out = image.copy()
-    out[y : y + 10, x : x + 10] = 255
-    return out
-
-
-def recapture(image: np.ndarray, seed: int) -> np.ndarray:
-    """The same scene on a later frame: fresh sensor noise."""
-    rng = np.random.default_rng(seed)
-    return np.clip(image.astype(np.float32) + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
