@@ -15,6 +15,8 @@ reads an old version still finds it). Redis keys (with the optional prefix):
   the product (the guard's set).
 * ``overlay:{product_id}:refused``: hash alert id -> JSON ``{at, actor, missed, version, reason}`` of a false-alarm
   mark that was not taught, and why (the dashboard shows it on the alert).
+* ``overlay:{product_id}:taught``: hash alert id -> JSON ``{actor, at}`` of every alert whose frame is in the
+  version in force (rewritten with the change record, in the same transaction).
 
 Reading the change record needs no torch; :meth:`OverlayStore.load` (the overlay's patches) imports ddad_core.
 """
@@ -60,6 +62,9 @@ class OverlayStore:
 
     def refused_key(self, product_id: str) -> str:
         return f"{self.prefix}overlay:{product_id}:refused"
+
+    def taught_key(self, product_id: str) -> str:
+        return f"{self.prefix}overlay:{product_id}:taught"
 
     @staticmethod
     def object_key(product_id: str, version: int) -> str:
@@ -131,6 +136,10 @@ class OverlayStore:
                 pipe.multi()
                 pipe.hset(key, mapping=record)
                 pipe.hdel(self.refused_key(overlay.product_id), alert_id)
+                taught = self.taught_key(overlay.product_id)
+                pipe.delete(taught)
+                for e in overlay.entries:
+                    pipe.hset(taught, e.alert_id, json.dumps({"actor": e.actor, "at": e.at}))
                 pipe.execute()
             except redis.WatchError:
                 raise OverlayConflict(f"overlay of {overlay.product_id} changed while publishing") from None
@@ -168,3 +177,11 @@ class OverlayStore:
     def refusal(self, product_id: str, alert_id: str) -> dict[str, Any] | None:
         value = self.client.hget(self.refused_key(product_id), alert_id)
         return json.loads(value) if value is not None else None
+
+    def teaching(self, product_id: str, alert_id: str) -> dict[str, Any]:
+        """What the dashboard shows on an alert: the version in force, and whether the alert taught it or was
+        refused (and why)."""
+        taught = self.client.hget(self.taught_key(product_id), alert_id)
+        return {"product_id": product_id, "version": self.version(product_id),
+                "taught": json.loads(taught) if taught is not None else None,
+                "refused": self.refusal(product_id, alert_id)}

@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services import _observability as obs
 from services._object_store import ObjectStore, stored_frame
+from services._overlays import OverlayStore
 from services._redis import AlertStore, InspectionStore, OverrideStore
 from services.contracts.feedback import FeedbackAction, FeedbackRecord, new_feedback_id
 from services.dashboard import images, metrics
@@ -84,6 +85,7 @@ class DashboardContext:
         self.history = AlertHistory(self.alerts, self.feedback, self.scan_limit)
         self.inspections = InspectionStore(self.redis_client, prefix=self.key_prefix)
         self.overrides = OverrideStore(self.redis_client, self.key_prefix)
+        self.overlays = OverlayStore(self.redis_client, self.store, self.key_prefix)
 
     def tick(self) -> tuple[list[dict[str, Any]], dict[str, bool]]:
         """Redis ping + what tiles need from Redis (runs on a worker thread)."""
@@ -287,7 +289,9 @@ def create_app(ctx: DashboardContext) -> FastAPI:
                 "sensitivity": alert.sensitivity, "debounce": alert.debounce, "model_version": alert.model_version,
                 "noise_step": int(insp["noise_step"]) if insp.get("noise_step") else None,
                 "boxes": [b.model_dump() for b in alert.boxes], "has_frame": has_frame,
-                "note": (state or {}).get("note", "")}
+                "note": (state or {}).get("note", ""),
+                "overlay_version": int(insp["overlay_version"]) if insp.get("overlay_version") else None,
+                "teaching": ctx.overlays.teaching(alert.product_id, alert_id) if alert.product_id else None}
 
     @app.get("/api/alerts/{alert_id}/image/{layer}")
     def alert_image(alert_id: str, layer: str, request: Request) -> Response:

@@ -22,8 +22,8 @@ class TeacherSettings(CommonSettings):
 
     product_id: str = Field(
         min_length=1,
-        description="The product whose overlay this teacher writes (marks of "
-        "other products are left to their own teacher).",
+        description="The product whose overlay this teacher writes: marks of alerts whose frames carry this "
+        "product_id (others are left to their own teacher).",
     )
     bundle_path: str = Field("/models/bundle", description="The bundle the product's workers serve.")
     device: str = Field("cpu", description="Where the frames' patches and the guard's re-scoring run.")

@@ -85,7 +85,7 @@ class Teacher:
 
     def apply(self, mark: FeedbackRecord) -> Outcome:
         """Apply one mark (see the module docstring); retried by the caller through outages."""
-        if mark.product_id not in (None, self.product_id):
+        if mark.product_id != self.product_id:
             return Outcome(mark.alert_id, "other_product", self.overlay.version)
         if mark.action == "confirm_defect":
             self.overlays.confirm(self.product_id, mark.alert_id, mark.camera_id, mark.frame_id)

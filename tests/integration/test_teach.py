@@ -9,14 +9,12 @@ brings the alert back; the frames the marks need were kept by the worker (inline
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ddad_core.testing import make_tiny_fast_bundle, synthetic_textures
 from services._kafka import make_producer
@@ -25,12 +23,19 @@ from services._overlays import OverlayStore
 from services._redis import connect
 from services.contracts.defects import alert_id_for
 from services.contracts.feedback import FeedbackRecord, new_feedback_id
-from services.contracts.frames import Frame
 from services.contracts.results import InspectionResult
 from services.teacher.__main__ import serve as teacher_serve
 from services.teacher.config import TeacherSettings
 from tests.ddad_core._helpers import recapture, ring, square
-from tests.services._helpers import FAST_GROUP, ServiceThread, StreamEnv, TopicReader, start_worker, wait_for
+from tests.services._helpers import (
+    FAST_GROUP,
+    ServiceThread,
+    StreamEnv,
+    TopicReader,
+    png_frame,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -49,22 +54,6 @@ def detector(bundle):
     return load_detector(str(bundle), "cpu")
 
 
-def png_frame(image: np.ndarray, seq: int) -> Frame:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return Frame(
-        frame_id=f"cam1-{seq:06d}",
-        camera_id="cam1",
-        product_id=PRODUCT,
-        sequence=seq,
-        encoding="png",
-        width=image.shape[1],
-        height=image.shape[0],
-        image=buf.getvalue(),
-        captured_at=datetime.now(UTC),
-    )
-
-
 class Line:
     """Frames in, results out, marks in: the product line as the tests drive it."""
 
@@ -78,7 +67,7 @@ class Line:
         frames = []
         for image in images:
             self.seq += 1
-            frames.append(png_frame(image, self.seq))
+            frames.append(png_frame(image, self.seq, product_id=PRODUCT))
             self.producer.send(self.env.topics.frames, key=b"cam1", value=frames[-1].to_bytes())
         self.producer.flush()
         wanted = {f.frame_id for f in frames}
