@@ -50,6 +50,10 @@ class OverlayFollower:
         self.version: int | None = None  # in force in the detector last returned
         self._rejected: int | None = None
 
+    def reset(self) -> None:
+        """After a bundle swap: apply the version in force to the new detector at the next check."""
+        self.version, self._rejected, self._next = None, None, 0.0
+
     def follow(self, detector: Any) -> Any | None:
         """The detector with the new overlay if the version in force changed since the last swap, else None."""
         from ddad_core.overlay import OverlayError
