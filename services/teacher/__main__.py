@@ -1,5 +1,7 @@
 """``python -m services.teacher``: turn operators' marks of one product into its nominal overlay versions.
 
+``python -m services.teacher export --out DIR`` writes the product's labelled set instead (``export.py``).
+
 Flow step: process lifecycle around ``services.teacher.loop``. Start-up checks Redis, the object store, Kafka and
 the bundle (which must have the patch k-NN term) and loads the overlay in force; a failure is one line on stderr
 and exit status 2. SIGTERM stops after the mark being applied.
@@ -11,18 +13,22 @@ from ddad_core.runtime import configure_cpu_threads
 
 configure_cpu_threads()  # passive OpenMP waiting, one thread per usable core; before numpy and torch load
 
+import argparse
 import sys
 import threading
 from typing import Any
 
 from services import _observability as obs
-from services._config import StartupError, run_main
+from services._config import EXIT_BAD_CONFIG, StartupError, load_settings, run_main
 from services._kafka import TOPICS_HINT, check_kafka, make_consumer
 from services._object_store import open_checked
 from services._overlays import OverlayStore
 from services._redis import connect_checked
 from services._serve import begin_serve
+from services.alerter.feedback import read_feedback
+from services.contracts.topics import Topics
 from services.teacher.config import TeacherSettings
+from services.teacher.export import export_labelled_set
 from services.teacher.loop import SERVICE, Teacher, TeacherLoop
 from services.worker.inference import load_detector
 
@@ -82,8 +88,31 @@ def serve(settings: TeacherSettings, check_only: bool = False, stop: threading.E
     return 0
 
 
+def export(argv: list[str]) -> int:
+    """The ``export`` subcommand: the product's labelled set in MVTec layout (``services/teacher/export.py``)."""
+    parser = argparse.ArgumentParser(prog="python -m services.teacher export")
+    parser.add_argument("--out", required=True, help="new folder for the labelled set")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(TeacherSettings)
+        store, _ = open_checked(settings.object_store_url, settings.s3_client_kwargs(), settings.connect_timeout_s)
+        topic = Topics(settings.topic_prefix).feedback
+        records, invalid = read_feedback(settings.kafka_kwargs(SERVICE), topic, settings.connect_timeout_s)
+        labels = export_labelled_set(records, settings.product_id, store, args.out)
+    except (ValueError, StartupError, OSError, TimeoutError) as exc:
+        print(f"{SERVICE} export: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"labelled set of {settings.product_id} in {args.out}: {labels['counts']['good']} good (false alarms), "
+          f"{labels['counts']['defect']} defects, {len(labels['skipped'])} skipped (frame not kept), "
+          f"{invalid} invalid feedback records")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "export":
+        return export(argv[1:])
     return run_main(TeacherSettings, lambda s, check: serve(s, check), argv,
                     "Inspection teacher: feedback marks -> the product's nominal overlay", SERVICE)
 

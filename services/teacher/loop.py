@@ -10,9 +10,10 @@ The latest mark of an alert wins, as everywhere else:
   candidate entry. **Guard**: every confirmed defect of the product is re-scored with the candidate; if any would
   no longer be flagged (or its frame is not kept, so it cannot be checked), the change is refused and the refusal,
   naming those alert ids, is stored for the dashboard. Otherwise the candidate is published as the next version.
-* ``confirm_defect``: the alert joins the guard's set; if it had taught the overlay, its entry is removed (undo).
-* ``acknowledge``: no verdict; withdraws an earlier verdict of the alert (its overlay entry is removed, it leaves
-  the guard's set). This is the dashboard's "undo".
+* ``confirm_defect``: the alert joins the guard's set; if it had taught the overlay, its entry is removed.
+* ``withdraw`` (the dashboard's "Undo teaching"): takes back the alert's verdict: its overlay entry is removed, it
+  leaves the guard's set.
+* ``acknowledge`` carries no verdict and changes nothing.
 
 Replays are harmless: an alert already taught is not taught twice, an undo of an entry that is gone changes
 nothing, so the consumer commits after applying (at least once).
@@ -87,6 +88,8 @@ class Teacher:
         """Apply one mark (see the module docstring); retried by the caller through outages."""
         if mark.product_id != self.product_id:
             return Outcome(mark.alert_id, "other_product", self.overlay.version)
+        if mark.action == "acknowledge":
+            return Outcome(mark.alert_id, "unchanged", self.overlay.version)
         if mark.action == "confirm_defect":
             self.overlays.confirm(self.product_id, mark.alert_id, mark.camera_id, mark.frame_id)
         else:

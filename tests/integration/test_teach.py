@@ -16,16 +16,19 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from ddad_core.evaluation.evaluate import evaluate
 from ddad_core.testing import make_tiny_fast_bundle, synthetic_textures
 from services._kafka import make_producer
 from services._object_store import open_object_store, stored_frame
 from services._overlays import OverlayStore
 from services._redis import connect
+from services.alerter.feedback import read_feedback
 from services.contracts.defects import alert_id_for
 from services.contracts.feedback import FeedbackRecord, new_feedback_id
 from services.contracts.results import InspectionResult
 from services.teacher.__main__ import serve as teacher_serve
 from services.teacher.config import TeacherSettings
+from services.teacher.export import export_labelled_set
 from tests.ddad_core._helpers import recapture, ring, square
 from tests.services._helpers import (
     FAST_GROUP,
@@ -100,7 +103,7 @@ class Line:
 
 
 def test_marks_teach_guard_and_undo_on_the_live_stream(
-    kafka_bootstrap_servers, redis_url, s3_client_kwargs, bundle, detector
+    kafka_bootstrap_servers, redis_url, s3_client_kwargs, bundle, detector, tmp_path
 ):
     bucket = f"teach-{uuid.uuid4().hex[:10]}"
     open_object_store(f"s3://{bucket}", s3_client_kwargs, create_bucket=True)
@@ -143,12 +146,32 @@ def test_marks_teach_guard_and_undo_on_the_live_stream(
         assert overlays.version(PRODUCT) == 1
 
         # Undo (the operator withdraws the false-alarm verdict): version 2, and the ring alerts again.
-        line.mark(flagged, "acknowledge")
+        line.mark(flagged, "acknowledge")  # seen: no verdict, nothing changes
+        line.mark(flagged, "withdraw")
         assert wait_for(lambda: overlays.version(PRODUCT) == 2, 60)
         assert overlays.record(PRODUCT)["entries"] == 0
         assert wait_for(lambda: line.inspect(recapture(ring(part), 5))[0].overlay_version == 2, 30)
         again = line.inspect(recapture(ring(part), 6))[0]
         assert again.pred_label and again.overlay_version == 2
+
+        # The labelled set: the latest verdicts (the withdrawn one is gone, the refused false alarm stays a good
+        # part), with the kept frames' bytes, in a layout `ddad eval` runs on.
+        records, invalid = read_feedback(env.kafka, env.topics.feedback)
+        labels = export_labelled_set(records, PRODUCT, store, tmp_path / "labelled")
+        assert invalid == 0 and labels["skipped"] == {}
+        assert {f: v["alert_id"] for f, v in labels["files"].items()} == {
+            f"test/good/{lookalike.frame_id}.png": refused,
+            f"test/defect/{defect.frame_id}.png": confirmed,
+        }
+        assert (tmp_path / "labelled" / "test" / "good" / f"{lookalike.frame_id}.png").read_bytes() == stored_frame(
+            store, "cam1", lookalike.frame_id
+        )
+        with pytest.warns(UserWarning, match="1 defective test image"):  # operators do not outline defects
+            figures = evaluate(bundle, tmp_path / "labelled", log=None)
+        assert figures["n_images"] == 2 and figures["at_threshold"]["false_alarms"] == 1
+        assert figures["at_threshold"]["misses"] == 0
+        with pytest.raises(FileExistsError):
+            export_labelled_set(records, PRODUCT, store, tmp_path / "labelled")
     finally:
         teacher.join()
         worker.join()
