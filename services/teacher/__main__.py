@@ -20,7 +20,7 @@ from typing import Any
 
 from services import _observability as obs
 from services._config import EXIT_BAD_CONFIG, StartupError, load_settings, run_main
-from services._kafka import TOPICS_HINT, check_kafka, make_consumer
+from services._kafka import check_kafka, make_consumer
 from services._object_store import open_checked
 from services._overlays import OverlayStore
 from services._redis import connect_checked
@@ -64,11 +64,8 @@ def serve(settings: TeacherSettings, check_only: bool = False, stop: threading.E
     teacher = checks.run("model", "bundle_path", lambda: _teacher_step(settings, redis_client, store, log))
     server = None if check_only else checks.run(
         "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
-    checks.finish()
-    if check_only:
+    if not start.finish(check_only, missing_topics):
         return 0
-    if missing_topics:
-        log.warning("kafka_topics_missing", topics=missing_topics, hint=TOPICS_HINT)
     consumer = make_consumer(kafka, settings.group_id, assignor=settings.kafka_assignor,
                              max_poll_records=settings.max_poll_records,
                              session_timeout_ms=settings.session_timeout_ms,

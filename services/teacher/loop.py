@@ -36,6 +36,7 @@ from services._kafka import commit_offsets
 from services._object_store import ObjectStore, stored_frame
 from services._outage import DependencyGuard
 from services._overlays import OverlayConflict, OverlayStore
+from services._serve import run_steps
 from services.contracts.feedback import FeedbackRecord
 
 SERVICE = "teacher"
@@ -214,12 +215,7 @@ class TeacherLoop:
         self.consumer.subscribe([self.topic])
 
     def run(self, stop: threading.Event) -> None:
-        self.guard.stop = stop
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.consumer.close()
+        run_steps(self, stop)
 
     def step(self) -> None:
         self.health.beat()

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from services._config import StartupError
+from services._interval import Interval
 from services._object_store import ObjectStoreUnavailable
 from services._registry import BundleRegistry, RegistryError, split_alias
 
@@ -53,10 +54,8 @@ class BundleFollower:
         self.cache_dir = Path(cache_dir)
         self.load = load
         self.version = version
-        self.refresh_s = refresh_s
         self.log = log
-        self._clock = clock
-        self._next = 0.0
+        self._check = Interval(refresh_s, clock)
         self._loading: threading.Thread | None = None
         self._ready: tuple[str, Any] | None = None
         self._failed: str | None = None
@@ -72,10 +71,8 @@ class BundleFollower:
         if ready is not None:
             self.version = ready[0]
             return ready
-        now = self._clock()
-        if now < self._next or self._loading is not None:
+        if self._loading is not None or not self._check.due():
             return None
-        self._next = now + self.refresh_s
         try:
             wanted = self.registry.alias_version(self.alias)
         except redis.RedisError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from services._interval import Interval
 from services._object_store import ObjectStoreUnavailable
 from services._overlays import OverlayStore
 
@@ -43,25 +44,22 @@ class OverlayFollower:
     ) -> None:
         self.overlays = overlays
         self.product_id = product_id
-        self.refresh_s = refresh_s
         self.log = log
-        self._clock = clock
-        self._next = 0.0
+        self._check = Interval(refresh_s, clock)
         self.version: int | None = None  # in force in the detector last returned
         self._rejected: int | None = None
 
     def reset(self) -> None:
         """After a bundle swap: apply the version in force to the new detector at the next check."""
-        self.version, self._rejected, self._next = None, None, 0.0
+        self.version, self._rejected = None, None
+        self._check.reset()
 
     def follow(self, detector: Any) -> Any | None:
         """The detector with the new overlay if the version in force changed since the last swap, else None."""
         from ddad_core.overlay import OverlayError
 
-        now = self._clock()
-        if now < self._next:
+        if not self._check.due():
             return None
-        self._next = now + self.refresh_s
         try:
             version = self.overlays.version(self.product_id)
             if version in (self.version, self._rejected):

@@ -10,14 +10,16 @@ import torch
 
 from ddad_core.overlay import NominalOverlay, OverlayEntry, OverlayError, frame_patches, missed_defects
 from ddad_core.pipeline import DDADPipeline
-from ddad_core.testing import make_tiny_bundle, make_tiny_fast_bundle, synthetic_textures
+from ddad_core.testing import make_tiny_bundle, synthetic_textures
 
 from ._helpers import recapture, ring, square
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory) -> DDADPipeline:
-    return DDADPipeline.from_bundle(make_tiny_fast_bundle(tmp_path_factory.mktemp("overlay") / "fast"))
+    return DDADPipeline.from_bundle(
+        make_tiny_bundle(tmp_path_factory.mktemp("overlay") / "fast", num_images=20, recipe="fast")
+    )
 
 
 @pytest.fixture(scope="module")

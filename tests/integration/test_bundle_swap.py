@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from ddad_core.bundle import bundle_hash
-from ddad_core.testing import make_tiny_fast_bundle, synthetic_textures
+from ddad_core.testing import make_tiny_bundle, synthetic_textures
 from services._kafka import make_producer
 from services._object_store import open_object_store
 from services._redis import connect
@@ -30,7 +30,9 @@ ALIAS = "line-1/production"
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
-    return make_tiny_fast_bundle(root / "a", seed=0), make_tiny_fast_bundle(root / "b", seed=1)
+    return make_tiny_bundle(root / "a", num_images=20, recipe="fast"), make_tiny_bundle(
+        root / "b", seed=1, num_images=20, recipe="fast"
+    )
 
 
 def test_alias_moves_swap_the_bundle_between_batches_without_losing_a_frame(

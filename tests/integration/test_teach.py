@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ddad_core.evaluation.evaluate import evaluate
-from ddad_core.testing import make_tiny_fast_bundle, synthetic_textures
+from ddad_core.testing import make_tiny_bundle, synthetic_textures
 from services._kafka import make_producer
 from services._object_store import open_object_store, stored_frame
 from services._overlays import OverlayStore
@@ -47,7 +47,7 @@ PRODUCT = "p1"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return make_tiny_fast_bundle(tmp_path_factory.mktemp("bundle") / "fast")
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "fast", num_images=20, recipe="fast")
 
 
 @pytest.fixture(scope="module")

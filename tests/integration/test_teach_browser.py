@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ddad_core.testing import make_tiny_fast_bundle, synthetic_textures
+from ddad_core.testing import make_tiny_bundle, synthetic_textures
 from services._kafka import make_producer
 from services.alerter.__main__ import serve as alerter_serve
 from services.contracts.defects import alert_id_for
@@ -21,7 +21,7 @@ from services.teacher.__main__ import serve as teacher_serve
 from services.teacher.config import TeacherSettings
 from tests.ddad_core._helpers import recapture, ring, square
 from tests.services._helpers import FAST_GROUP, ServiceThread, png_frame, start_worker
-from tests.services.dashboard._harness import TOKEN, make_env, start_dashboard, stop_dashboard
+from tests.services.dashboard._harness import logged_in_page, make_env, start_dashboard, stop_dashboard
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -34,7 +34,7 @@ PRODUCT = "p1"
 def stack(kafka_bootstrap_servers, redis_url, s3_client_kwargs, tmp_path_factory):
     from services.worker.inference import load_detector
 
-    bundle = make_tiny_fast_bundle(tmp_path_factory.mktemp("bundle") / "fast")
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "fast", num_images=20, recipe="fast")
     env = make_env(kafka_bootstrap_servers, redis_url, s3_client_kwargs)
     dash = start_dashboard(env)
     worker = start_worker(env, load_detector(str(bundle), "cpu"), overlay_product=PRODUCT, overlay_refresh_s=0.2)
@@ -55,14 +55,7 @@ def page(stack):
         pytest.fail(f"no Chromium at {CHROMIUM} (bootstrap installs Debian's; or set DDAD_CHROMIUM)")
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        pg = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        pg.set_default_timeout(60000)
-        pg.goto(stack.url + "/login")
-        pg.fill("#login-name", "alice")
-        pg.fill("#login-token", TOKEN)
-        pg.click("#login-submit")
-        pg.wait_for_url(stack.url + "/")
-        yield pg
+        yield logged_in_page(browser, stack.url, timeout_ms=60000)
         browser.close()
 
 
