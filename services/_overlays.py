@@ -3,8 +3,9 @@
 Flow step: teacher (``services.teacher``) -> object store + Redis -> workers (follow the version between batches) and
 dashboard (shows the version and refused changes). The overlay itself is ``ddad_core.overlay.NominalOverlay``.
 
-Object keys: ``overlays/{product_id}/v{version:06d}.safetensors`` (written once, never rewritten: a worker that
-reads an old version still finds it). Redis keys (with the optional prefix):
+Object keys: ``overlays/{product_id}/v{version:06d}-{sha256[:16]}.safetensors`` (named by content, so written once
+and never rewritten: a worker that reads an old version still finds it, and a writer that loses a race for a
+version number leaves only an unreferenced blob behind). Redis keys (with the optional prefix):
 
 * ``overlay:{product_id}``: the change record of the version in force (``version``, ``uri``, ``sha256``,
   ``entries``, ``changed_at``, ``actor``, ``change``, ``alert_id``, ``bundle_hash``). A reader polls ``version``
@@ -67,8 +68,8 @@ class OverlayStore:
         return f"{self.prefix}overlay:{product_id}:taught"
 
     @staticmethod
-    def object_key(product_id: str, version: int) -> str:
-        return f"overlays/{product_id}/v{version:06d}.safetensors"
+    def object_key(product_id: str, version: int, sha256: str) -> str:
+        return f"overlays/{product_id}/v{version:06d}-{sha256[:16]}.safetensors"
 
     # ---------------------------------------------------------------------------------------------- the version
 
@@ -111,11 +112,12 @@ class OverlayStore:
             OverlayConflict: another writer moved the record first.
         """
         data = overlay.to_bytes()
-        uri = self.store.put(self.object_key(overlay.product_id, overlay.version), data, "application/octet-stream")
+        digest = hashlib.sha256(data).hexdigest()
+        uri = self.store.put(self.object_key(overlay.product_id, overlay.version, digest), data)
         record = {
             "version": str(overlay.version),
             "uri": uri,
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": digest,
             "entries": str(len(overlay.entries)),
             "changed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "actor": actor,

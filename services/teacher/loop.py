@@ -109,13 +109,8 @@ class Teacher:
 
     def _teach(self, mark: FeedbackRecord) -> Outcome:
         from ddad_core.overlay import OverlayEntry, frame_patches, missed_defects
-        from ddad_core.preprocess import ImageDecodeError, decode_image
 
-        data = stored_frame(self.store, mark.camera_id, mark.frame_id)
-        try:
-            image = decode_image(data) if data is not None else None
-        except ImageDecodeError:
-            image = None
+        image = self._kept_image(mark.camera_id, mark.frame_id)
         if image is None:
             return self._refuse(mark, "the frame is not kept in the object store (or not decodable)", [])
         patches, region = frame_patches(self.pipe, image, self.region)
@@ -136,25 +131,29 @@ class Teacher:
         self._publish(candidate, mark, f"teach {mark.alert_id}")
         return Outcome(mark.alert_id, "taught", self.overlay.version)
 
-    def _confirmed_defects(self) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Images of the product's confirmed defects (cached; fetched once each), and the ids whose frame is not
-        kept (they cannot be checked, so the guard counts them as silenced)."""
+    def _kept_image(self, camera_id: str, frame_id: str) -> np.ndarray | None:
+        """The pixels of a kept frame, or None (not kept, or not decodable)."""
         from ddad_core.preprocess import ImageDecodeError, decode_image
 
-        confirmed = self.overlays.confirmed(self.product_id)
+        data = stored_frame(self.store, camera_id, frame_id)
+        try:
+            return decode_image(data) if data is not None else None
+        except ImageDecodeError:
+            return None
+
+    def _confirmed_defects(self) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Images of the product's confirmed defects (each fetched once while it stays confirmed), and the ids whose
+        frame is not kept (they cannot be checked, so the guard counts them as silenced)."""
         images, unchecked = {}, []
-        for alert_id, where in confirmed.items():
-            if alert_id not in self._defect_images:
-                data = stored_frame(self.store, where["camera_id"], where["frame_id"])
-                try:
-                    self._defect_images[alert_id] = decode_image(data) if data is not None else None
-                except ImageDecodeError:
-                    self._defect_images[alert_id] = None
-            if self._defect_images[alert_id] is None:
+        for alert_id, where in self.overlays.confirmed(self.product_id).items():
+            image = self._defect_images.get(alert_id)
+            if image is None:
+                image = self._kept_image(where["camera_id"], where["frame_id"])
+            if image is None:
                 unchecked.append(alert_id)
-                del self._defect_images[alert_id]  # look again next time: the frame may be kept by then
             else:
-                images[alert_id] = self._defect_images[alert_id]
+                images[alert_id] = image
+        self._defect_images = images
         return images, unchecked
 
     def _refuse(self, mark: FeedbackRecord, reason: str, missed: list[str]) -> Outcome:
