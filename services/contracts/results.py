@@ -94,6 +94,12 @@ class InspectionResult(FrameRecord):
             }
         return data
 
+    def to_bytes(self) -> bytes:
+        """JSON record value; ``overlay_version`` only when set, so that readers from before the field existed (they
+        refuse unknown fields) still read every record of workers that follow no overlay."""
+        exclude = {"overlay_version"} if self.overlay_version is None else None
+        return self.model_dump_json(exclude=exclude).encode("utf-8")
+
     @property
     def latency_ms(self) -> float:
         """Capture -> result latency."""
