@@ -10,8 +10,8 @@ bundle. Removing an entry (undo) gives the next version without its patches.
 Only the patch k-NN term learns from an overlay (recipes with ``knn_weight > 0``: ``fast`` scores with it alone,
 ``production`` blends it with the reconstruction terms, which an overlay does not change).
 
-The guard: ``missed_defects`` re-scores confirmed defects with a candidate overlay and names every one that would
-no longer be flagged, so a caller can refuse the change (an operator's "this is fine" must never silence a defect
+The guard: ``DefectGuard`` re-scores confirmed defects with a candidate overlay and names every one that would no
+longer be flagged, so a caller can refuse the change (an operator's "this is fine" must never silence a defect
 someone else confirmed).
 
 Format (``to_bytes``): one safetensors blob (no pickle) holding the ``(K, C)`` float32 patches, with the product,
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -44,14 +43,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from ddad_core.anomaly_map import upsample_map
 from ddad_core.patch_knn import flatten_patches, patch_features
 from ddad_core.preprocess import preprocess
-from ddad_core.scoring import decision_threshold
+from ddad_core.scoring import decision_threshold, score_maps
 
 if TYPE_CHECKING:
-    from ddad_core.pipeline import DDADPipeline
+    from ddad_core.pipeline import DDADPipeline, MapComponents
 
-__all__ = ["OVERLAY_FORMAT", "NominalOverlay", "OverlayEntry", "OverlayError", "frame_patches", "missed_defects"]
+__all__ = ["OVERLAY_FORMAT", "DefectGuard", "NominalOverlay", "OverlayEntry", "OverlayError", "frame_patches"]
 
 #: Version of the byte format written by :meth:`NominalOverlay.to_bytes`.
 OVERLAY_FORMAT = 1
@@ -239,23 +239,66 @@ def frame_patches(pipe: DDADPipeline, image: np.ndarray, region: Region = "mask"
         return flatten_patches(grid[None]).float().cpu().contiguous(), "frame"
 
 
-def missed_defects(
-    pipe: DDADPipeline, defects: Mapping[str, np.ndarray] | Sequence[tuple[str, np.ndarray]], batch_size: int = 8
-) -> list[str]:
-    """Ids of the confirmed defects that ``pipe`` (typically with a candidate overlay) would not flag.
+class DefectGuard:
+    """A product's confirmed defects, ready to be re-scored with any candidate overlay in a few milliseconds each.
+
+    An overlay changes only the patch k-NN term, so :meth:`add` computes each defect's map components, patch
+    features and distances to the bundle's bank once; :meth:`missed` then measures only the distances to the
+    candidate's patches, takes the nearer of the two per patch (what ``PatchKNN`` does with an overlay), and blends
+    and scores as the pipeline does: the same decisions as ``pipe.with_overlay(candidate)(images).pred_label``.
 
     Args:
-        pipe: The pipeline to check.
-        defects: Id -> uint8 image of each confirmed defect.
-        batch_size: Images per call.
+        pipe: The pipeline of the bundle (any overlay it has is ignored: candidates are whole overlays).
 
-    Returns:
-        The ids whose decision at the calibrated threshold is "good", in input order.
+    Example:
+        >>> guard = DefectGuard(pipe)  # doctest: +SKIP
+        >>> guard.add("alert-7", image)  # doctest: +SKIP
+        >>> guard.missed(candidate)  # the ids the candidate would no longer flag  # doctest: +SKIP
+        []
     """
-    items = list(defects.items()) if isinstance(defects, Mapping) else list(defects)
-    missed = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        labels = pipe([image for _, image in chunk]).pred_label.tolist()
-        missed += [key for (key, _), flagged in zip(chunk, labels, strict=True) if not flagged]
-    return missed
+
+    def __init__(self, pipe: DDADPipeline) -> None:
+        if pipe.calibration is None:
+            raise OverlayError("the guard needs a calibrated pipeline")
+        self.pipe = pipe.with_overlay(None)
+        self._items: dict[str, tuple[MapComponents, torch.Tensor, torch.Tensor]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def add(self, key: str, image: np.ndarray) -> None:
+        """Prepare one confirmed defect (uint8 image as the pipeline takes it)."""
+        pipe = self.pipe
+        x = preprocess([image], image_size=pipe.image_size, device=pipe.device)
+        with torch.inference_mode():
+            comps = pipe.components(x)
+            grid = patch_features(pipe.features(x.to(pipe.dtype)), pipe.config.knn_zero_pad)
+            self._items[key] = (comps, grid, pipe.patch_knn(grid))
+
+    def remove(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    @torch.inference_mode()
+    def missed(self, overlay: NominalOverlay | None, batch_size: int = 64) -> list[str]:
+        """Ids of the defects that the bundle with ``overlay`` would not flag, in the order they were added."""
+        from ddad_core.pipeline import MapComponents
+
+        pipe, keys = self.pipe, list(self._items)
+        missed = []
+        for start in range(0, len(keys), batch_size):
+            chunk = [self._items[k] for k in keys[start : start + batch_size]]
+            grids, distances = torch.cat([c[1] for c in chunk]), torch.cat([c[2] for c in chunk])
+            if overlay is not None and len(overlay.patches):
+                queries, taught = flatten_patches(grids), overlay.patches.to(grids.device)
+                to_taught = torch.cat([torch.cdist(q, taught).amin(dim=1) for q in queries.split(8192)])
+                distances = torch.minimum(distances, to_taught.view(distances.shape))
+            comps = replace(
+                MapComponents.join([c[0] for c in chunk], timings_ms={}),
+                knn_map=upsample_map(distances, pipe.image_size),
+            )
+            labels = score_maps(pipe.blend(comps), pipe.calibration)[2].tolist()
+            missed += [k for k, flagged in zip(keys[start : start + batch_size], labels, strict=True) if not flagged]
+        return missed

@@ -71,7 +71,7 @@ class Teacher:
     def __init__(
         self, pipe: Any, overlays: OverlayStore, store: ObjectStore, product_id: str, region: str, log: Any
     ) -> None:
-        from ddad_core.overlay import NominalOverlay
+        from ddad_core.overlay import DefectGuard, NominalOverlay
 
         self.base = pipe.with_overlay(None)
         self.overlays = overlays
@@ -83,7 +83,7 @@ class Teacher:
             product_id=product_id, bundle_hash=pipe.bundle_hash, channels=pipe.patch_knn.bank.shape[1]
         )
         self.pipe = self.base.with_overlay(self.overlay)
-        self._defect_images: dict[str, np.ndarray] = {}
+        self.guard = DefectGuard(self.base)
 
     def apply(self, mark: FeedbackRecord) -> Outcome:
         """Apply one mark (see the module docstring); retried by the caller through outages."""
@@ -108,7 +108,7 @@ class Teacher:
         return self._teach(mark)
 
     def _teach(self, mark: FeedbackRecord) -> Outcome:
-        from ddad_core.overlay import OverlayEntry, frame_patches, missed_defects
+        from ddad_core.overlay import OverlayEntry, frame_patches
 
         image = self._kept_image(mark.camera_id, mark.frame_id)
         if image is None:
@@ -124,8 +124,7 @@ class Teacher:
             patches=len(patches),
         )
         candidate = self.overlay.added(entry, patches)
-        defects, unchecked = self._confirmed_defects()
-        missed = unchecked + missed_defects(self.base.with_overlay(candidate), defects)
+        missed = self._sync_guard() + self.guard.missed(candidate)
         if missed:
             return self._refuse(mark, "the change would silence confirmed defects", missed)
         self._publish(candidate, mark, f"teach {mark.alert_id}")
@@ -141,20 +140,22 @@ class Teacher:
         except ImageDecodeError:
             return None
 
-    def _confirmed_defects(self) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Images of the product's confirmed defects (each fetched once while it stays confirmed), and the ids whose
-        frame is not kept (they cannot be checked, so the guard counts them as silenced)."""
-        images, unchecked = {}, []
-        for alert_id, where in self.overlays.confirmed(self.product_id).items():
-            image = self._defect_images.get(alert_id)
-            if image is None:
-                image = self._kept_image(where["camera_id"], where["frame_id"])
+    def _sync_guard(self) -> list[str]:
+        """Bring the guard to the product's confirmed defects (each prepared once while it stays confirmed); returns
+        the ids whose frame is not kept (they cannot be checked, so they count as silenced)."""
+        confirmed = self.overlays.confirmed(self.product_id)
+        for alert_id in set(self.guard.keys()) - set(confirmed):
+            self.guard.remove(alert_id)
+        unchecked = []
+        for alert_id, where in confirmed.items():
+            if alert_id in self.guard:
+                continue
+            image = self._kept_image(where["camera_id"], where["frame_id"])
             if image is None:
                 unchecked.append(alert_id)
             else:
-                images[alert_id] = image
-        self._defect_images = images
-        return images, unchecked
+                self.guard.add(alert_id, image)
+        return unchecked
 
     def _refuse(self, mark: FeedbackRecord, reason: str, missed: list[str]) -> Outcome:
         self.overlays.refuse(

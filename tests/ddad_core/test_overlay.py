@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddad_core.overlay import NominalOverlay, OverlayEntry, OverlayError, frame_patches, missed_defects
+from ddad_core.overlay import DefectGuard, NominalOverlay, OverlayEntry, OverlayError, frame_patches
 from ddad_core.pipeline import DDADPipeline
 from ddad_core.testing import make_tiny_bundle, synthetic_textures
 
@@ -71,9 +71,18 @@ def test_undo_brings_the_alert_back(pipe, part):
 
 def test_guard_names_the_confirmed_defects_an_overlay_would_silence(pipe, part):
     confirmed = {"alert-ring": recapture(ring(part), 5), "alert-square": recapture(square(part), 6)}
-    assert missed_defects(pipe, confirmed) == []
-    candidate = pipe.with_overlay(teach(pipe, empty(pipe), ring(part), "e1"))
-    assert missed_defects(candidate, confirmed) == ["alert-ring"]
+    confirmed |= {f"alert-{i}": recapture(square(part, x=4 + 7 * i, y=8), 7 + i) for i in range(5)}
+    guard = DefectGuard(pipe)
+    for key, image in confirmed.items():
+        guard.add(key, image)
+    overlay = teach(pipe, empty(pipe), ring(part), "e1")
+    assert guard.missed(None) == []
+    assert guard.missed(overlay) == ["alert-ring"]
+    # The same decisions as scoring the images through the pipeline with the overlay, whatever the batching.
+    full = pipe.with_overlay(overlay)(list(confirmed.values())).pred_label.tolist()
+    assert guard.missed(overlay, batch_size=3) == [k for k, flagged in zip(confirmed, full, strict=True) if not flagged]
+    guard.remove("alert-ring")
+    assert guard.missed(overlay) == [] and "alert-ring" not in guard
 
 
 def test_bytes_round_trip_and_refusals(pipe, part, tmp_path):
