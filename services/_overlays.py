@@ -184,6 +184,9 @@ class OverlayStore:
         """What the dashboard shows on an alert: the version in force, and whether the alert taught it or was
         refused (and why)."""
         taught = self.client.hget(self.taught_key(product_id), alert_id)
-        return {"product_id": product_id, "version": self.version(product_id),
-                "taught": json.loads(taught) if taught is not None else None,
-                "refused": self.refusal(product_id, alert_id)}
+        return {
+            "product_id": product_id,
+            "version": self.version(product_id),
+            "taught": json.loads(taught) if taught is not None else None,
+            "refused": self.refusal(product_id, alert_id),
+        }
