@@ -37,6 +37,8 @@ def _teacher_step(settings: TeacherSettings, redis_client: Any, store: Any, log:
     """The ``model`` start-up step: the bundle, and the overlay in force taught on it."""
     from ddad_core.overlay import OverlayError
 
+    if redis_client is None or store is None:
+        raise StartupError("the overlay in force needs Redis and the object store")
     pipe = load_detector(settings.bundle_path, settings.device)
     try:
         teacher = Teacher(pipe, OverlayStore(redis_client, store, settings.redis_key_prefix), store,
