@@ -106,3 +106,26 @@ def test_a_second_writer_cannot_publish_over_the_first(setup, pipe):
         other.apply(mark("b", "false_alarm"))  # made on version 0
     assert other.apply(mark("b", "false_alarm")).version == 2  # redone on top of version 1
     assert [e.alert_id for e in overlays.load(PRODUCT).entries] == ["a", "b"]
+
+
+def test_start_up_checks_and_a_bundle_that_cannot_take_an_overlay(
+    kafka_bootstrap_servers, redis_url, tmp_path, pipe, capsys
+):
+    from services._config import StartupError
+    from services.teacher.__main__ import serve
+    from services.teacher.config import TeacherSettings
+
+    common = dict(
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        redis_url=redis_url,
+        http_port=-1,
+        object_store_url=f"file://{tmp_path / 'objects'}",
+        product_id=PRODUCT,
+        log_level="WARNING",
+    )
+    fast = make_tiny_bundle(tmp_path / "fast", num_images=20, recipe="fast")
+    assert serve(TeacherSettings(**common, bundle_path=str(fast)), check_only=True) == 0
+    assert "overlay version 0" in capsys.readouterr().out
+    paper = make_tiny_bundle(tmp_path / "paper")
+    with pytest.raises(StartupError, match="no patch k-NN term; an overlay cannot teach it; check TEACHER_BUNDLE_PATH"):
+        serve(TeacherSettings(**common, bundle_path=str(paper)))
