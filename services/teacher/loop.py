@@ -7,9 +7,11 @@ The latest mark of an alert wins, as everywhere else:
 
 * ``false_alarm``: the kept frame (``frames/{camera}/{frame}``: a claim check, or the bytes the worker kept because
   the frame was flagged) is scored with the overlay in force and its patches above the image threshold become a
-  candidate entry. **Guard**: every confirmed defect of the product is re-scored with the candidate; if any would
-  no longer be flagged (or its frame is not kept, so it cannot be checked), the change is refused and the refusal,
-  naming those alert ids, is stored for the dashboard. Otherwise the candidate is published as the next version.
+  candidate entry. **Guard**: every confirmed defect of the product is re-scored with the candidate; if any that the
+  overlay in force flags would no longer be flagged (or its frame is not kept, so it cannot be checked), the change
+  is refused and the refusal, naming those alert ids, is stored for the dashboard. Otherwise the candidate is
+  published as the next version. (A confirmed defect below the model's threshold anyway, raised by an alert rule
+  set lower, cannot be silenced by a change and blocks none.)
 * ``confirm_defect``: the alert joins the guard's set; if it had taught the overlay, its entry is removed.
 * ``withdraw`` (the dashboard's "Undo teaching"): takes back the alert's verdict: its overlay entry is removed, it
   leaves the guard's set.
@@ -124,7 +126,9 @@ class Teacher:
             patches=len(patches),
         )
         candidate = self.overlay.added(entry, patches)
-        missed = self._sync_guard() + self.guard.missed(candidate)
+        unchecked = self._sync_guard()
+        already = set(self.guard.missed(self.overlay))  # below the model's threshold anyway (an alert rule's lower one)
+        missed = unchecked + [k for k in self.guard.missed(candidate) if k not in already]
         if missed:
             return self._refuse(mark, "the change would silence confirmed defects", missed)
         self._publish(candidate, mark, f"teach {mark.alert_id}")

@@ -93,6 +93,12 @@ def test_refusals_name_the_confirmed_defects_and_frames_that_are_not_kept(setup)
     teacher.apply(mark("unseen", "withdraw"))
     assert teacher.apply(mark("ring", "false_alarm")).result == "taught"
     assert overlays.refusal(PRODUCT, "ring") is None  # the earlier refusal is cleared by the accepted change
+    # The taught look confirmed later as a defect: the model does not flag it now, so no change can silence it and
+    # it blocks none (only what the overlay in force flags is guarded).
+    keep(store, "f-ringdef", recapture(ring(part), 9))
+    teacher.apply(mark("ringdef", "confirm_defect"))
+    keep(store, "f-ring2", ring(part, cx=40, cy=20))
+    assert teacher.apply(mark("ring2", "false_alarm")).result == "taught"
 
 
 def test_a_second_writer_cannot_publish_over_the_first(setup, pipe):
