@@ -247,6 +247,7 @@ class WorkerLoop:
         overlay version, if either was published."""
         ready = self.bundles.poll() if self.bundles is not None else None
         if ready is not None:
+            obs.MODEL_INFO.labels(self.model.model_version, self.model.bundle_hash).set(0)  # no longer in force
             self._use(ready[1])
             obs.MODEL_INFO.labels(self.model.model_version, self.model.bundle_hash).set(1)
             self.log.info("bundle_swapped", version=ready[0], model_version=self.model.model_version,

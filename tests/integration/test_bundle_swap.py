@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
 from ddad_core.bundle import bundle_hash
 from ddad_core.testing import make_tiny_bundle, synthetic_textures
@@ -100,3 +101,6 @@ def test_alias_moves_swap_the_bundle_between_batches_without_losing_a_frame(
     order = [r.bundle_hash for r in sorted(inspected, key=lambda r: r.sequence)]
     runs = [h for i, h in enumerate(order) if i == 0 or h != order[i - 1]]
     assert runs == [hashes[0], hashes[1], hashes[0]], [h[:8] for h in runs]
+    in_force = {s.labels["bundle_hash"]: s.value for m in REGISTRY.collect() if m.name == "inspection_model_info"
+                for s in m.samples}  # fmt: skip
+    assert (in_force[hashes[0]], in_force[hashes[1]]) == (1.0, 0.0)  # the metric names the bundle in force
