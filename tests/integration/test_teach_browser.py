@@ -20,7 +20,7 @@ from services.contracts.defects import alert_id_for
 from services.teacher.__main__ import serve as teacher_serve
 from services.teacher.config import TeacherSettings
 from tests.ddad_core._helpers import recapture, ring, square
-from tests.services._helpers import FAST_GROUP, ServiceThread, png_frame, start_worker
+from tests.services._helpers import FAST_GROUP, ServiceThread, png_frame, start_worker, wait_for
 from tests.services.dashboard._harness import logged_in_page, make_env, start_dashboard, stop_dashboard
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -42,6 +42,7 @@ def stack(kafka_bootstrap_servers, redis_url, s3_client_kwargs, tmp_path_factory
     teacher = ServiceThread(teacher_serve, TeacherSettings(
         **env.common(), product_id=PRODUCT, bundle_path=str(bundle), group_id=f"{env.prefix}-teacher",
         **FAST_GROUP), "teacher").start()  # fmt: skip
+    dash.worker = worker  # type: ignore[attr-defined]
     yield dash
     for service in (teacher, alerter, worker):
         service.join()
@@ -79,6 +80,11 @@ def _row(page, alert_id: str):
     return page.locator(f'#feed tr[data-alert-id="{alert_id}"]')
 
 
+def _worker_follows(stack, version: int) -> None:
+    """The worker has picked the version up (it checks every 0.2 s here, before its next batch)."""
+    assert wait_for(lambda: stack.worker.loops[0].overlay.version == version, 30)
+
+
 def _teaching_says(page, text: str) -> None:
     page.wait_for_function("t => document.getElementById('d-teaching').textContent.includes(t)", arg=text)
 
@@ -99,6 +105,7 @@ def test_mark_see_the_version_change_and_the_pattern_stop_alerting_then_undo(pag
     assert "overlay v1" in page.locator("#d-teaching").inner_text()
     assert page.locator("#a-undo").is_visible()
 
+    _worker_follows(stack, 1)
     later = camera.send(recapture(ring(part), 2))  # the same pattern, a later frame
     control = camera.send(recapture(square(part, x=40, y=8), 3))  # an unrelated defect, sent after it
     _row(page, control).wait_for()  # the alerter got past the later frame too (per-camera order)
@@ -114,5 +121,6 @@ def test_mark_see_the_version_change_and_the_pattern_stop_alerting_then_undo(pag
     page.click("#a-undo")
     _teaching_says(page, "Overlay of p1: v2")
     assert page.locator("#a-undo").is_hidden()
+    _worker_follows(stack, 2)
     again = camera.send(recapture(ring(part), 4))
     _row(page, again).wait_for()
