@@ -41,15 +41,22 @@ def _teacher_step(settings: TeacherSettings, redis_client: Any, store: Any, log:
         raise StartupError("the overlay in force needs Redis and the object store")
     pipe = load_detector(settings.bundle_path, settings.device)
     try:
-        teacher = Teacher(pipe, OverlayStore(redis_client, store, settings.redis_key_prefix), store,
-                          settings.product_id, settings.region, log)
+        teacher = Teacher(
+            pipe,
+            OverlayStore(redis_client, store, settings.redis_key_prefix),
+            store,
+            settings.product_id,
+            settings.region,
+            log,
+        )
     except OverlayError as exc:
         raise StartupError(f"bundle {settings.bundle_path}: {exc}") from None
     return teacher, f"{settings.bundle_path}: product {settings.product_id}, overlay version {teacher.overlay.version}"
 
 
-def serve(settings: TeacherSettings, check_only: bool = False, stop: threading.Event | None = None,
-          on_loop: Any = None) -> int:
+def serve(
+    settings: TeacherSettings, check_only: bool = False, stop: threading.Event | None = None, on_loop: Any = None
+) -> int:
     """Run the teacher until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
 
     Raises:
@@ -57,21 +64,39 @@ def serve(settings: TeacherSettings, check_only: bool = False, stop: threading.E
     """
     start = begin_serve(SERVICE, settings, check_only, stop)
     log, health, stop, topics, kafka, timeout, checks = (
-        start.log, start.health, start.stop, start.topics, start.kafka, start.timeout, start.checks)
+        start.log,
+        start.health,
+        start.stop,
+        start.topics,
+        start.kafka,
+        start.timeout,
+        start.checks,
+    )
     redis_client = checks.run("redis", "redis_url", lambda: connect_checked(settings.redis_url, timeout))
-    store = checks.run("object store", "object_store_url",
-                       lambda: open_checked(settings.object_store_url, settings.s3_client_kwargs(), timeout))
-    missing_topics = checks.run("kafka", "kafka_bootstrap_servers",
-                                lambda: check_kafka(kafka, timeout, [topics.feedback]))
+    store = checks.run(
+        "object store",
+        "object_store_url",
+        lambda: open_checked(settings.object_store_url, settings.s3_client_kwargs(), timeout),
+    )
+    missing_topics = checks.run(
+        "kafka", "kafka_bootstrap_servers", lambda: check_kafka(kafka, timeout, [topics.feedback])
+    )
     teacher = checks.run("model", "bundle_path", lambda: _teacher_step(settings, redis_client, store, log))
-    server = None if check_only else checks.run(
-        "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
+    server = (
+        None
+        if check_only
+        else checks.run("http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
+    )
     if not start.finish(check_only, missing_topics):
         return 0
-    consumer = make_consumer(kafka, settings.group_id, assignor=settings.kafka_assignor,
-                             max_poll_records=settings.max_poll_records,
-                             session_timeout_ms=settings.session_timeout_ms,
-                             heartbeat_interval_ms=settings.heartbeat_interval_ms)
+    consumer = make_consumer(
+        kafka,
+        settings.group_id,
+        assignor=settings.kafka_assignor,
+        max_poll_records=settings.max_poll_records,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+    )
     loop = TeacherLoop(consumer, teacher, topics.feedback, log, health)
     loop.subscribe()
     if on_loop is not None:
@@ -101,9 +126,11 @@ def export(argv: list[str]) -> int:
     except (ValueError, StartupError, OSError, TimeoutError) as exc:
         print(f"{SERVICE} export: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    print(f"labelled set of {settings.product_id} in {args.out}: {labels['counts']['good']} good (false alarms), "
-          f"{labels['counts']['defect']} defects, {len(labels['skipped'])} skipped (frame not kept), "
-          f"{invalid} invalid feedback records")
+    print(
+        f"labelled set of {settings.product_id} in {args.out}: {labels['counts']['good']} good (false alarms), "
+        f"{labels['counts']['defect']} defects, {len(labels['skipped'])} skipped (frame not kept), "
+        f"{invalid} invalid feedback records"
+    )
     return 0
 
 
@@ -112,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "export":
         return export(argv[1:])
-    return run_main(TeacherSettings, lambda s, check: serve(s, check), argv,
-                    "Inspection teacher: feedback marks -> the product's nominal overlay", SERVICE)
+    return run_main(
+        TeacherSettings,
+        lambda s, check: serve(s, check),
+        argv,
+        "Inspection teacher: feedback marks -> the product's nominal overlay",
+        SERVICE,
+    )
 
 
 if __name__ == "__main__":
