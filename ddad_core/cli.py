@@ -4,7 +4,7 @@
 
     ddad fit DATA_DIR --out BUNDLE_DIR [--preset cpu|paper] [--autoencoder SPEC] [--backbone SPEC]
              [--epochs N] [--da-epochs N] [--guidance W]
-    ddad calibrate BUNDLE_DIR --out NEW_BUNDLE [--recipe R] [--select]
+    ddad calibrate BUNDLE_DIR --out NEW_BUNDLE [--recipe R] [--select] [--labelled LABELLED_DIR]
     ddad eval BUNDLE_DIR DATA_DIR --json OUT.json [--report OUT_DIR]
     ddad predict BUNDLE_DIR IMAGE... --out DIR
 
@@ -140,6 +140,12 @@ calibrate_parser.add_argument("--pixel-target-fpr", type=float, help="as for `dd
 calibrate_parser.add_argument(
     "--max-good-images", type=int, help="older bundles only: the --max-train-images they were fitted with"
 )
+calibrate_parser.add_argument(
+    "--labelled",
+    type=Path,
+    help="labelled set of the line (MVTec layout, `python -m services.teacher export`): its good parts join the good "
+    "images, its defects make the threshold the F1-optimal one",
+)
 calibrate_parser.add_argument("--device", default="cpu")
 _add_progress_options(calibrate_parser)
 
@@ -240,6 +246,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         tail_fit=args.tail_fit,
         pixel_target_fpr=args.pixel_target_fpr,
         max_good_images=args.max_good_images,
+        labelled_dir=args.labelled,
         select=True if args.select else (False if args.no_select else None),
         device=args.device,
         recipe=args.recipe,

@@ -118,6 +118,8 @@ class MVTecFolder:
     Args:
         root: Dataset folder (one category).
         require_test: Also require ``test/`` (evaluation); fitting only needs ``train/good``.
+        require_train: Require ``train/good`` with images; evaluation does not read it (a labelled set exported
+            from the line has none).
 
     Raises:
         DatasetLayoutError: ``root`` or a required sub-folder does not exist (the message names it).
@@ -129,16 +131,16 @@ class MVTecFolder:
         (209, ['broken_large', 'broken_small', 'contamination'])
     """
 
-    def __init__(self, root: str | Path, require_test: bool = False) -> None:
+    def __init__(self, root: str | Path, require_test: bool = False, require_train: bool = True) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetLayoutError(f"data folder {self.root} does not exist")
         train_dir = self.root / "train" / "good"
-        if not train_dir.is_dir():
+        if require_train and not train_dir.is_dir():
             missing = "train" if not (self.root / "train").is_dir() else "train/good"
             raise DatasetLayoutError(f"{self.root}: missing folder '{missing}' ({LAYOUT_HINT})")
-        self.train_good: list[Path] = list_images(train_dir)
-        if not self.train_good:
+        self.train_good: list[Path] = list_images(train_dir) if train_dir.is_dir() else []
+        if require_train and not self.train_good:
             raise EmptyTrainSetError(f"{train_dir} holds no image file (extensions {', '.join(IMAGE_EXTENSIONS)})")
 
         self.test_items: list[TestItem] = []

@@ -15,7 +15,9 @@ Detection", CVPR 2022). The two are blended after per-position standardisation (
    upsampled by the caller;
 4. out of sample: every bank patch remembers which good image it came from (``source``), so a good image of the
    bank can be scored as if it had never been in it (``forward(..., exclude=image_ids)`` leaves its own patches
-   out). That is how calibration scores every good image out of sample while the bank keeps all of them.
+   out). That is how calibration scores every good image out of sample while the bank keeps all of them;
+5. taught patches: ``with_overlay(patches)`` gives a bank whose queries also search the operators' nominal overlay
+   (``overlay.py``): the distance is to the nearest patch of the union, the bundle's bank itself is never changed.
 
 The bank is built from every good image given to the fit and travels in the bundle as a tensor group.
 """
@@ -139,6 +141,8 @@ class PatchKNN(nn.Module):
         bank: ``(M, C)`` nominal patch features (fill with :meth:`fit`, or load with :meth:`from_tensors`).
         source: ``(M,)`` index of the good image each bank patch came from (-1: unknown, as in bundles written
             before sources were kept; such a bank cannot leave an image out).
+        overlay: ``(K, C)`` extra nominal patches searched beside the bank (an operator-taught overlay); never left
+            out, never saved with the bank.
 
     Example:
         >>> knn = PatchKNN().fit(torch.zeros(2, 5, 4, 4), bank_size=8)
@@ -146,15 +150,21 @@ class PatchKNN(nn.Module):
         torch.Size([1, 4, 4])
     """
 
-    def __init__(self, bank: torch.Tensor | None = None, source: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, bank: torch.Tensor | None = None, source: torch.Tensor | None = None, overlay: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         bank = bank if bank is not None else torch.zeros(0, 0)
         if source is None:
             source = torch.full((bank.shape[0],), -1, dtype=torch.long)
         if source.shape != (bank.shape[0],):
             raise ValueError(f"source must be ({bank.shape[0]},), got {tuple(source.shape)}")
+        overlay = overlay if overlay is not None else torch.zeros(0, bank.shape[1])
+        if overlay.ndim != 2 or overlay.shape[1] != bank.shape[1]:
+            raise ValueError(f"overlay patches must be (K, {bank.shape[1]}), got {tuple(overlay.shape)}")
         self.register_buffer("bank", bank)
         self.register_buffer("source", source.long())
+        self.register_buffer("overlay", overlay.float())
 
     @property
     def is_fitted(self) -> bool:
@@ -170,7 +180,12 @@ class PatchKNN(nn.Module):
         keep = greedy_coreset(patches, bank_size, seed=seed, on_progress=on_progress)
         self.bank = patches[keep].contiguous()
         self.source = torch.div(keep, h * w, rounding_mode="floor").to(self.bank.device)
+        self.overlay = torch.zeros(0, self.bank.shape[1], device=self.bank.device)
         return self
+
+    def with_overlay(self, patches: torch.Tensor) -> PatchKNN:
+        """A k-NN term over this bank (shared, not copied) plus the nominal ``patches`` ``(K, C)``."""
+        return PatchKNN(self.bank, self.source, patches.to(self.bank.device))
 
     def forward(self, features: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Distance map ``(B, h, w)`` of patch features ``(B, C, h, w)`` (from :func:`patch_features`).
@@ -195,17 +210,19 @@ class PatchKNN(nn.Module):
                 )
             left_out = torch.as_tensor(exclude, device=queries.device).long().repeat_interleave(h * w)
         source = self.source.to(queries.device)
+        overlay = self.overlay.to(queries.device)
+        # (rows, their sources or None): the overlay's patches are never left out.
+        parts = [(bank[s : s + _BANK_CHUNK], source[s : s + _BANK_CHUNK]) for s in range(0, len(bank), _BANK_CHUNK)]
+        parts += [(overlay[s : s + _BANK_CHUNK], None) for s in range(0, len(overlay), _BANK_CHUNK)]
         best = torch.empty(len(queries), device=queries.device)
         # Chunked over queries and bank, so the distance matrix stays small even for a bank of every patch.
         for qs in range(0, len(queries), _QUERY_CHUNK):
             q = queries[qs : qs + _QUERY_CHUNK]
             low = torch.full((len(q),), float("inf"), device=q.device)
-            for bs in range(0, len(bank), _BANK_CHUNK):
-                d = torch.cdist(q, bank[bs : bs + _BANK_CHUNK])
-                if left_out is not None:
-                    d.masked_fill_(
-                        source[None, bs : bs + _BANK_CHUNK] == left_out[qs : qs + _QUERY_CHUNK, None], float("inf")
-                    )
+            for rows, rows_source in parts:
+                d = torch.cdist(q, rows)
+                if left_out is not None and rows_source is not None:
+                    d.masked_fill_(rows_source[None, :] == left_out[qs : qs + _QUERY_CHUNK, None], float("inf"))
                 torch.minimum(low, d.amin(dim=1), out=low)
             best[qs : qs + len(q)] = low
         return best.view(b, h, w)

@@ -38,6 +38,7 @@ from ddad_core.denoise import reconstruct
 from ddad_core.features import DIC_BLOCK, MAP_BLOCKS, FeatureExtractor, backbone_from_state, check_backbone
 from ddad_core.noise_level import NoiseLevelEstimator
 from ddad_core.outputs import InspectionOutput
+from ddad_core.overlay import NominalOverlay, OverlayError
 from ddad_core.patch_knn import PatchKNN, patch_features
 from ddad_core.position_norm import PositionNorm
 from ddad_core.preprocess import preprocess
@@ -208,6 +209,7 @@ class DDADPipeline:
         self.seed = seed
         self.bundle_config: BundleConfig | None = None
         self.compiled_batch_sizes: tuple[int, ...] = ()
+        self.overlay: NominalOverlay | None = None
 
     def _place(self, module: nn.Module) -> nn.Module:
         module = module.to(self.device)
@@ -334,6 +336,38 @@ class DDADPipeline:
         new.noise_level = NoiseLevelEstimator.from_tensors(config, self.noise_level.tensors()).to(self.device)
         if seed is not None:
             new.seed = seed
+        return new
+
+    @property
+    def overlay_version(self) -> int | None:
+        """Version of the nominal overlay this pipeline scores with (None: the bundle's bank alone)."""
+        return self.overlay.version if self.overlay is not None else None
+
+    def with_overlay(self, overlay: NominalOverlay | None) -> DDADPipeline:
+        """A pipeline that shares this one's networks and bank and scores with ``overlay``'s taught patches too.
+
+        The patch k-NN distance becomes the distance to the nearest patch of the bundle's bank or the overlay
+        (``ddad_core/overlay.py``); None gives the bundle's bank alone. Nothing is copied but the overlay's patches
+        onto the device, so swapping overlays between batches is cheap.
+
+        Raises:
+            OverlayError: The bundle has no patch k-NN term, or the overlay was taught on another bundle.
+        """
+        if self.patch_knn is None or self.config.knn_weight <= 0:
+            raise OverlayError("this bundle has no patch k-NN term; an overlay cannot teach it")
+        channels = self.patch_knn.bank.shape[1]
+        if overlay is not None and overlay.bundle_hash != self.bundle_hash:
+            raise OverlayError(
+                f"overlay version {overlay.version} of {overlay.product_id} was taught on bundle "
+                f"{overlay.bundle_hash[:12]}, this pipeline serves {self.bundle_hash[:12]}"
+            )
+        if overlay is not None and overlay.channels != channels:
+            raise OverlayError(f"overlay patches have {overlay.channels} channels, the bank {channels}")
+        new = copy.copy(self)
+        new.overlay = overlay
+        new.patch_knn = self.patch_knn.with_overlay(
+            overlay.patches if overlay is not None else torch.zeros(0, channels)
+        )
         return new
 
     def optimize(
@@ -580,6 +614,13 @@ class DDADPipeline:
         return MapComponents(
             latent_map=None, feature_map=None, noise_step=noise_steps, timings_ms=dict(timer.times), knn_map=knn_map
         )
+
+    @torch.inference_mode()
+    def patch_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch k-NN term's features ``(B, C, h, w)`` of preprocessed images, made as the bank's were."""
+        expanded = self.config.knn_features == "expanded"
+        feats = self.features(images.to(self.device, self.dtype), expanded=expanded)
+        return patch_features(feats, self.config.knn_zero_pad, expanded)
 
     def components_batched(self, images: torch.Tensor, batch_size: int = 16, knn: bool | None = None) -> MapComponents:
         """``components`` over many preprocessed images, batch by batch, gathered on the CPU."""

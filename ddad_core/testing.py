@@ -44,7 +44,9 @@ def synthetic_textures(count: int, size: int = 64, seed: int = 0, gray: bool = F
     return out
 
 
-def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_images: int = 12) -> Path:
+def make_tiny_bundle(
+    path: str | Path, image_size: int = 64, seed: int = 0, num_images: int = 12, recipe: str | None = None
+) -> Path:
     """Fit a tiny, complete, loadable bundle in a few seconds.
 
     Args:
@@ -52,6 +54,9 @@ def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_
         image_size: Model input side (multiple of 16).
         seed: Seed of the data and of every component.
         num_images: Synthetic good images (at least 9: the calibration's 10 % false-alarm target needs them).
+        recipe: None: the paper's map with a small ConvAutoencoder and the ``tiny`` UNet; ``"fast"``: the patch k-NN
+            term alone (nothing trained, about a second), what nominal overlays (``ddad_core.overlay``) are tested
+            with: a pattern missing from the synthetic good textures alerts, a taught one does not.
 
     Returns:
         The bundle directory.
@@ -62,13 +67,19 @@ def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_
         >>> DDADPipeline.from_bundle(bundle)(np.zeros((64, 64, 3), np.uint8)).pred_score.shape  # doctest: +SKIP
         torch.Size([1])
     """
-    from ddad_core.fitting.fit import fit_images
+    from ddad_core.fitting.fit import fit_images, make_configs
 
-    config = DDADConfig(image_size=image_size, knn_k=3, da_epochs=1, da_batch_size=8)
-    train_config = TrainConfig(preset="tiny", epochs=2, batch_size=8, holdout_fraction=0.25, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        autoencoder = ConvAutoencoder(latent_channels=4, widths=(8, 16, 16))
+    autoencoder = None
+    if recipe == "fast":
+        config, train_config = make_configs(
+            "cpu", image_size=image_size, recipe="fast", ddad_overrides={"knn_k": 3}, train_overrides={"seed": seed}
+        )
+    else:
+        config = DDADConfig(image_size=image_size, knn_k=3, da_epochs=1, da_batch_size=8)
+        train_config = TrainConfig(preset="tiny", epochs=2, batch_size=8, holdout_fraction=0.25, seed=seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            autoencoder = ConvAutoencoder(latent_channels=4, widths=(8, 16, 16))
     return fit_images(
         synthetic_textures(num_images, image_size, seed),
         path,
@@ -79,6 +90,7 @@ def make_tiny_bundle(path: str | Path, image_size: int = 64, seed: int = 0, num_
         device="cpu",
         batch_size=8,
         target_fpr=0.1,
+        recipe=recipe,
         metadata={"purpose": "tiny test bundle (random components; detections are meaningless)"},
         log=None,
         progress=False,

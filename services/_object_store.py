@@ -1,6 +1,7 @@
 """Object store for masks, heatmaps and claim-check frames: local filesystem or S3, behind one small interface.
 
-Flow step: worker -> masks/heatmaps (PNG); ingestor -> large frames (claim check); worker <- claim-check frames.
+Flow step: worker -> masks/heatmaps (PNG) and the bytes of flagged inline frames (kept for operators' marks);
+ingestor -> large frames (claim check); worker <- claim-check frames; teacher and dashboard <- kept frames.
 Keys are deterministic (``masks/{camera_id}/{frame_id}.png``), so a replayed frame overwrites its own objects.
 URIs are ``file:///abs/path`` for the local store and ``s3://bucket/key`` for S3; ``get`` accepts either.
 """
@@ -247,3 +248,19 @@ def open_checked(url: str, s3_client_kwargs: dict[str, Any] | None = None,
     except (ValueError, OSError) as exc:
         raise StartupError(str(exc)) from None
     return store, store.check()
+
+
+def frame_object_key(camera_id: str, frame_id: str, encoding: str) -> str:
+    """Key of a frame's encoded bytes: claim checks (the ingestor) and flagged frames the worker keeps."""
+    return f"frames/{camera_id}/{frame_id}.{'jpg' if encoding == 'jpeg' else 'png'}"
+
+
+def stored_frame(store: ObjectStore, camera_id: str, frame_id: str) -> bytes | None:
+    """The frame's encoded bytes if the object store holds them (a claim check, or a flagged frame the worker
+    kept), else None."""
+    for encoding in ("jpeg", "png"):
+        try:
+            return store.get(store.uri_for(frame_object_key(camera_id, frame_id, encoding)))
+        except (ObjectNotFoundError, ValueError):
+            continue
+    return None

@@ -52,7 +52,8 @@ DEPENDENCY_UP = Gauge("inspection_dependency_up", "0 while writes to a dependenc
                       ["service", "dependency"])
 COMMIT_FAILURES = Counter("inspection_commit_failures_total", "Offset commits that failed (rebalance, broker).",
                           ["service"])
-MODEL_INFO = Gauge("inspection_model_info", "The loaded model (value 1).", ["model_version", "bundle_hash"])
+MODEL_INFO = Gauge("inspection_model_info", "The model in force (value 1; 0: swapped out by a bundle alias).",
+                   ["model_version", "bundle_hash"])
 BUFFER_DEPTH = Gauge("inspection_buffer_frames", "Frames waiting in an in-process buffer.", ["service"])
 CAMERA_RECONNECTS = Counter("inspection_camera_reconnects_total", "Times a source was reopened.", ["camera_id"])
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from services import _observability as obs
 from services._config import CommonSettings, StartupChecks
+from services._kafka import TOPICS_HINT
 from services.contracts.topics import Topics
 
 
@@ -40,6 +41,16 @@ class ServeStart:
     timeout: float
     checks: StartupChecks
     main_thread: bool
+
+    def finish(self, check_only: bool, missing_topics: list[str] | None) -> bool:
+        """End the start-up steps (raises when one failed): False with ``--check`` (all reported, nothing to
+        serve), else True after a warning about topics that do not exist yet."""
+        self.checks.finish()
+        if check_only:
+            return False
+        if missing_topics:
+            self.log.warning("kafka_topics_missing", topics=missing_topics, hint=TOPICS_HINT)
+        return True
 
     def handle_signals(self) -> None:
         """SIGTERM and SIGINT set ``stop``; only on the main thread (Python delivers signals there alone)."""
@@ -79,3 +90,13 @@ def begin_serve(
     if signals:
         start.handle_signals()
     return start
+
+
+def run_steps(loop: Any, stop: threading.Event) -> None:
+    """Call ``loop.step()`` until ``stop`` is set (its outage guard gives up waiting then), then close its consumer."""
+    loop.guard.stop = stop
+    try:
+        while not stop.is_set():
+            loop.step()
+    finally:
+        loop.consumer.close()

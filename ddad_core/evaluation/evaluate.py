@@ -260,8 +260,8 @@ def compute_results(data: EvaluationData, intervals: bool = True, n_boot: int = 
     results.update(operating_figures(scores, data.labels, data.threshold))
     if "at_threshold" in results and data.pred_masks is not None:
         results["at_threshold"].update(mask_overlap(data))
-    if intervals and data.labels.any() and (data.labels == 0).any():
-        pix = data.has_mask
+    pix = data.has_mask  # the intervals resample images whose pixels are labelled (AUPRO needs their masks)
+    if intervals and data.labels[pix].any() and (data.labels[pix] == 0).any():
         results["ci95"] = bootstrap_intervals(
             scores[pix],
             data.labels[pix],
@@ -318,7 +318,7 @@ def evaluate(
     progress = as_progress(progress)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = DDADPipeline.from_bundle(bundle_dir, device=device, backbone=backbone)
-    folder = MVTecFolder(data_dir, require_test=True)
+    folder = MVTecFolder(data_dir, require_test=True, require_train=False)
     normalization = normalization or pipe.config.normalization
     if normalization == "paper" and pipe.config.component_norm == "position":
         raise SettingError(

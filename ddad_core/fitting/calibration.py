@@ -279,6 +279,11 @@ def fit_calibration(
         labels = np.r_[np.zeros(good_scores.size), np.ones(defect_scores.size)]
         image_threshold, method = f1_adaptive_threshold(scores, labels)
         info["f1_image"] = float(f1_max(scores, labels)[0])
+        info["operating_point"] = {
+            "rule": method,
+            "statement": f"F1-optimal threshold between {good_scores.size} good and {defect_scores.size} labelled "
+            f"defective images (F1 {info['f1_image']:.3f}; no false-alarm guarantee)",
+        }
         pixel_threshold = image_threshold
         if defect_masks is not None:
             masks = torch.as_tensor(defect_masks).bool()
@@ -336,6 +341,7 @@ def calibrate_pipeline(
     pixel_target_fpr: float | None = None,
     max_synthetic: int = 64,
     unet_trained: np.ndarray | None = None,
+    labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     """Fix the map statistics and the thresholds of a fitted pipeline from its good images (optionally selecting
     sampler and map settings first).
@@ -356,6 +362,9 @@ def calibrate_pipeline(
         progress: Progress of the steps ``selection`` and ``calibration``.
         max_synthetic: Synthetic defects made (one per good image, evenly spaced).
         unet_trained: ``(N,)`` bool, the images the UNet trained on (records ``reconstruction_gap``).
+        labelled: ``(good, defects)`` preprocessed images the line produced and operators labelled (a labelled set
+            exported by ``python -m services.teacher export``): the good ones join the good maps, the defects make
+            the image threshold the F1-optimal one between them (:func:`fit_calibration`).
 
     Returns:
         ``(pipe, calibration, selection)``: the pipeline with its settings and statistics, its calibration (also set
@@ -399,16 +408,25 @@ def calibrate_pipeline(
         pipe = pipe.with_settings(**selection["chosen"])
         if log is not None:
             log(f"[6/7] selected {selection['chosen']} (recipe default {selection['recipe_default']})")
-    with progress.step("calibration", total=(0 if comps is not None else n) + len(synth_source)) as step:
+    line = torch.cat(labelled) if labelled is not None else good_images[:0]
+    total = (0 if comps is not None else n) + len(synth_source) + len(line)
+    with progress.step("calibration", total=total) as step:
         if comps is None:
             comps = good_components(pipe, good_images, batch_size=batch_size, step=step)
         synth_comps = good_components(pipe, synthetic.images, synth_source, batch_size, step)
+        not_in_bank = torch.full((len(line),), -1)  # frames of the line: nothing of theirs is in the banks
+        line_comps = good_components(pipe, line, not_in_bank, batch_size, step) if len(line) else None
     good_maps = out_of_sample_maps(pipe, comps)
     synthetic_maps = out_of_sample_maps(pipe, comps, synth_comps, synth_source)
+    defect_maps = None
+    if line_comps is not None:
+        line_maps = out_of_sample_maps(pipe, comps, line_comps, not_in_bank)
+        good_maps, defect_maps = torch.cat([good_maps, line_maps[: len(labelled[0])]]), line_maps[len(labelled[0]) :]
     normalization, pipe.position_norm = deployed_statistics(pipe, comps)
     calibration = fit_calibration(
         good_maps,
         normalization,
+        defect_maps=defect_maps,
         target_fpr=target_fpr,
         synthetic_maps=synthetic_maps,
         synthetic_masks=synthetic.masks,

@@ -228,6 +228,21 @@ def keeps_aspect(images: Sequence[np.ndarray], spread: float = 0.1, squareness: 
     return bool(agree and abs(math.log(median)) > math.log1p(squareness))
 
 
+def _labelled_images(labelled_dir: str | Path, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(good, defects)`` preprocessed from a labelled set in MVTec layout (no ``train/`` needed)."""
+    folder = MVTecFolder(labelled_dir, require_test=True, require_train=False)
+    good = [item.path for item in folder.test_items if item.defect_type == "good"]
+    bad = [item.path for item in folder.test_items if item.defect_type != "good"]
+    if not bad:
+        raise SettingError(f"labelled set {labelled_dir} has no confirmed defect (test/<type>/ besides test/good)")
+    loaded = [load_images(paths, warn=False) for paths in (good, bad)]
+    unreadable = [str(path) for part in loaded for path, _ in part.skipped]
+    if unreadable:
+        raise SettingError(f"labelled set {labelled_dir}: unreadable images {unreadable[:5]}")
+    empty = torch.zeros(0, 3, *shape)
+    return tuple(_preprocess_all(part.images, shape) if part.images else empty for part in loaded)
+
+
 def _preprocess_all(
     images: Sequence[np.ndarray] | torch.Tensor, shape: tuple[int, int], chunk: int = 64, step: Step | None = None
 ) -> torch.Tensor:
@@ -329,6 +344,7 @@ def recalibrate(
     pixel_target_fpr: float | None = None,
     max_good_images: int | None = None,
     batch_size: int = 16,
+    labelled_dir: str | Path | None = None,
     **overrides: Any,
 ) -> Path:
     """Step 6 again on a fitted bundle: new sampler/map settings (``overrides``, or a ``recipe``'s), new thresholds.
@@ -338,9 +354,13 @@ def recalibrate(
     of sample) or the new settings need a bank the bundle lacks: then they are rebuilt over the good images. A
     recipe whose training differs from the bundle's is refused.
 
+    With ``labelled_dir`` (an MVTec-layout labelled set of the line: ``test/good`` = good parts, every other
+    ``test/`` folder = confirmed defects; ``python -m services.teacher export`` writes one), the line's good parts
+    join the good images' maps and the image threshold becomes the F1-optimal one between them and the defects.
+
     Raises:
-        SettingError: settings that need retraining, a bundle without a recorded data folder, or too few good
-            images for ``target_fpr``.
+        SettingError: settings that need retraining, a bundle without a recorded data folder, too few good
+            images for ``target_fpr``, or a labelled set without a defect.
     """
     from ddad_core.fitting.recipes import SettingError
 
@@ -394,6 +414,7 @@ def recalibrate(
             pipe.patch_knn.to(pipe.device)
             tensors["patch_knn"] = pipe.patch_knn.tensors()
     unseen = set(old.metadata.get("unet_unseen_images") or old.metadata.get("holdout_images") or [])
+    labelled = _labelled_images(labelled_dir, pipe.input_shape) if labelled_dir is not None else None
     pipe, calibration, selection = calibrate_pipeline(
         pipe,
         good,
@@ -407,6 +428,7 @@ def recalibrate(
         tail_fit=tail_fit,
         pixel_target_fpr=pixel_target_fpr,
         unet_trained=np.array([n not in unseen for n in names]),
+        labelled=labelled,
     )
     tensors.pop("position_norm", None)
     if pipe.position_norm is not None:

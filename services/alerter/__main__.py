@@ -23,7 +23,7 @@ import threading
 
 from services import _observability as obs
 from services._config import EXIT_BAD_CONFIG, StartupError, load_settings, run_main
-from services._kafka import TOPICS_HINT, check_kafka, make_consumer, make_producer
+from services._kafka import check_kafka, make_consumer, make_producer
 from services._redis import AlertStore, OverrideStore, connect_checked
 from services._serve import begin_serve
 from services.alerter.config import AlerterSettings
@@ -65,11 +65,8 @@ def serve(settings: AlerterSettings, check_only: bool = False, stop: threading.E
                                 lambda: check_kafka(kafka, timeout, [topics.results, topics.defects]))
     server = None if check_only else checks.run(
         "http", "http_port", lambda: (obs.start_http_server(health, settings.http_port), ""))
-    checks.finish()
-    if check_only:
+    if not start.finish(check_only, missing_topics):
         return 0
-    if missing_topics:
-        log.warning("kafka_topics_missing", topics=missing_topics, hint=TOPICS_HINT)
     consumer = make_consumer(kafka, settings.group_id, assignor=settings.kafka_assignor,
                              group_instance_id=settings.group_instance_id, max_poll_records=settings.max_poll_records,
                              session_timeout_ms=settings.session_timeout_ms,

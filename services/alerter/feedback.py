@@ -32,10 +32,8 @@ from pydantic import ValidationError
 from services._config import EXIT_BAD_CONFIG, StartupError, load_settings
 from services._kafka import check_kafka, make_consumer
 from services._redis import AlertStore, OverrideStore, connect_checked
-from services.contracts.feedback import FeedbackRecord
+from services.contracts.feedback import FeedbackRecord, latest_verdicts
 from services.contracts.topics import Topics
-
-VERDICTS = ("false_alarm", "confirm_defect")
 
 
 @dataclass(frozen=True)
@@ -101,13 +99,10 @@ def read_feedback(kafka_kwargs: dict[str, Any], topic: str,
 
 
 def latest_marks(records: list[FeedbackRecord], alerts: AlertStore | None) -> list[Mark]:
-    """The latest verdict per alert (``acknowledge`` is not a verdict), scored from the stored alert when it exists."""
-    latest: dict[str, FeedbackRecord] = {}
-    for rec in records:
-        if rec.action in VERDICTS and (rec.alert_id not in latest or rec.at >= latest[rec.alert_id].at):
-            latest[rec.alert_id] = rec
+    """The latest verdict per alert (``acknowledge`` is not a verdict; ``withdraw`` takes one back), scored from the
+    stored alert when it exists."""
     marks = []
-    for rec in latest.values():
+    for rec in latest_verdicts(records).values():
         stored = alerts.get(rec.alert_id) if alerts is not None else None
         score, source = (stored.pred_score, "redis") if stored is not None else (rec.pred_score, "record")
         marks.append(Mark(rec.alert_id, rec.camera_id, rec.action, score, source))

@@ -29,6 +29,7 @@ from services._config import StartupError
 from services._kafka import commit_offsets, consumer_lag
 from services._outage import DependencyGuard
 from services._redis import AlertStore, OverrideStore
+from services._serve import run_steps
 from services.alerter.rules import AlertRules
 from services.contracts.defects import DefectAlert, alert_id_for
 from services.contracts.results import DroppedFrame, parse_results_record
@@ -113,12 +114,7 @@ class AlerterLoop:
         self.consumer.subscribe([self.topics.results], listener=_Listener(self))
 
     def run(self, stop: threading.Event) -> None:
-        self.guard.stop = stop
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.consumer.close()
+        run_steps(self, stop)
 
     def refresh_overrides(self) -> None:
         if self.override_store is None:

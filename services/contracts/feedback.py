@@ -17,9 +17,10 @@ from pydantic import ConfigDict, Field
 from services.contracts.frames import Identifier, JsonRecord, UtcDatetime
 from services.contracts.topics import FEEDBACK_SCHEMA_VERSION
 
-#: ``acknowledge``: seen, no verdict; ``false_alarm``: no defect on the part; ``confirm_defect``: a real defect.
-FeedbackAction = Literal["acknowledge", "false_alarm", "confirm_defect"]
-FEEDBACK_ACTIONS: tuple[str, ...] = ("acknowledge", "false_alarm", "confirm_defect")
+#: ``acknowledge``: seen, no verdict; ``false_alarm``: no defect on the part; ``confirm_defect``: a real defect;
+#: ``withdraw``: takes back the operator's earlier verdict on the alert (undo: no verdict from then on).
+FeedbackAction = Literal["acknowledge", "false_alarm", "confirm_defect", "withdraw"]
+FEEDBACK_ACTIONS: tuple[str, ...] = ("acknowledge", "false_alarm", "confirm_defect", "withdraw")
 
 
 def new_feedback_id() -> str:
@@ -56,3 +57,14 @@ class FeedbackRecord(JsonRecord):
     pred_score_raw: float
     threshold: float = Field(description="Normalised threshold the alert rule applied when the alert was raised.")
     model_version: str
+
+
+def latest_verdicts(records: list[FeedbackRecord]) -> dict[str, FeedbackRecord]:
+    """Alert id -> the latest verdict (``false_alarm`` or ``confirm_defect``) of every alert that still has one:
+    ``acknowledge`` is no verdict, ``withdraw`` takes the earlier one back; among records of one alert the latest
+    ``at`` wins (a tie: the later record)."""
+    latest: dict[str, FeedbackRecord] = {}
+    for rec in records:
+        if rec.action != "acknowledge" and (rec.alert_id not in latest or rec.at >= latest[rec.alert_id].at):
+            latest[rec.alert_id] = rec
+    return {alert_id: rec for alert_id, rec in latest.items() if rec.action != "withdraw"}

@@ -70,6 +70,9 @@ class InspectionResult(FrameRecord):
     threshold_raw: float = Field(description="The same decision point on the raw score (pred_score_raw).")
     model_version: str
     bundle_hash: str
+    overlay_version: int | None = Field(
+        None, ge=0, description="Version of the product's nominal overlay the frame was scored with (None: none)."
+    )
     mask_uri: str | None = Field(None, description="PNG of pred_mask (0/255) in the object store.")
     heatmap_uri: str | None = Field(None, description="Colour PNG of the anomaly map in the object store.")
     defect_regions: list[BoundingBox] = Field(default_factory=list, description="Connected regions of pred_mask.")
@@ -90,6 +93,12 @@ class InspectionResult(FrameRecord):
                 "threshold_raw": data.get("threshold"),
             }
         return data
+
+    def to_bytes(self) -> bytes:
+        """JSON record value; ``overlay_version`` only when set, so that readers from before the field existed (they
+        refuse unknown fields) still read every record of workers that follow no overlay."""
+        exclude = {"overlay_version"} if self.overlay_version is None else None
+        return self.model_dump_json(exclude=exclude).encode("utf-8")
 
     @property
     def latency_ms(self) -> float:

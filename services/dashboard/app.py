@@ -39,7 +39,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from services import _observability as obs
-from services._object_store import ObjectStore
+from services._object_store import ObjectStore, stored_frame
+from services._overlays import OverlayStore
 from services._redis import AlertStore, InspectionStore, OverrideStore
 from services.contracts.feedback import FeedbackAction, FeedbackRecord, new_feedback_id
 from services.dashboard import images, metrics
@@ -84,6 +85,7 @@ class DashboardContext:
         self.history = AlertHistory(self.alerts, self.feedback, self.scan_limit)
         self.inspections = InspectionStore(self.redis_client, prefix=self.key_prefix)
         self.overrides = OverrideStore(self.redis_client, self.key_prefix)
+        self.overlays = OverlayStore(self.redis_client, self.store, self.key_prefix)
 
     def tick(self) -> tuple[list[dict[str, Any]], dict[str, bool]]:
         """Redis ping + what tiles need from Redis (runs on a worker thread)."""
@@ -282,12 +284,14 @@ def create_app(ctx: DashboardContext) -> FastAPI:
         alert = _alert(alert_id)
         state = ctx.feedback.get(alert_id)
         insp = ctx.inspections.get(alert.camera_id, alert.frame_id) or {}
-        has_frame = images.stored_frame(ctx.store, alert) is not None
+        has_frame = stored_frame(ctx.store, alert.camera_id, alert.frame_id) is not None
         return {**summary(alert, state), "frame_id": alert.frame_id, "pred_score_raw": alert.pred_score_raw,
                 "sensitivity": alert.sensitivity, "debounce": alert.debounce, "model_version": alert.model_version,
                 "noise_step": int(insp["noise_step"]) if insp.get("noise_step") else None,
                 "boxes": [b.model_dump() for b in alert.boxes], "has_frame": has_frame,
-                "note": (state or {}).get("note", "")}
+                "note": (state or {}).get("note", ""),
+                "overlay_version": int(insp["overlay_version"]) if insp.get("overlay_version") else None,
+                "teaching": ctx.overlays.teaching(alert.product_id, alert_id) if alert.product_id else None}
 
     @app.get("/api/alerts/{alert_id}/image/{layer}")
     def alert_image(alert_id: str, layer: str, request: Request) -> Response:

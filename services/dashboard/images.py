@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ddad_core.evaluation.visualize import PRED_COLOR, draw_outline
-from services._object_store import ObjectNotFoundError, ObjectStore
+from services._object_store import ObjectNotFoundError, ObjectStore, stored_frame
 from services.contracts.defects import DefectAlert
 
 LAYERS = ("frame", "heatmap", "outline", "thumb")
@@ -52,16 +52,6 @@ def _get(store: ObjectStore, uri: str | None) -> bytes:
         return store.get(uri)
     except (ObjectNotFoundError, ValueError) as exc:  # ValueError: ObjectRefusedError, not a URI of this store
         raise ImageMissing(str(exc)) from None
-
-
-def stored_frame(store: ObjectStore, alert: DefectAlert) -> bytes | None:
-    """The captured frame's encoded bytes if the object store holds it."""
-    for ext in ("jpg", "png"):
-        try:
-            return store.get(store.uri_for(f"frames/{alert.camera_id}/{alert.frame_id}.{ext}"))
-        except (ObjectNotFoundError, ValueError):
-            continue
-    return None
 
 
 def _display_size(alert: DefectAlert, frame: np.ndarray | None, mask: np.ndarray | None) -> tuple[int, int]:
@@ -98,7 +88,7 @@ def render(store: ObjectStore, alert: DefectAlert, layer: str) -> bytes:
         raise ValueError(f"unknown layer {layer!r} (one of {', '.join(LAYERS)})")
     if layer == "heatmap":
         return _get(store, alert.heatmap_uri)
-    frame_bytes = stored_frame(store, alert)
+    frame_bytes = stored_frame(store, alert.camera_id, alert.frame_id)
     frame = _decode(frame_bytes) if frame_bytes is not None else None
     mask = _decode(_get(store, alert.mask_uri), cv2.IMREAD_GRAYSCALE) if alert.mask_uri else None
     size = _display_size(alert, frame, mask)

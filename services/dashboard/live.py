@@ -31,6 +31,8 @@ class CameraTile:
     last_seen: float | None = None
     model_threshold: float | None = None  # the result's own decision point (the bundle's calibration)
     alert_threshold: float | None = None  # the threshold the alert rule applied to the latest alert
+    model_version: str | None = None  # of the latest result
+    overlay_version: int | None = None  # the product's nominal overlay the latest result was scored with
 
 
 class LiveState:
@@ -61,6 +63,8 @@ class LiveState:
             tile.last_score = result.pred_score
             tile.last_seen = now
             tile.model_threshold = result.threshold
+            tile.model_version = result.model_version
+            tile.overlay_version = result.overlay_version
 
     def on_alert(self, alert: DefectAlert) -> None:
         with self._lock:
@@ -89,6 +93,7 @@ class LiveState:
                     "alerts_last_hour": (alerts_last_hour or {}).get(cam, 0), "scores": list(tile.scores),
                     "seconds_since_frame": None if tile.last_seen is None else round(now - tile.last_seen, 1),
                     "stale": tile.last_seen is None or now - tile.last_seen > self.stale_after_s,
+                    "model_version": tile.model_version, "overlay_version": tile.overlay_version,
                 })
         return out
 

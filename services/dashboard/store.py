@@ -24,7 +24,7 @@ from services.contracts.defects import DefectAlert
 from services.contracts.feedback import FeedbackRecord
 
 #: History status filter values: ``open`` = no feedback yet, otherwise the latest action.
-STATUSES = ("open", "acknowledge", "false_alarm", "confirm_defect")
+STATUSES = ("open", "acknowledge", "false_alarm", "confirm_defect", "withdraw")
 
 
 class FeedbackStore:

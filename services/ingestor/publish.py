@@ -21,7 +21,7 @@ import numpy as np
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from services import _observability as obs
-from services._object_store import ObjectStore
+from services._object_store import ObjectStore, frame_object_key
 from services.contracts.frames import Frame
 from services.contracts.topics import FRAMES_SCHEMA_VERSION, HEADER_SCHEMA, record_key
 
@@ -149,8 +149,7 @@ class FramePublisher:
             return Frame(image=c.jpeg, **common)
         if self.store is None:
             raise ValueError(f"frame of {len(c.jpeg)} bytes exceeds the inline limit and no object store is set")
-        ext = "jpg" if c.encoding == "jpeg" else "png"
-        uri = self.store.put(f"frames/{self.camera_id}/{c.frame_id}.{ext}", c.jpeg, f"image/{c.encoding}")
+        uri = self.store.put(frame_object_key(self.camera_id, c.frame_id, c.encoding), c.jpeg, f"image/{c.encoding}")
         return Frame(image_uri=uri, **common)
 
     def send(self, c: Captured) -> None:

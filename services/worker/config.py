@@ -69,6 +69,20 @@ class WorkerSettings(CommonSettings):
         "(smaller batches are padded up; compiled during warm-up, before ready). Same scores. On 2 CPU cores it "
         "made TAEF2 about 2x faster but costs about a minute per batch size at start-up; not yet measured on a "
         "GPU, hence off by default.")
+    bundle_alias: str | None = Field(
+        None, description="Follow a bundle alias of the registry (NAME/ALIAS, e.g. cam-line-1/production; "
+        "services/_registry.py) instead of bundle_path: a moved alias is loaded, verified and warmed beside the model "
+        "in force and swapped in between batches.")
+    bundle_cache_dir: str = Field("/tmp/inspection-bundles", description="Where bundles fetched from the registry "
+                                                                          "are kept.")
+    bundle_refresh_s: float = Field(2.0, gt=0, description="How often the alias is checked.")
+    overlay_product: str | None = Field(
+        None, description="Product whose nominal overlay (taught by services.teacher) this worker scores with; the "
+        "bundle must have the patch k-NN term. Unset: the bundle's bank alone.")
+    overlay_refresh_s: float = Field(1.0, gt=0, description="How often the overlay's version in force is checked.")
+    keep_flagged_frames: bool = Field(
+        True, description="Keep the bytes of flagged inline frames in the object store (frames/{camera}/{frame}), "
+        "so operators' marks can teach and guard the overlay with them.")
     lag_interval_s: float = Field(15.0, gt=0, description="How often consumer lag is measured for the gauge.")
 
     @field_validator("device")

@@ -52,6 +52,7 @@ from services._redis import InspectionStore
 from services.contracts.frames import Frame, FrameDecodeError
 from services.contracts.topics import Topics
 from services.worker.batcher import Batch, MicroBatcher, Pending
+from services.worker.bundles import BundleFollower
 from services.worker.config import WorkerSettings
 from services.worker.inference import (
     FrameOutput,
@@ -61,6 +62,7 @@ from services.worker.inference import (
     raw_threshold,
     split_output,
 )
+from services.worker.overlay import OverlayFollower
 from services.worker.results import BatchInfo, ModelInfo, dropped_frame, inspection_result
 from services.worker.sinks import MaskSink, ResultsProducer
 
@@ -135,16 +137,20 @@ class WorkerLoop:
         max_frame_age_ms: The stale-drop limit in force (``WorkerSettings.frame_age_limit_ms``; default: the
             configured one, off for "auto" without a measured batch time).
         clock / wall_clock: Injectable clocks (monotonic / POSIX seconds).
+        overlay: Follows the product's nominal overlay (``WORKER_OVERLAY_PRODUCT``), swapping the detector between
+            batches; None: the bundle's bank alone.
+        bundles: Follows a bundle alias (``WORKER_BUNDLE_ALIAS``): a new version loads and warms up beside the
+            detector in force and is swapped in between batches; None: the bundle loaded at start-up.
     """
 
     def __init__(self, settings: WorkerSettings, consumer: Any, producer: Any, detector: Any, store: ObjectStore,
                  inspection_store: InspectionStore, log: Any, health: obs.Health | None = None,
                  max_frame_age_ms: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 overlay: OverlayFollower | None = None, bundles: BundleFollower | None = None) -> None:
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
-        self.detector = detector
         self.store = store
         self.inspection_store = inspection_store
         self.topics = Topics(settings.topic_prefix)
@@ -167,12 +173,10 @@ class WorkerLoop:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="writer")  # one at a time: batches finish in order
         self._writes: deque[_Write] = deque()  # in submission order, at most ``pipeline_depth``
         self._writes_lock = threading.Lock()  # the deque vs. the rebalance listener's snapshot
-        self.masks = MaskSink(store, self._sink_pool, settings.write_heatmaps)
-        threshold, threshold_raw = decision_thresholds(detector)
-        self.heatmap_threshold = raw_threshold(detector)  # the heatmaps' mid-scale
-        self.model = ModelInfo(model_version=str(getattr(detector, "model_version", "unknown")),
-                               bundle_hash=str(getattr(detector, "bundle_hash", "unknown")),
-                               threshold=threshold, threshold_raw=threshold_raw)
+        self.masks = MaskSink(store, self._sink_pool, settings.write_heatmaps, settings.keep_flagged_frames)
+        self.overlay = overlay
+        self.bundles = bundles
+        self._use(detector)
         self._stale = Counter()  # stale drops per camera since the last warning line
         self._stale_oldest_ms = 0.0
         self._next_stale_log = 0.0
@@ -206,6 +210,7 @@ class WorkerLoop:
     def step(self) -> None:
         """One iteration: poll, queue, run every ready batch, commit parse-time DLQ records."""
         self.health.beat()
+        self._follow()
         records = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=self._poll_max_records())
         for tp_records in records.values():
             for record in tp_records:
@@ -216,6 +221,7 @@ class WorkerLoop:
             # Decode of the next batch (already taken: its frames are not waiting for company any more) overlaps
             # the inference of this one, and this one's writes overlap the next one's inference.
             ahead = self._take_ready() if self.settings.pipeline_depth else None
+            self._follow()
             self.run_batch(current)
             current = ahead if ahead is not None else self._take_ready()
             self._reap()
@@ -225,6 +231,32 @@ class WorkerLoop:
         if self._clock() >= self._next_lag:
             self._next_lag = self._clock() + self.settings.lag_interval_s
             self._update_lag()
+
+    def _use(self, detector: Any) -> None:
+        """Infer the next batches with ``detector`` (records and heatmaps follow it from that batch on)."""
+        self.detector = detector
+        threshold, threshold_raw = decision_thresholds(detector)
+        self.heatmap_threshold = raw_threshold(detector)  # the heatmaps' mid-scale
+        self.model = ModelInfo(model_version=str(getattr(detector, "model_version", "unknown")),
+                               bundle_hash=str(getattr(detector, "bundle_hash", "unknown")),
+                               threshold=threshold, threshold_raw=threshold_raw,
+                               overlay_version=getattr(detector, "overlay_version", None))
+
+    def _follow(self) -> None:
+        """Between two batches: swap to the alias's new bundle once it is loaded and warm, and to the product's new
+        overlay version, if either was published."""
+        ready = self.bundles.poll() if self.bundles is not None else None
+        if ready is not None:
+            obs.MODEL_INFO.labels(self.model.model_version, self.model.bundle_hash).set(0)  # no longer in force
+            self._use(ready[1])
+            obs.MODEL_INFO.labels(self.model.model_version, self.model.bundle_hash).set(1)
+            self.log.info("bundle_swapped", version=ready[0], model_version=self.model.model_version,
+                          bundle_hash=self.model.bundle_hash)
+            if self.overlay is not None:
+                self.overlay.reset()
+        swapped = self.overlay.follow(self.detector) if self.overlay is not None else None
+        if swapped is not None:
+            self._use(swapped)
 
     def _poll_timeout_ms(self) -> int:
         if not self.consumer.assignment():
@@ -388,15 +420,16 @@ class WorkerLoop:
             else:
                 inferred.append((p, out))
         done.extend((p.item.tp, p.item.record.offset) for p, _ in inferred)
-        self._submit_write(lambda: self._write_batch(prep, inferred, timings), done, inferred=len(inferred))
+        model = (self.model, self.heatmap_threshold)  # what inferred this batch, whatever is swapped in next
+        self._submit_write(lambda: self._write_batch(prep, inferred, timings, model), done, inferred=len(inferred))
 
     def _write_batch(self, prep: _Prepared, inferred: list[tuple[Any, FrameOutput]],
-                     timings: dict[str, float]) -> None:
+                     timings: dict[str, float], model: tuple[ModelInfo, float]) -> None:
         """Steps 3-6 of ``run_batch`` (writer thread)."""
         log = self.log.bind(batch_id=prep.batch_id)
         # Steps 3-6 write only idempotent, frame-keyed data; each one is retried until it succeeds (an outage
         # holds the commit back, see the module docstring).
-        self._write_outputs(inferred, prep.batch_id, timings, prep.started, log)
+        self._write_outputs(inferred, prep.batch_id, timings, prep.started, log, model)
         log.info("batch_done", frames=len(prep.items), stale=prep.stale, inferred=len(inferred),
                  ms=round((self._clock() - prep.started) * 1000.0, 1), infer_ms=round(timings.get("infer", 0.0), 1))
 
@@ -469,15 +502,16 @@ class WorkerLoop:
         self._next_stale_log = self._clock() + self.settings.stale_log_interval_s
 
     def _write_outputs(self, inferred: list[tuple[Any, FrameOutput]], batch_id: str, timings: dict[str, float],
-                       started: float, log: Any) -> None:
-        # 3. write masks and heatmaps (object keys by frame id: a replay overwrites)
+                       started: float, log: Any, model: tuple[ModelInfo, float]) -> None:
+        # 3. write masks and heatmaps, keep flagged inline frames (object keys by frame id: a replay overwrites)
         t0 = self._clock()
+        info, heatmap_threshold = model
         uris = self._until_ok("object_store", lambda: self.masks.write(
-            [(p.item.frame.camera_id, p.item.frame.frame_id, out) for p, out in inferred], self.heatmap_threshold))
+            [(p.item.frame, out) for p, out in inferred], heatmap_threshold))
         obs.STAGE_DURATION.labels("sink_masks").observe(self._clock() - t0)
         batch = BatchInfo(batch_id, len(inferred), started, datetime.fromtimestamp(self._wall(), UTC), timings)
         results = [inspection_result(p.item.frame, out, mask_uri=mask_uri, heatmap_uri=heat_uri,
-                                     enqueued_at=p.enqueued_at, batch=batch, model=self.model,
+                                     enqueued_at=p.enqueued_at, batch=batch, model=info,
                                      min_box_area_fraction=self.settings.min_box_area_fraction)
                    for (p, out), (mask_uri, heat_uri) in zip(inferred, uris, strict=True)]
         # 4. write Redis (one MULTI/EXEC per batch)

@@ -17,12 +17,14 @@ from services.worker.inference import FrameOutput, mask_to_boxes
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What every record of a worker says about its model (read from the detector once, at start-up)."""
+    """What every record of a worker says about its model (read from the detector at start-up, and again when the
+    worker swaps to a new overlay version)."""
 
     model_version: str
     bundle_hash: str
     threshold: float  # normalised-score decision point of pred_label
     threshold_raw: float  # the same point on the raw score
+    overlay_version: int | None = None  # the product's nominal overlay in force (services.worker.overlay)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def inspection_result(frame: Frame, out: FrameOutput, *, mask_uri: str | None, h
         sequence=frame.sequence, source=frame.source, captured_at=frame.captured_at, processed_at=batch.processed_at,
         pred_score=out.pred_score, pred_score_raw=out.pred_score_raw, pred_label=out.pred_label,
         noise_step=out.noise_step, threshold=model.threshold, threshold_raw=model.threshold_raw,
-        model_version=model.model_version, bundle_hash=model.bundle_hash,
+        model_version=model.model_version, bundle_hash=model.bundle_hash, overlay_version=model.overlay_version,
         mask_uri=mask_uri, heatmap_uri=heatmap_uri,
         defect_regions=mask_to_boxes(out.pred_mask, frame.width, frame.height, min_box_area_fraction)
         if out.pred_label else [],

@@ -1,9 +1,9 @@
 """Where a batch's results go: masks/heatmaps to the object store, Kafka ``results`` (Redis: ``services._redis``).
 
 Flow step: results -> object store + ``results`` topic. Every write is keyed by frame id (object keys
-``masks/{camera_id}/{frame_id}.png``, record key camera id with the frame id inside), so when a batch is replayed
-after a crash between "write" and "commit", the replay overwrites instead of duplicating. The records written here
-are built in ``services.worker.results``.
+``masks/{camera_id}/{frame_id}.png``, ``frames/{camera_id}/{frame_id}.{jpg,png}`` of kept flagged frames, record key
+camera id with the frame id inside), so when a batch is replayed after a crash between "write" and "commit", the
+replay overwrites instead of duplicating. The records written here are built in ``services.worker.results``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,24 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from services._object_store import ObjectStore
+from services._object_store import ObjectStore, frame_object_key
+from services.contracts.frames import Frame
 from services.contracts.results import DroppedFrame, InspectionResult
 from services.contracts.topics import HEADER_SCHEMA, RESULTS_SCHEMA_VERSION, record_key
 from services.worker.inference import FrameOutput, encode_heatmap_png, encode_mask_png
 
 
 class MaskSink:
-    """Writes one mask PNG (and optionally one heatmap PNG) per frame, in parallel on a thread pool."""
+    """Writes one mask PNG (and optionally one heatmap PNG) per frame, in parallel on a thread pool, and keeps the
+    bytes of flagged inline frames (``keep_flagged_frames``) at their claim-check key, so an operator's mark on the
+    alert can later teach or guard the overlay with the very frame (claim-checked frames are there already)."""
 
-    def __init__(self, store: ObjectStore, pool: Executor, write_heatmaps: bool = True) -> None:
+    def __init__(self, store: ObjectStore, pool: Executor, write_heatmaps: bool = True,
+                 keep_flagged_frames: bool = True) -> None:
         self.store = store
         self.pool = pool
         self.write_heatmaps = write_heatmaps
+        self.keep_flagged_frames = keep_flagged_frames
 
     @staticmethod
     def mask_key(camera_id: str, frame_id: str) -> str:
@@ -36,14 +41,17 @@ class MaskSink:
     def heatmap_key(camera_id: str, frame_id: str) -> str:
         return f"heatmaps/{camera_id}/{frame_id}.png"
 
-    def write(self, items: list[tuple[str, str, FrameOutput]], threshold: float) -> list[tuple[str, str | None]]:
-        """Write ``(camera_id, frame_id, output)`` items; returns ``(mask_uri, heatmap_uri)`` per item, in order.
+    def write(self, items: list[tuple[Frame, FrameOutput]], threshold: float) -> list[tuple[str, str | None]]:
+        """Write ``(frame, output)`` items; returns ``(mask_uri, heatmap_uri)`` per item, in order.
 
         Raises:
             Exception: the first failed write (after all writes finished, so none is left running).
         """
-        def one(item: tuple[str, str, FrameOutput]) -> tuple[str, str | None]:
-            cam, fid, out = item
+        def one(item: tuple[Frame, FrameOutput]) -> tuple[str, str | None]:
+            frame, out = item
+            cam, fid = frame.camera_id, frame.frame_id
+            if self.keep_flagged_frames and out.pred_label and frame.image is not None:
+                self.store.put(frame_object_key(cam, fid, frame.encoding), frame.image, f"image/{frame.encoding}")
             mask_uri = self.store.put(self.mask_key(cam, fid), encode_mask_png(out.pred_mask), "image/png")
             heat_uri = None
             if self.write_heatmaps:

@@ -160,3 +160,29 @@ def plant_part_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.n
     out = image.astype(np.float32)
     out[region] += (1 if rng.random() < 0.5 else -1) * rng.uniform(45, 70)
     return np.clip(out, 0, 255).astype(np.uint8), region
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# patterns of the nominal-overlay tests (ddad_core and the services)
+
+
+def ring(image: np.ndarray, cx: int = 24, cy: int = 30) -> np.ndarray:
+    """A dark ring (a harmless mark the good textures never show)."""
+    out = image.copy()
+    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    r = np.hypot(yy - cy, xx - cx)
+    out[(r > 4) & (r < 8)] = 30
+    return out
+
+
+def square(image: np.ndarray, x: int = 10, y: int = 40) -> np.ndarray:
+    """A bright square (a defect)."""
+    out = image.copy()
+    out[y : y + 10, x : x + 10] = 255
+    return out
+
+
+def recapture(image: np.ndarray, seed: int) -> np.ndarray:
+    """The same scene on a later frame: fresh sensor noise."""
+    rng = np.random.default_rng(seed)
+    return np.clip(image.astype(np.float32) + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)

@@ -17,7 +17,7 @@ import pytest
 from devtools import localstack
 from services.contracts.feedback import FeedbackRecord
 from tests.services._helpers import TopicReader, wait_for
-from tests.services.dashboard._harness import TOKEN, make_env, start_dashboard, stop_dashboard
+from tests.services.dashboard._harness import TOKEN, logged_in_page, make_env, start_dashboard, stop_dashboard
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -70,16 +70,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def page(browser, dash):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(15000)
-    pg.goto(dash.url + "/login")
-    pg.fill("#login-name", "alice")
-    pg.fill("#login-token", TOKEN)
-    pg.click("#login-submit")
-    pg.wait_for_url(dash.url + "/")
+    pg = logged_in_page(browser, dash.url)
     yield pg
-    context.close()
+    pg.context.close()
 
 
 # The page's Content-Security-Policy forbids eval: every wait_for_function predicate is a function, not a string

@@ -41,6 +41,15 @@ def make_frame(i: int, camera_id: str = "cam1", size: int = 64, defect: bool = F
                  **kw)
 
 
+def png_frame(image: np.ndarray, seq: int, camera_id: str = "cam1", product_id: str | None = None) -> Frame:
+    """An inline PNG frame of ``image`` (lossless: the pixels the test drew are the pixels the worker scores)."""
+    ok, buf = cv2.imencode(".png", image[..., ::-1])
+    assert ok
+    return Frame(frame_id=f"{camera_id}-{seq:06d}", camera_id=camera_id, product_id=product_id, sequence=seq,
+                 encoding="png", width=image.shape[1], height=image.shape[0], image=buf.tobytes(),
+                 captured_at=datetime.now(UTC))
+
+
 def record(value: bytes, offset: int, partition: int = 0, topic: str = "frames", key: bytes | None = b"cam1"
            ) -> ConsumerRecord:
     return ConsumerRecord(topic, partition, -1, offset, 0, 0, key, value, [], None, -1, len(value), -1)

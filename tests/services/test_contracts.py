@@ -125,3 +125,34 @@ def test_threshold_means_the_normalised_threshold_in_results_and_alerts():
 def test_topics_prefix():
     assert Topics().all() == ["frames", "frames.dlq", "results", "defects", "feedback"]
     assert Topics("stg").results == "stg.results"
+
+
+def test_latest_verdicts_acknowledge_is_none_withdraw_takes_one_back_and_the_latest_wins():
+    from services.contracts.feedback import FeedbackRecord, latest_verdicts
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def mark(alert_id: str, action: str, minutes: int) -> FeedbackRecord:
+        return FeedbackRecord(feedback_id=f"{alert_id}-{minutes}", alert_id=alert_id, frame_id=f"f-{alert_id}",
+                              camera_id="cam1", line_id="l1", action=action, actor="alice",
+                              at=t0 + timedelta(minutes=minutes), pred_score=0.7, pred_score_raw=1.0, threshold=0.5,
+                              model_version="m")
+
+    records = [mark("a", "false_alarm", 1), mark("a", "acknowledge", 2),  # still a false alarm
+               mark("b", "false_alarm", 1), mark("b", "withdraw", 2),  # no verdict any more
+               mark("c", "confirm_defect", 3), mark("c", "false_alarm", 2),  # the later `at` wins, not the order
+               mark("d", "withdraw", 1), mark("d", "confirm_defect", 2)]  # a verdict after a withdrawal counts
+    assert {k: r.action for k, r in latest_verdicts(records).items()} == {
+        "a": "false_alarm", "c": "confirm_defect", "d": "confirm_defect"}
+
+
+def test_overlay_version_is_on_the_wire_only_when_set():
+    plain = InspectionResult(
+        frame_id="f1", camera_id="cam1", line_id="line-1", sequence=3, captured_at=NOW, processed_at=NOW,
+        pred_score=0.7, pred_score_raw=1.3, pred_label=True, noise_step=40, threshold=0.5, threshold_raw=1.0,
+        model_version="m1", bundle_hash="abc", batch_id="b1", batch_size=4, queue_wait_ms=3.0)  # fmt: skip
+    assert plain.overlay_version is None and b"overlay_version" not in plain.to_bytes()  # readers before it: unchanged
+    taught = plain.model_copy(update={"overlay_version": 4})
+    assert json.loads(taught.to_bytes())["overlay_version"] == 4
+    assert InspectionResult.from_bytes(taught.to_bytes()) == taught
+    assert InspectionResult.from_bytes(plain.to_bytes()).overlay_version is None

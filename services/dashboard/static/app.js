@@ -159,6 +159,7 @@ function renderTiles(tiles) {
     el("div", {}, "threshold: " + fmt(t.threshold) + " (sensitivity " + fmt(t.sensitivity, 2) + ", " +
                   (t.threshold_source || "unknown") + ")"),
     el("div", {}, "alerts last hour: " + t.alerts_last_hour),
+    el("div", { class: "tile-overlay" }, "overlay: " + (t.overlay_version == null ? "none" : "v" + t.overlay_version)),
     sparkline(t.scores || [], t.threshold))));
   const sel = document.getElementById("f-camera");
   const have = new Set([...sel.options].map(o => o.value));
@@ -189,11 +190,41 @@ async function openDetail(alertId) {
     ["score (normalised)", fmt(d.pred_score, 4)], ["score (raw)", fmt(d.pred_score_raw, 4)],
     ["threshold", fmt(d.threshold, 4)], ["sensitivity", fmt(d.sensitivity, 3)], ["severity", d.severity],
     ["debounce", d.debounce], ["noise level (start step)", d.noise_step == null ? "\u2013" : d.noise_step],
-    ["model version", d.model_version], ["regions", d.boxes.length], ["frame", d.frame_id]];
+    ["model version", d.model_version],
+    ["overlay version (scored with)", d.overlay_version == null ? "none" : "v" + d.overlay_version],
+    ["regions", d.boxes.length], ["frame", d.frame_id]];
   document.getElementById("d-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k),
                                                                                     el("dd", {}, v)]));
   showStatus(d);
+  showTeaching(d.teaching);
   applyLayers();
+}
+
+// What a false-alarm mark did to the product's overlay (services.teacher works asynchronously: polled while open).
+function showTeaching(t) {
+  const p = document.getElementById("d-teaching");
+  document.getElementById("a-undo").hidden = !(t && t.taught);
+  if (!t) { p.textContent = ""; p.className = "teaching"; return; }
+  const version = t.version == null ? "none yet" : "v" + t.version;
+  if (t.taught) {
+    p.textContent = "Taught: this look counts as normal for " + t.product_id + " (overlay " + version + ", by " +
+      t.taught.actor + ").";
+    p.className = "teaching taught";
+  } else if (t.refused) {
+    p.textContent = "Not taught: " + t.refused.reason +
+      (t.refused.missed.length ? " (confirmed alerts " + t.refused.missed.join(", ") + ")" : "") +
+      "; overlay stays " + version + ".";
+    p.className = "teaching refused";
+  } else {
+    p.textContent = "Overlay of " + t.product_id + ": " + version + ".";
+    p.className = "teaching";
+  }
+}
+
+async function refreshTeaching() {
+  if (!state.selected || document.getElementById("detail").hidden) return;
+  const d = await api("/api/alerts/" + encodeURIComponent(state.selected.alert_id));
+  if (state.selected && state.selected.alert_id === d.alert_id) showTeaching(d.teaching);
 }
 
 function showStatus(a) {
@@ -266,6 +297,7 @@ function init() {
   loadFeed().catch(() => {});
   loadHistory().catch(() => {});
   connect();
+  setInterval(() => refreshTeaching().catch(() => {}), 1000);
 }
 
 document.addEventListener("DOMContentLoaded", init);

@@ -4,6 +4,7 @@ recalibration without refitting."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -127,3 +128,23 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     recalibrate(tmp_path / "b", tmp_path / "e", knn_bank_size=8, log=None)
     rebuilt = DDADPipeline.from_bundle(tmp_path / "e")
     assert rebuilt.patch_knn.bank.shape[0] == 8 and len(rebuilt.noise_level.bank) == 16
+
+
+def test_calibrate_takes_a_labelled_set_of_the_line(tmp_path, capsys):
+    data = write_mvtec(tmp_path / "data", n_train=16, n_good=3, n_bad=3)
+    fit_argv = [
+        "fit", str(data), "--out", str(tmp_path / "b"), "--recipe", "fast", "--image-size", "64",
+        "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet", "--target-fpr", "0.1", "--no-select",
+    ]  # fmt: skip
+    assert main(fit_argv) == 0
+    # What `python -m services.teacher export` writes: no train/, defects without outlines.
+    labelled = tmp_path / "labelled"
+    shutil.copytree(data / "test", labelled / "test")
+    (labelled / "ground_truth" / "blob").mkdir(parents=True)
+    with pytest.warns(UserWarning, match="no mask"):
+        assert main(["calibrate", str(tmp_path / "b"), "--out", str(tmp_path / "c"), "--labelled", str(labelled)]) == 0
+    cal = read_bundle_config(tmp_path / "c").calibration
+    assert (cal["n_good"], cal["n_defect"]) == (16 + 3, 3) and "f1_image" in cal["info"]
+    shutil.rmtree(labelled / "test" / "blob")
+    assert main(["calibrate", str(tmp_path / "b"), "--out", str(tmp_path / "d"), "--labelled", str(labelled)]) == 2
+    assert "has no confirmed defect" in capsys.readouterr().err

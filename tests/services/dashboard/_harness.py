@@ -135,3 +135,15 @@ def stop_dashboard(dash: Dashboard) -> None:
     dash.producer.close(5)
     dash.thread.join(30)
     assert dash.thread.error is None, dash.thread.error
+
+
+def logged_in_page(browser: Any, url: str, timeout_ms: int = 15000) -> Any:
+    """A new Playwright page of ``browser`` on the dashboard at ``url``, logged in as alice (close its context)."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(timeout_ms)
+    page.goto(url + "/login")
+    page.fill("#login-name", "alice")
+    page.fill("#login-token", TOKEN)
+    page.click("#login-submit")
+    page.wait_for_url(url + "/")
+    return page

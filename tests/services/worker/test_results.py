@@ -24,7 +24,7 @@ def test_inspection_result_carries_the_frame_output_batch_and_model_fields():
                       anomaly_map=np.zeros((16, 16), np.float32), pred_mask=mask)
     batch = BatchInfo(batch_id="b1", batch_size=3, started=100.5, processed_at=processed,
                       timings_ms={"decode": 1.23456, "infer": 10.0001234, "pipeline.denoise": 2.0})
-    model = ModelInfo(model_version="m1", bundle_hash="h" * 64, threshold=0.5, threshold_raw=1.0)
+    model = ModelInfo(model_version="m1", bundle_hash="h" * 64, threshold=0.5, threshold_raw=1.0, overlay_version=3)
 
     def result(out):
         return inspection_result(frame, out, mask_uri="file:///m.png", heatmap_uri=None, enqueued_at=100.2,
@@ -36,7 +36,7 @@ def test_inspection_result_carries_the_frame_output_batch_and_model_fields():
         "source": "cam2.mp4", "captured_at": captured, "processed_at": processed,
         "pred_score": 0.75, "pred_score_raw": 1.5, "pred_label": True, "noise_step": 20,
         "threshold": 0.5, "threshold_raw": 1.0, "model_version": "m1", "bundle_hash": "h" * 64,
-        "mask_uri": "file:///m.png", "heatmap_uri": None,
+        "overlay_version": 3, "mask_uri": "file:///m.png", "heatmap_uri": None,
         "defect_regions": [{"x": 32, "y": 8, "width": 16, "height": 8, "area_fraction": 0.0625}],
         "timings_ms": {"decode": 1.235, "infer": 10.0, "pipeline.denoise": 2.0},
         "batch_id": "b1", "batch_size": 3, "queue_wait_ms": 300.0,
