@@ -62,7 +62,8 @@ build() {  # name tag extra-args...
     echo "[build-images] building $tag (deploy/docker/$name.Dockerfile, log $log) ..."
     t0="$(date +%s)"
     # Host networking for the build steps: they only download (apt, PyPI), and it needs no bridge or firewall rules.
-    podman build --network host --layers -f "deploy/docker/$name.Dockerfile" \
+    # Docker's image format: the OCI format has no HEALTHCHECK, and podman would drop the Dockerfiles' checks.
+    podman build --format docker --network host --layers -f "deploy/docker/$name.Dockerfile" \
         --ignorefile "deploy/docker/$name.Dockerfile.dockerignore" -t "$tag" "${ca_args[@]}" "$@" . >"$log" 2>&1 \
         || ctr_die 1 "building $tag failed: $(tail -1 "$log") (log: $log)"
     seconds=$(($(date +%s) - t0))
