@@ -255,9 +255,24 @@ def under_load(env: StreamEnv, tag: str, per_camera: int, fps: float, fault: Any
     t_fault = time.monotonic()
     detail = fault()
     sender.join()
-    outcome = judge(tag, env, log, ids_by_camera(frames), t_fault, timeout_s, **detail)
+    expected = ids_by_camera(frames)
+    wanted = {f.frame_id for f in frames}
+    # Settled: every frame has a result or a `dropped` record (the workers' frame-age policy, counted apart).
+    log.read(lambda _: wanted <= set(log.frame_ids()) | dropped_ids(log), timeout_s)
+    settled_at = time.monotonic()
+    outcome = judge(tag, env, log, expected, t_fault, 0.1, **detail)
+    dropped = dropped_ids(log) & wanted
+    outcome.dropped = len(dropped)
+    outcome.lost = len(wanted - set(log.frame_ids()) - dropped)
+    outcome.recovery_s = round(settled_at - t_fault, 1) if outcome.lost == 0 else None
     log.close()
     return outcome.row()
+
+
+def dropped_ids(log: ResultsLog) -> set[str]:
+    """Frame ids with a ``dropped`` record on ``results`` (too old when their batch formed)."""
+    parsed = (parse_results_record(r.value) for r in log.records)
+    return {r.frame_id for r in parsed if isinstance(r, DroppedFrame)}
 
 
 def main(argv: list[str] | None = None) -> int:
