@@ -163,6 +163,9 @@ def save_bundle(
         target = root / f"{name}.safetensors"
         tmp = target.with_suffix(".safetensors.tmp")
         save_file(data, str(tmp), metadata={"group": name})
+        # safetensors creates the file owner-only; a bundle holds no secret and is read by other users (the
+        # images' non-root user from a mounted folder or volume), so it gets the usual file mode.
+        tmp.chmod(0o644)
         os.replace(tmp, target)
         files[name] = file_sha256(target)
     update: dict[str, Any] = {"files": files}

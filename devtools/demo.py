@@ -238,11 +238,17 @@ class Processes:
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.started_at: dict[str, float] = {}  # name -> time.monotonic() at its start
+
+    def command(self, name: str, module: str, env: dict[str, str]) -> list[str]:
+        """The command line that runs ``module`` (``env`` is added to its environment)."""
+        return [sys.executable, "-m", module]
 
     def start(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.started_at[name] = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", module],
+            self.command(name, module, env),
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -265,6 +271,10 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+    def healthcheck(self, name: str) -> bool | None:
+        """The image's HEALTHCHECK result for a service; None here: a local process has no image."""
+        return None
 
     def check(self) -> None:
         for name, proc in self.procs:
@@ -475,6 +485,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="s3",
         help="where masks, heatmaps and claim checks go: the local S3 server (default) or a folder",
     )
+    p.add_argument(
+        "--containers",
+        action="store_true",
+        help="run the services in the product's images with podman (scripts/build-images.sh builds them)",
+    )
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up waiting for results after this long")
     p.add_argument(
         "--hold-s",
@@ -482,7 +497,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         help="after the stream, keep the stack and the dashboard up this long (negative: until Ctrl-C)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.containers and args.object_store != "s3":
+        p.error("--containers needs --object-store s3 (a container sees no host folder it could write to)")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -511,7 +529,14 @@ def run(args: argparse.Namespace) -> dict:
 
     run_id = uuid.uuid4().hex[:6]
     topics = Topics(f"demo{run_id}")
-    procs = Processes(workdir / "logs")
+    if args.containers:
+        from devtools.containers import ContainerProcesses
+
+        procs: Processes = ContainerProcesses(workdir / "logs", run_id)
+    else:
+        procs = Processes(workdir / "logs")
+    startup_s: dict[str, float] = {}
+    healthchecks: dict[str, bool] = {}
     for old_log in (workdir / "logs").glob("*.log"):
         old_log.unlink()
     started = time.time()
@@ -597,9 +622,18 @@ def run(args: argparse.Namespace) -> dict:
                 ),
             )
             print("[demo] worker loading the model and warming up ...", flush=True)
-            _wait_ready(worker_port, worker, "worker", 300)
-            _wait_ready(alerter_port, alerter, "alerter", 60)
-            _wait_ready(dashboard_port, dashboard, "dashboard", 60)
+            for name, port, proc, limit in (
+                ("worker", worker_port, worker, 300),
+                ("alerter", alerter_port, alerter, 60),
+                ("dashboard", dashboard_port, dashboard, 60),
+            ):
+                _wait_ready(port, proc, name, limit)
+                startup_s[name] = round(time.monotonic() - procs.started_at[name], 1)
+                if (healthy := procs.healthcheck(name)) is not None:
+                    healthchecks[name] = healthy
+            print(f"[demo] start-up to ready (s): {startup_s}", flush=True)
+            if healthchecks:
+                print(f"[demo] image health checks passed: {healthchecks}", flush=True)
             dashboard_url = f"http://127.0.0.1:{dashboard_port}/"
             print(
                 f"[demo] dashboard: {dashboard_url}  token: {dashboard_token}  (log in with any operator name)",
@@ -678,6 +712,9 @@ def run(args: argparse.Namespace) -> dict:
         write_gallery(gallery, list(alerts.values()), store, Path(manifest["streams"]), planted)
     errors = log_errors(workdir / "logs")
     summary.update(
+        services_in="containers" if args.containers else "processes",
+        startup_s=startup_s,
+        healthchecks=healthchecks,
         model=how,
         masks=f"{objects_url}/masks",
         gallery=str(gallery),
@@ -706,6 +743,9 @@ def print_summary(s: dict) -> None:
     print(f"capture -> result ms:  p50 {lr[50]}  p95 {lr[95]}  p99 {lr[99]}")
     print(f"capture -> alert ms:   p50 {la[50]}  p95 {la[95]}  p99 {la[99]}")
     print(f"throughput:            {s['throughput_fps']} frames/s  (mean batch size {s['mean_batch_size']})")
+    print(f"services ran as:       {s['services_in']}  (start-up to ready, s: {s['startup_s']})")
+    if s["healthchecks"]:
+        print(f"image health checks:   {s['healthchecks']}")
     print(f"masks and heatmaps:    {s['masks']}")
     print(f"alert gallery:         {s['gallery']}")
     print(f"service logs:          {s['logs']}  ({s['log_errors']} error line(s))")
@@ -713,6 +753,14 @@ def print_summary(s: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.containers:
+        from devtools.containers import SERVICES_IMAGE, WORKER_IMAGE, ContainersUnavailable, require_images
+
+        try:  # before the data and the fit: a machine that cannot run the images says so at once
+            require_images((SERVICES_IMAGE, WORKER_IMAGE))
+        except ContainersUnavailable as exc:
+            print(f"[demo] --containers: {exc}", file=sys.stderr)
+            return 2
     try:
         summary = run(args)
     except KeyboardInterrupt:

@@ -69,7 +69,9 @@ def up(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     workdir = args.workdir.resolve()
     env_file = (args.env_file or workdir / "stack.env").resolve()
     print(f"[stack] starting Kafka, Redis and the S3 server under {workdir} ...", flush=True)
-    stack = LocalStack(workdir, num_partitions=args.frames_partitions, buckets=(args.bucket,))
+    stack = LocalStack(
+        workdir, num_partitions=args.frames_partitions, buckets=(args.bucket,), kafka_advertise=args.kafka_advertise
+    )
     try:
         stack.start()
     except (ServerNotAvailable, ServerStartError) as exc:
@@ -131,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topic-prefix", default="", help="per-environment topic and Redis key prefix")
     p.add_argument("--frames-partitions", type=int, default=6, help="partitions of frames and results")
     p.add_argument("--bucket", default="inspection", help="S3 bucket for masks, heatmaps and claim checks")
+    p.add_argument(
+        "--kafka-advertise",
+        metavar="ADDRESS",
+        help="an address of this machine that containers or pods reach: Kafka listens on every interface and "
+        "advertises it (default: loopback only)",
+    )
     return up(parser.parse_args(argv))
 
 

@@ -275,26 +275,11 @@ _build_go_tools() {
         echo "$PROMTOOL_VERSION" >"$DDAD_HOME/stamps/promtool"
     fi
     if [ -z "${DDAD_KUBE_APISERVER:-}" ] && ! _go_tool_ok kube-apiserver "$KUBE_APISERVER_VERSION"; then
-        # k8s.io/kubernetes is not `go install`-able (its go.mod replaces the staging modules with local paths):
-        # build it from a small module that pins those to their published v0.MINOR.PATCH releases instead.
         # Measured: 4.4 min on the 2-core reference machine with the module and build caches helm left.
-        local src="$DDAD_HOME/go/kube-apiserver-src" k8smod staging
         echo "building kube-apiserver $KUBE_APISERVER_VERSION"
-        k8smod="$(_go_env go mod download -json "k8s.io/kubernetes@$KUBE_APISERVER_VERSION" \
-            | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')" || true
-        [ -n "$k8smod" ] || _boot_die "could not download k8s.io/kubernetes $KUBE_APISERVER_VERSION from the Go" \
-            "module proxy (log: $_BOOT_LOGS/go-tools.log); or set DDAD_KUBE_APISERVER"
-        staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) v0\.0\.0$#\1#p' "$k8smod" | sort -u)"
-        rm -rf "$src" && mkdir -p "$src"
-        { echo "module ddad.local/kube-apiserver"; echo "go 1.24"; echo "require k8s.io/kubernetes $KUBE_APISERVER_VERSION"
-          for m in $staging; do echo "replace $m => $m v0.${KUBE_APISERVER_VERSION#v1.}"; done; } >"$src/go.mod"
-        printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$src/tools.go"
-        local v="$KUBE_APISERVER_VERSION" minor="${KUBE_APISERVER_VERSION#v1.}"; minor="${minor%%.*}"
-        ( cd "$src" && _go_env go mod tidy && _go_env go build -o "$DDAD_HOME/go/bin/kube-apiserver" -ldflags "-s -w \
-            -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 \
-            -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v \
-            -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" \
-            k8s.io/kubernetes/cmd/kube-apiserver ) \
+        # shellcheck source=scripts/_k8s_build.sh
+        source "$_BOOT_REPO/scripts/_k8s_build.sh"
+        k8s_build "$KUBE_APISERVER_VERSION" "$DDAD_HOME/go/bin" kube-apiserver \
             || _boot_die "building kube-apiserver $KUBE_APISERVER_VERSION failed (log: $_BOOT_LOGS/go-tools.log); or set" \
                 "DDAD_KUBE_APISERVER"
         echo "$KUBE_APISERVER_VERSION" >"$DDAD_HOME/stamps/kube-apiserver"

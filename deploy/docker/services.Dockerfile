@@ -3,14 +3,23 @@
 #   docker build -f deploy/docker/services.Dockerfile -t inspection-services:0.1.0 .
 # Run one with its console script: inspection-ingestor | inspection-alerter | inspection-dashboard (default: alerter).
 # No secret is baked in: every setting comes from <PREFIX>_* environment variables at run time.
+# The base: any Python 3.11+ image whose `python` has the venv module and which has groupadd/useradd
+# (scripts/build-images.sh makes one from Debian packages where no registry can be reached).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Where torch comes from: PyTorch's CPU index (the small CPU build) by default; https://pypi.org/simple gives PyPI's
+# CUDA build (several GB larger, same API) where that index cannot be reached.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX_URL
+# pip's CA bundle where the build's network re-signs TLS: a file mounted into the build and named here
+# (scripts/build-images.sh does both with the host's bundle); unset, pip uses its own.
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
 # torch's CPU build: the services import ddad_core (bundle calibration) but never run the model.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu --constraint /tmp/constraints.txt torch torchvision
+RUN pip install --index-url "${TORCH_INDEX_URL}" --constraint /tmp/constraints.txt torch torchvision
 COPY pyproject.toml README.md /src/
 COPY ddad_core /src/ddad_core
 COPY services /src/services

@@ -7,15 +7,22 @@
 # `python /app/deploy/bundle/fetch_bundle.py` download and verify it first (the Helm chart does either).
 # No secret is baked in: every setting comes from WORKER_* environment variables at run time.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
+# The Python of the base's distribution: 3.12 on Ubuntu 24.04; 3.11 on a Debian bookworm base (scripts/build-images.sh
+# makes one from Debian packages where no registry can be reached; torch's wheels bring the CUDA libraries either way).
+ARG PYTHON_VERSION=3.12
 
 FROM ${CUDA_IMAGE} AS build
+ARG PYTHON_VERSION
+# pip's CA bundle where the build's network re-signs TLS: a file mounted into the build and named here
+# (scripts/build-images.sh does both with the host's bundle); unset, pip uses its own.
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH DEBIAN_FRONTEND=noninteractive
-# The base image is pinned; its distribution's python3.12 takes that release's security updates (no apt pin).
+# The base image is pinned; its distribution's Python takes that release's security updates (no apt pin).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
+    && apt-get install -y --no-install-recommends "python${PYTHON_VERSION}" "python${PYTHON_VERSION}-venv" \
     && rm -rf /var/lib/apt/lists/* \
-    && python3.12 -m venv /opt/venv
+    && "python${PYTHON_VERSION}" -m venv /opt/venv
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY ddad_core /src/ddad_core
@@ -26,10 +33,11 @@ RUN pip install --constraint /tmp/constraints.txt /src \
     && rm /opt/venv/bin/inspection-stack
 
 FROM ${CUDA_IMAGE}
+ARG PYTHON_VERSION
 ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 \
+    && apt-get install -y --no-install-recommends "python${PYTHON_VERSION}" \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 inspection \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/inspection --create-home --shell /usr/sbin/nologin inspection

@@ -90,6 +90,9 @@ class LocalStack:
         kafka, redis, s3: which servers to run.
         num_partitions: partitions of auto-created Kafka topics.
         buckets: S3 buckets to create once the store is up.
+        kafka_advertise: an address of this machine that other network namespaces reach (a Kubernetes node's
+            IP): Kafka then listens on every interface and advertises that address, so clients in pods can follow
+            the broker's metadata; None keeps it on loopback.
     """
 
     def __init__(
@@ -100,8 +103,10 @@ class LocalStack:
         s3: bool = True,
         num_partitions: int = 1,
         buckets: tuple[str, ...] = (),
+        kafka_advertise: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.kafka_advertise = kafka_advertise
         self._want = {"kafka": kafka, "redis": redis, "s3": s3}
         self.num_partitions = num_partitions
         self.buckets = buckets
@@ -111,15 +116,28 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         """Launch and wait for the selected servers; on any failure stop what already runs and re-raise."""
+        kafka_port, controller_port = free_port(), free_port()
+        kafka_extra = {}
+        if self.kafka_advertise:
+            kafka_extra = {
+                "listeners": f"PLAINTEXT://0.0.0.0:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}",
+                "advertised.listeners": f"PLAINTEXT://{self.kafka_advertise}:{kafka_port}",
+            }
         launchers: dict[str, Callable[[], Pending]] = {
             "kafka": lambda: launch_kafka(
-                self.workdir / "kafka", free_port(), free_port(), self.num_partitions, 512, {}, 90.0
+                self.workdir / "kafka", kafka_port, controller_port, self.num_partitions, 512, kafka_extra, 90.0
             ),
             "redis": lambda: launch_redis(self.workdir / "redis", free_port(), 30.0),
             "s3": lambda: launch_s3(self.workdir / "s3", free_port(), 256, 60.0),
         }
         restart = {
-            "kafka": lambda: start_kafka(self.workdir / "kafka", num_partitions=self.num_partitions),
+            "kafka": lambda: start_kafka(
+                self.workdir / "kafka",
+                kafka_port if kafka_extra else None,
+                controller_port if kafka_extra else None,
+                num_partitions=self.num_partitions,
+                extra_config=kafka_extra,
+            ),
             "redis": lambda: start_redis(self.workdir / "redis"),
             "s3": lambda: start_s3(self.workdir / "s3"),
         }

@@ -153,3 +153,11 @@ def test_file_sha256_reads_in_blocks_and_records_the_tensor_files(tmp_path, bund
     cfg = read_bundle_config(bundle_dir)
     assert cfg.files and all(file_sha256(bundle_dir / f"{name}.safetensors") == h for name, h in cfg.files.items())
     assert bundle_hash(bundle_dir) == hashlib.sha256((bundle_dir / "bundle.json").read_bytes()).hexdigest()
+
+
+def test_every_bundle_file_is_readable_by_other_users(bundle_dir):
+    # the images run as user 10001 and read a bundle someone else wrote (a mounted folder or volume)
+    files = sorted(bundle_dir.iterdir())
+    assert any(f.suffix == ".safetensors" for f in files)
+    for f in files:
+        assert f.stat().st_mode & 0o044 == 0o044, (f.name, oct(f.stat().st_mode))

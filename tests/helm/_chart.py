@@ -29,6 +29,8 @@ from devtools.localstack import ddad_home, find_go_tool
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "ddad-inspection"
 PRODUCTION = CHART / "values-production.yaml"
+#: The CPU-only single node of scripts/e2e-cluster.sh (no GPU, KEDA, Prometheus Operator).
+SINGLE_NODE_CPU = CHART / "values-single-node-cpu.yaml"
 #: Kubernetes version the chart is rendered and validated for (>= the chart's kubeVersion floor, 1.30).
 KUBE_VERSION = "1.34.0"
 #: Go modules whose CRDs validate the chart's custom resources, and where in the module they are.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helm._chart import CHART, PRODUCTION
+from tests.helm._chart import CHART, PRODUCTION, SINGLE_NODE_CPU
 
 pytestmark = pytest.mark.helm
 
@@ -33,7 +33,7 @@ def _walk(values: dict, schema: dict, path: str, missing: list[str]) -> None:
             _walk(value, node, f"{path}{key}.", missing)
 
 
-@pytest.mark.parametrize("values_file", [CHART / "values.yaml", PRODUCTION])
+@pytest.mark.parametrize("values_file", [CHART / "values.yaml", PRODUCTION, SINGLE_NODE_CPU])
 def test_every_value_is_in_the_schema(values_file: Path) -> None:
     missing: list[str] = []
     _walk(yaml.safe_load(values_file.read_text()), SCHEMA, "", missing)
