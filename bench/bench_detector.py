@@ -219,7 +219,7 @@ def bundle_for(data_dir: Path, recipe: str, args) -> Path:
     if (bundle / "bundle.json").exists():
         return bundle
     recipe, overrides = parse_recipe(recipe)
-    aspect = overrides.pop("aspect", "square")  # a fit setting (input geometry), not a DDADConfig field
+    aspect = overrides.pop("aspect", "auto")  # a fit setting (input geometry), not a DDADConfig field
     config, train_config = make_configs(
         args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe, ddad_overrides=overrides
     )

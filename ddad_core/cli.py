@@ -95,10 +95,10 @@ fit_group.add_argument("--image-size", type=int, help="model input side S (defau
 fit_group.add_argument(
     "--aspect",
     choices=("square", "keep", "auto"),
-    default="square",
+    default="auto",
     help="square: resize every image to S x S; keep: to H x W with about as many pixels and the good images' "
-    "median aspect ratio (long, narrow parts keep their resolution along the long side); auto: keep when the good "
-    "images share one ratio that is not square",
+    "median aspect ratio (long, narrow parts keep their resolution along the long side); auto (default): keep "
+    "when the good images share one ratio that is not square",
 )
 fit_group.add_argument("--max-train-images", type=int, help="use an evenly spaced subset of train/good")
 fit_group.add_argument(

@@ -558,7 +558,7 @@ def fit_images(
     select_grid: dict[str, Sequence[Any]] | None = None,
     tail_fit: bool = False,
     pixel_target_fpr: float | None = None,
-    aspect: Literal["square", "keep", "auto"] = "square",
+    aspect: Literal["square", "keep", "auto"] = "auto",
 ) -> Path:
     """Fit the detector on good images and write a bundle (steps 1-7 of the module docstring).
 
@@ -594,7 +594,7 @@ def fit_images(
         pixel_target_fpr: Share of good pixels allowed above the pixel threshold (default: synthetic-defect F1).
         aspect: ``square`` resizes every image to S x S; ``keep`` to ``(H, W)`` with about as many pixels and the
             good images' median aspect ratio (``input_shape_for``; needs uint8 ``images``); ``auto`` keeps it when
-            the good images share one that is not square (``keeps_aspect``).
+            the good images share one that is not square (``keeps_aspect``; the default).
 
     Returns:
         The bundle directory.
