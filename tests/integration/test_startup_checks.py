@@ -57,8 +57,10 @@ def _report(proc) -> dict[str, str]:
 def test_check_connects_to_every_dependency(servers, bundle, folder):
     worker = _report(run_service("worker", _env("WORKER", servers, BUNDLE_PATH=str(bundle), MAX_BATCH_SIZE="2"),
                                  "--check", timeout=300))
-    assert sorted(worker) == ["kafka", "model", "object store", "redis"]
+    assert sorted(worker) == ["bundle", "kafka", "model", "object store", "overlay", "redis"]
     assert all(" ok " in line for line in worker.values())
+    assert "(no alias)" in worker["bundle"]  # a fixed bundle path: no registry alias to follow
+    assert "WORKER_OVERLAY_PRODUCT unset" in worker["overlay"]
     assert "1 broker(s)" in worker["kafka"] and "topics " in worker["kafka"]  # present or named as missing
     assert ": redis " in worker["redis"]  # the server answered PING and told its version
     assert servers["OBJECT_STORE_URL"].split("/")[2] in worker["object store"]
