@@ -2,9 +2,11 @@
 *tune* half of each test set (``ddad_core/evaluation/splits.py``): sweeps choose settings, so they never see the
 report half that published figures come from.
 
-For every dataset (MVTec layout) two bundles are fitted once, or reused from ``--work`` when present:
-``<work>/<dataset>_paper`` (recipe ``paper``) and ``<work>/<dataset>_production`` (recipe ``production``), both
-with the offline weights (TAEF2, MobileNetV2) and the same training images. Nothing is refitted for a sweep:
+For every dataset (MVTec layout) the bundles the chosen sweeps run on are fitted once, or reused from ``--work``
+when present: ``<work>/<dataset>_paper`` (recipe ``paper``), ``<work>/<dataset>_production`` (recipe
+``production``) and, for the ``deep_*`` sweeps, ``<work>/<dataset>_production_timestep_max-400`` (its UNet trained on
+t < 400), all with the offline weights (TAEF2, MobileNetV2) and the same training images. Nothing is refitted for a
+sweep:
 
 * sampler settings (omega, fixed or dynamic T, T_max, guidance w, feature reference, feature pooling) re-run the
   pipeline with ``DDADPipeline.with_settings`` on the bundle's good images (scored out of sample: the normalisation
@@ -38,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_detector import fit_bundle  # bench/ is on sys.path when this file runs as a script
+from bench_detector import bundle_path, fit_bundle  # bench/ is on sys.path when this file runs as a script
 
 from ddad_core.config import DDADConfig
 from ddad_core.data import MVTecFolder, evenly_spaced, load_images, load_mask, resize_mask
@@ -62,7 +64,8 @@ class Sweep:
 
     Attributes:
         name: Sweep name (``--sweeps``).
-        bundle: ``paper`` or ``production``.
+        bundle: The recipe of the bundle it runs on: ``paper``, ``production`` or a recipe with overrides
+            (``production:timestep_max=400``, as in ``bench_detector.py --recipes``).
         kind: ``sampler`` (re-run the pipeline), ``map`` (re-blend cached components) or ``backbone``.
         values: The swept values (``--set name=v1,v2`` replaces them).
         question: What the sweep answers (printed with its table).
@@ -74,6 +77,9 @@ class Sweep:
     values: tuple
     question: str
 
+
+#: The production recipe with its UNet trained on t < 400 instead of 160, for start levels of 150-400.
+DEEP = "production:timestep_max=400"
 
 SWEEPS: dict[str, Sweep] = {
     s.name: s
@@ -147,6 +153,20 @@ SWEEPS: dict[str, Sweep] = {
             (80, 150),
             "largest start step, within the production UNet's training range (t < 160)",
         ),
+        Sweep(
+            "deep_t_max",
+            DEEP,
+            "sampler",
+            (80, 150, 250, 400),
+            "largest start step, with a production UNet trained on t < 400 (start levels where a defect is drowned)",
+        ),
+        Sweep(
+            "deep_omega",
+            DEEP,
+            "sampler",
+            (0.0, 0.5, 1.0),
+            "share of real noise in the start state at start steps up to 400 (the same deep UNet)",
+        ),
     )
 }
 
@@ -155,8 +175,10 @@ def sampler_overrides(sweep: str, value) -> dict[str, Any]:
     """``DDADConfig`` fields that a sampler/map sweep point sets."""
     if sweep == "noise":
         return {"dynamic_noise": True} if value == "dynamic" else {"dynamic_noise": False, "max_noise_step": int(value)}
-    if sweep in ("t_max", "prod_t_max"):
+    if sweep in ("t_max", "prod_t_max", "deep_t_max"):
         return {"max_noise_step": int(value)}
+    if sweep == "deep_omega":
+        return {"omega": float(value), "max_noise_step": 400}
     if sweep in ("guidance", "prod_guidance"):
         return {"guidance": float(value)}
     if sweep in ("omega", "feature_reference", "feature_pool"):
@@ -253,7 +275,7 @@ def holdout_images(bundle: Path, data_dir: Path, size: tuple[int, int]) -> torch
 
 
 def ensure_bundle(work: Path, data_dir: Path, recipe: str, args: argparse.Namespace) -> Path:
-    bundle = work / f"{data_dir.name}_{recipe}"
+    bundle = bundle_path(work, data_dir, recipe)
     if (bundle / "bundle.json").exists():
         return bundle
     fit_bundle(data_dir, bundle, args, args.device, recipe)

@@ -55,6 +55,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ddad_core.anomaly_map import gaussian_blur, upsample_map
+from ddad_core.config import TrainConfig
 from ddad_core.data import MVTecFolder, evenly_spaced, load_images, load_mask, resize_mask
 from ddad_core.evaluation.evaluate import EvaluationData, compute_results
 from ddad_core.evaluation.intervals import bootstrap_intervals
@@ -201,8 +202,9 @@ def run_baseline(train: torch.Tensor, halves: dict[str, Half], args, cache: Path
 
 
 def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
-    """``fast`` or ``fast:knn_zero_pad=true,knn_features=expanded`` -> recipe name and ``DDADConfig`` overrides
-    (values read as JSON, bare words as strings)."""
+    """``fast`` or ``fast:knn_zero_pad=true,knn_features=expanded`` -> recipe name and overrides of ``DDADConfig``,
+    ``TrainConfig`` (``production:timestep_max=400``) or the input geometry (``aspect=keep``); values read as JSON,
+    bare words as strings."""
     name, _, rest = text.partition(":")
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
@@ -214,15 +216,23 @@ def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
+def bundle_path(bundles: Path, data_dir: Path, recipe: str) -> Path:
+    """Where the bundle of ``recipe`` (with its overrides) on ``data_dir`` lives: ``fast:aspect=keep`` ->
+    ``BUNDLES/<dataset>_fast_aspect-keep``."""
+    return bundles / f"{data_dir.name}_{recipe.replace(':', '_').replace('=', '-').replace(',', '_')}"
+
+
 def bundle_for(data_dir: Path, recipe: str, args) -> Path:
-    bundle = args.bundles / f"{data_dir.name}_{recipe.replace(':', '_').replace('=', '-').replace(',', '_')}"
+    bundle = bundle_path(args.bundles, data_dir, recipe)
     if (bundle / "bundle.json").exists():
         return bundle
     recipe, overrides = parse_recipe(recipe)
     aspect = overrides.pop("aspect", "auto")  # a fit setting (input geometry), not a DDADConfig field
+    training = {k: overrides.pop(k) for k in list(overrides) if k in TrainConfig.model_fields}  # e.g. timestep_max
     config, train_config = make_configs(
-        args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe, ddad_overrides=overrides
-    )
+        args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe, ddad_overrides=overrides,
+        train_overrides=training,
+    )  # fmt: skip
     fit(
         data_dir, bundle, config=config, train_config=train_config, autoencoder=args.autoencoder,
         backbone=args.backbone, device=args.device, max_train_images=args.max_train_images, recipe=recipe,

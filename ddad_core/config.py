@@ -62,6 +62,12 @@ class DDADConfig(BaseModel):
     da_epochs: int = Field(1, ge=0, description="gamma: epochs of domain adaptation of the feature extractor.")
     da_batch_size: int = Field(30, gt=0)
     da_lr: float = Field(1e-4, gt=0)
+    da_teacher: float = Field(
+        0.0,
+        ge=0,
+        description="lambda_DL: weight of DDAD's frozen-teacher terms in domain adaptation, which keep the adapted "
+        "features of x and of its reconstruction close to the ImageNet ones (0 = D3AD: no teacher; DDAD: 0.1).",
+    )
 
     # -- anomaly map (section 8)
     latent_weight: float = Field(0.85, ge=0, le=1, description="lambda on the latent L1 map; 1-lambda on features.")

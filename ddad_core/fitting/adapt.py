@@ -10,7 +10,10 @@ For gamma epochs over the good training images (batch 30, shuffled, last batch k
 3. loss ``sum_{l in 1..3} mean_b [1 - cos(vec phi_l(x-hat_b), vec phi_l(x_b))]`` with gradients through phi on both
    branches (one cosine per image and block over the whole flattened map);
 4. AdamW, lr 1e-4, weight decay 0.01, every phi parameter trainable, phi in train mode (BatchNorm statistics adapt to
-   the target domain; there is no frozen teacher).
+   the target domain). D3AD has no frozen teacher; with ``da_teacher`` = lambda_DL > 0 the loss gains DDAD's two
+   regularisers, ``lambda_DL * sum_l mean_b [1 - cos(phi_l(x), phi0_l(x))] + [1 - cos(phi_l(x-hat), phi0_l(x-hat))]``
+   against a frozen copy phi0 of the ImageNet backbone, so that adaptation cannot drift the features (which the
+   patch k-NN term also uses) away from what ImageNet made them.
 
 The adapted weights are stored in the bundle (``backbone.safetensors``) and never re-computed at evaluation time
 (quirk Q10: the reference re-runs DA inside every evaluation).
@@ -18,6 +21,7 @@ The adapted weights are stored in the bundle (``backbone.safetensors``) and neve
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -136,6 +140,8 @@ def domain_adapt(
     gen = torch.Generator().manual_seed(seed)
     sample_gen = torch.Generator(device=device).manual_seed(seed + 1)
     optimiser = torch.optim.AdamW(features.parameters(), lr=config.da_lr, weight_decay=0.01)
+    # DDAD's frozen teacher: the backbone as it was before adaptation, in eval mode (its BatchNorm statistics fixed).
+    teacher = copy.deepcopy(features).eval().requires_grad_(False) if config.da_teacher > 0 else None
     features.requires_grad_(True)
     losses = []
     n = len(images)
@@ -158,7 +164,12 @@ def domain_adapt(
                         unet, scheduler, z0, scale_step, grid_step, config.guidance, plain_first=plain_first
                     )
                     x_hat = autoencoder.decode(z_hat)
-                loss = adaptation_loss(features(x), features(x_hat))
+                f_x, f_hat = features(x), features(x_hat)
+                loss = adaptation_loss(f_x, f_hat)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_x, t_hat = teacher(x), teacher(x_hat)
+                    loss = loss + config.da_teacher * (adaptation_loss(f_x, t_x) + adaptation_loss(f_hat, t_hat))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()

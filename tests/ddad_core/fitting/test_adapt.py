@@ -89,3 +89,27 @@ def test_zero_epochs_keeps_imagenet_weights():
     losses = domain_adapt(features, None, None, None, torch.zeros(1, 3, 64, 64), DDADConfig(da_epochs=0))
     assert losses == []
     assert all(torch.equal(before[k], v) for k, v in features.state_dict().items())
+
+
+def _weight_drift(cfg: DDADConfig) -> tuple[float, list[float]]:
+    """How far DA moves the backbone's conv weights from ImageNet's (relative L2), with the epoch losses."""
+    torch.manual_seed(0)
+    features = FeatureExtractor("test_resnet").eval()
+    before = {k: v.clone() for k, v in features.state_dict().items() if k.endswith("weight") and "bn" not in k}
+    ae = ConvAutoencoder(latent_channels=4, widths=(8, 16, 16)).eval()
+    unet = build_unet("tiny", 4, 8, seed=0).eval()
+    scheduler = DDADScheduler(NoiseSchedule(), steps_per_image=10)
+    images = torch.rand(6, 3, 64, 64) * 2 - 1
+    losses = domain_adapt(features, ae, unet, scheduler, images, cfg, progress=False)
+    after = features.state_dict()
+    drift = sum(float((after[k] - v).norm()) for k, v in before.items()) / sum(float(v.norm()) for v in before.values())
+    return drift, losses
+
+
+def test_frozen_teacher_holds_the_features_near_imagenet():
+    common = {"image_size": 64, "da_epochs": 3, "da_batch_size": 3, "da_lr": 1e-2}
+    free, free_losses = _weight_drift(DDADConfig(**common))
+    held, held_losses = _weight_drift(DDADConfig(**common, da_teacher=10.0))
+    # The teacher terms add to the loss (so it is larger) and pull the weights back towards ImageNet's.
+    assert held_losses[0] > free_losses[0]
+    assert 0 < held < free
