@@ -43,6 +43,10 @@ class WorkerSettings(CommonSettings):
         "'dropped' record goes to results instead (0 = never drop). 'auto': max_queue_delay_ms + "
         f"{AUTO_FRAME_AGE_BATCHES} x the warm-up batch time, at least {AUTO_FRAME_AGE_FLOOR_MS:.0f} ms; off without "
         "warm-up.")
+    rebalance_catch_up_ms: float = Field(
+        30000.0, ge=0, description="After partitions are assigned (start-up, a rolling update, a scale-out), frames "
+        "up to this much older than the age limit are still inspected, for this long: the backlog that queued while "
+        "the consumer group re-formed is caught up, not dropped (0 = no grace).")
     stale_log_interval_s: float = Field(10.0, gt=0, description="Stale drops are logged (warning) at most this "
                                                                 "often, with the counts since the last line.")
     min_box_area_fraction: float = Field(

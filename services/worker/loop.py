@@ -117,6 +117,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.loop.log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        self.loop.catch_up()
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         self.loop.abandon(lost, "lost")
@@ -299,6 +300,12 @@ class WorkerLoop:
         obs.FRAMES_DROPPED.labels(SERVICE, reason).inc()
         self.log.warning("frame_dead_lettered", reason=reason, detail=detail[:200],
                          source=f"{record.topic}/{record.partition}/{record.offset}")
+
+    def catch_up(self) -> None:
+        """After an assignment: the frames that waited in Kafka while the group re-formed are inspected, not shed
+        (``MicroBatcher.catch_up``, for ``rebalance_catch_up_ms``)."""
+        with self._lock:
+            self.batcher.catch_up(self.settings.rebalance_catch_up_ms / 1000.0)
 
     def settle(self, revoked: set[TopicPartition]) -> None:
         """Before a revoke: wait (bounded) for the writes in flight, then commit what they finished of ``revoked``.

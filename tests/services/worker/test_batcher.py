@@ -73,6 +73,20 @@ def test_stale_frames_are_dropped_and_returned(clock):
     assert [p.item for p in batch.stale] == ["old"]
 
 
+def test_catch_up_widens_the_age_limit_for_a_while(clock):
+    b = _batcher(clock, size=8, delay_ms=0, age_ms=500)
+    b.catch_up(10.0)  # partitions assigned: a 10 s window in which frames up to 10.5 s old are kept
+    b.add("paused", "cam1", captured_ts=clock.t - 8.0)
+    b.add("ancient", "cam1", captured_ts=clock.t - 11.0)
+    batch = b.take()
+    assert [p.item for p in batch.items] == ["paused"] and [p.item for p in batch.stale] == ["ancient"]
+    clock.t += 10.0  # the window is over: the plain limit again
+    b.add("late", "cam1", captured_ts=clock.t - 0.6)
+    assert [p.item for p in b.take().stale] == ["late"]
+    with pytest.raises(ValueError):
+        b.catch_up(-1.0)
+
+
 def test_round_robin_across_cameras(clock):
     b = _batcher(clock, size=4, delay_ms=0)
     for i in range(6):

@@ -259,6 +259,26 @@ def test_stale_frames_are_announced_logged_counted_and_committed_not_inferred(tm
     assert after - (before or 0.0) == 3
 
 
+@pytest.mark.parametrize("catch_up_ms", [30000, 0])
+def test_the_backlog_of_a_rebalance_is_inspected_not_shed(tmp_path, catch_up_ms):
+    # Frames that queued in Kafka while the group re-formed (20 s ago, beyond the 5 s limit) are inspected after an
+    # assignment; a backlog older than limit + catch-up (60 s) is still dropped; with the grace off both are.
+    events = Events()
+    paused = [make_frame(i, captured_at=datetime.now(UTC) - timedelta(seconds=20)) for i in range(3)]
+    ancient = make_frame(7, captured_at=datetime.now(UTC) - timedelta(seconds=60))
+    consumer = FakeConsumer(events, [[record(f.to_bytes(), i) for i, f in enumerate([ancient, *paused])]])
+    store = FakeStore(events)
+    loop = _loop(tmp_path, consumer, FakeProducer(events), store, max_frame_age_ms=5000,
+                 rebalance_catch_up_ms=catch_up_ms)  # fmt: skip
+    loop.subscribe()
+    consumer.listener.on_partitions_assigned({TopicPartition("frames", 0)})
+    _step(loop)
+    inspected = sorted(f.frame_id for f in paused) if catch_up_ms else []
+    assert sorted(store.results) == inspected
+    assert loop.frames_stale == 4 - len(inspected)
+    assert consumer.committed == {0: 4}
+
+
 def test_stale_warnings_come_once_per_interval_with_counts(tmp_path):
     events = Events()
     now = [1000.0]
