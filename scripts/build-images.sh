@@ -6,9 +6,8 @@
 #
 # Environment:
 #   DDAD_IMAGE_BASE   debian (default): a base made here from Debian packages (mmdebstrap bookworm, podman import),
-#                     for machines that reach no container registry; torch then comes from PyPI (its CUDA build, the
-#                     only one there) in both images, and the worker runs Debian's Python 3.11.
-#                     registry: the Dockerfiles' own pinned public bases and torch indexes.
+#                     for machines that reach no container registry; the worker runs Debian's Python 3.11 there.
+#                     registry: the Dockerfiles' own pinned public bases.
 #   SERVICES_IMAGE    tag of the services image (default inspection-services:0.1.0)
 #   WORKER_IMAGE      tag of the worker image (default inspection-worker:0.1.0-cuda13.0)
 #   DDAD_HOME         cache dir (default ~/.cache/ddad-inspection); build times and sizes are appended to
@@ -36,7 +35,7 @@ case "$DDAD_IMAGE_BASE" in
     debian)
         ctr_debian_base
         ctr_runtime "$CTR_BASE_IMAGE"
-        services_args=(--build-arg "PYTHON_IMAGE=$CTR_BASE_IMAGE" --build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
+        services_args=(--build-arg "PYTHON_IMAGE=$CTR_BASE_IMAGE")
         worker_args=(--build-arg "CUDA_IMAGE=$CTR_BASE_IMAGE" --build-arg "PYTHON_VERSION=$CTR_BASE_PYTHON_VERSION")
         ;;
     registry) ;;

