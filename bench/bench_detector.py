@@ -216,6 +216,19 @@ def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A recipe's overrides -> ``DDADConfig`` fields, ``TrainConfig`` fields and the fit's ``aspect`` (default auto).
+
+    Example:
+        >>> split_overrides({"timestep_max": 400, "da_teacher": 0.1, "aspect": "keep"})
+        ({'da_teacher': 0.1}, {'timestep_max': 400}, 'keep')
+    """
+    rest = dict(overrides)
+    aspect = rest.pop("aspect", "auto")  # a fit setting (input geometry), not a config field
+    training = {k: rest.pop(k) for k in list(rest) if k in TrainConfig.model_fields}
+    return rest, training, aspect
+
+
 def bundle_path(bundles: Path, data_dir: Path, recipe: str) -> Path:
     """Where the bundle of ``recipe`` (with its overrides) on ``data_dir`` lives: ``fast:aspect=keep`` ->
     ``BUNDLES/<dataset>_fast_aspect-keep``."""
@@ -227,8 +240,7 @@ def bundle_for(data_dir: Path, recipe: str, args) -> Path:
     if (bundle / "bundle.json").exists():
         return bundle
     recipe, overrides = parse_recipe(recipe)
-    aspect = overrides.pop("aspect", "auto")  # a fit setting (input geometry), not a DDADConfig field
-    training = {k: overrides.pop(k) for k in list(overrides) if k in TrainConfig.model_fields}  # e.g. timestep_max
+    overrides, training, aspect = split_overrides(overrides)
     config, train_config = make_configs(
         args.preset, epochs=args.epochs, image_size=args.image_size, recipe=recipe, ddad_overrides=overrides,
         train_overrides=training,

@@ -73,3 +73,18 @@ def test_quick_run_reports_both_methods_under_one_protocol(tmp_path):
     table = (out / "bench_results.md").read_text()
     assert "## Report half" in table and "## Tune half" in table
     assert table.count("| parts |") == 2 * (1 + 4 * len(recipes))  # baseline, two variants and two picks per recipe
+
+
+def test_recipe_strings_reach_the_config_the_training_and_the_geometry(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from bench_detector import bundle_path, parse_recipe, split_overrides
+
+    name, overrides = parse_recipe("production:timestep_max=400,da_teacher=0.1,aspect=keep,knn_features=expanded")
+    assert name == "production"
+    ddad, training, aspect = split_overrides(overrides)
+    assert ddad == {"da_teacher": 0.1, "knn_features": "expanded"}
+    assert training == {"timestep_max": 400} and aspect == "keep"
+    assert split_overrides({})[2] == "auto"
+    assert bundle_path(Path("/b"), Path("/data/tile"), "fast:aspect=keep,knn_zero_pad=true") == Path(
+        "/b/tile_fast_aspect-keep_knn_zero_pad-true"
+    )
