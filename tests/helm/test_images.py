@@ -159,3 +159,20 @@ def test_the_services_image_keeps_only_the_services_commands() -> None:
     removed = {Path(word).name for step in _instructions(DOCKER / "services.Dockerfile") if step.startswith("RUN ")
                for word in step.split() if word.startswith("/opt/venv/bin/")}
     assert set(PYPROJECT["project"]["scripts"]) - removed == SERVICES_COMMANDS
+
+
+def test_the_worker_image_installs_its_dependencies_before_the_code() -> None:
+    # A code change must not invalidate the layer with torch's wheels (several GB): the dependencies come from
+    # pyproject.toml alone, then the sources are copied and installed without dependencies.
+    steps = _instructions(DOCKER / "worker.Dockerfile")
+    deps = next(i for i, step in enumerate(steps) if "--requirement /tmp/requirements.txt" in step)
+    copies = [i for i, step in enumerate(steps) if step.startswith("COPY ")]
+    code = [i for i in copies if "ddad_core" in steps[i] or "services" in steps[i]]
+    assert code and deps < min(code)
+    assert steps[max(i for i in copies if i < deps)] == "COPY pyproject.toml /src/pyproject.toml"
+    assert re.search(r"pip install --no-deps /src\b", next(s for s in steps[deps + 1 :] if "pip install" in s))
+    # The one-liner that lists the dependencies reads this repository's pyproject.toml as the image will.
+    command = re.search(r'python -c "(.*?)"\s+> /tmp/requirements.txt', steps[deps]).group(1)
+    command = command.replace("/src/pyproject.toml", str(REPO / "pyproject.toml"))
+    done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, timeout=30, check=True)
+    assert [line for line in done.stdout.split("\n") if line] == PYPROJECT["project"]["dependencies"]
