@@ -175,3 +175,9 @@ def test_compose_runs_kafka_in_kraft_mode_with_pinned_images_and_topics_from_the
     for key in ("REDIS_PASSWORD", "S3_SECRET_ACCESS_KEY", "DASHBOARD_TOKEN"):
         assert re.search(rf"\$\{{{key}:\?", text), key
     assert (REPO / "deploy" / "compose" / ".gitignore").read_text().split() == [".env"]
+
+
+def test_compose_files_use_only_substitutions_podman_compose_understands() -> None:
+    # podman-compose 1.0.3 leaves ${VAR:-} (an empty default) in place, so a service would get the text itself
+    for ref in re.findall(r"\$\{[^}]*\}", COMPOSE.read_text()):
+        assert re.fullmatch(r"\$\{\w+(:-[^}]+|:\?[^}]+)?\}", ref), ref
