@@ -20,8 +20,8 @@ CTR_BASE_PYTHON_VERSION=3.11   # Debian bookworm's python3
 # Limits a container may have when the machine cannot raise them (no CAP_SYS_RESOURCE): lower than the usual default.
 CTR_ULIMITS=("nofile=4096:4096" "nproc=4096:4096")
 
-ctr_die() {  # exit status, message
-    echo "$CTR_PROG: $2" >&2
+ctr_die() {  # exit status, message (one or more words)
+    echo "$CTR_PROG: ${*:2}" >&2
     exit "$1"
 }
 

@@ -46,7 +46,18 @@ def test_build_images_without_podman_names_it_in_one_line(tmp_path: Path) -> Non
 
 def test_build_images_refuses_an_unknown_image(tmp_path: Path) -> None:
     done = run_script("build-images.sh", "dashboard", path=os.environ["PATH"], tmp_path=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip() == "build-images: unknown image 'dashboard': services or worker"
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "build-images: unknown image 'dashboard': services, worker, deps (= kafka redis s3proxy), kafka, redis or "
+        "s3proxy")
+
+
+def test_build_images_deps_without_the_jars_names_them_in_one_line(tmp_path: Path) -> None:
+    done = run_script("build-images.sh", "deps", path=os.environ["PATH"], tmp_path=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and not done.stdout, done.stdout + done.stderr
+    assert lines[0] == (f"build-images: needs the Kafka 4.1.1 jars in {tmp_path}/home/kafka/4.1.1/libs: fetch them "
+                        "with `DDAD_SETUP=demo bash scripts/bootstrap.sh` (Maven Central) or name a folder of them "
+                        "with DDAD_KAFKA_LIBS")
 
 
 def test_the_cluster_check_without_etcd_names_it_in_one_line(tmp_path: Path) -> None:

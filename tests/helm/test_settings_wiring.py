@@ -3,14 +3,18 @@
 Flow step: deployment. Every environment variable a rendered pod or a compose service gets is loaded with the
 service's own settings class (``load_settings``: an unknown ``<PREFIX>_*`` name or a bad value raises), with
 Secret references replaced by stand-ins; the compose file uses the same names as the chart for the shared
-Kafka, Redis, object-store and topic settings.
+Kafka, Redis, object-store and topic settings. ``compose.local-deps.yaml``, which swaps the public Kafka, Redis and
+MinIO images for the ones ``scripts/build-images.sh deps`` builds, is checked against both: what it replaces, and
+that it replaces it the same way under Docker Compose and under podman-compose 1.0.3.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from tests.helm.test_chart import VARIANTS
 pytestmark = [pytest.mark.helm, pytest.mark.timeout(120)]
 
 COMPOSE = REPO / "deploy" / "compose" / "compose.yaml"
+LOCAL_DEPS = REPO / "deploy" / "compose" / "compose.local-deps.yaml"
 
 
 def _script_class(path: Path, name: str):
@@ -175,3 +180,77 @@ def test_compose_runs_kafka_in_kraft_mode_with_pinned_images_and_topics_from_the
     for key in ("REDIS_PASSWORD", "S3_SECRET_ACCESS_KEY", "DASHBOARD_TOKEN"):
         assert re.search(rf"\$\{{{key}:\?", text), key
     assert (REPO / "deploy" / "compose" / ".gitignore").read_text().split() == [".env"]
+
+
+def _server_image_tags() -> dict[str, str]:
+    """The tags ``scripts/build-images.sh`` gives the three server images, the pinned versions filled in."""
+    from devtools.localstack.common import KAFKA_VERSION, S3PROXY_VERSION
+
+    script = (REPO / "scripts" / "build-images.sh").read_text()
+    tags = dict(re.findall(r'^(KAFKA|REDIS|S3PROXY)_IMAGE="\$\{\1_IMAGE:-([^}]+)\}"$', script, re.M))
+    return {name: tag.replace("$KAFKA_VERSION", KAFKA_VERSION).replace("$S3PROXY_VERSION", S3PROXY_VERSION)
+            for name, tag in tags.items()}
+
+
+def _clashes(base, override, path: tuple = ()) -> list[tuple]:
+    """Where the two files disagree on a value's type, or both hold a list: podman-compose 1.0.3 refuses the first and
+    appends the second file's list to the first's, where Docker Compose replaces it."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return [c for key in base.keys() & override.keys() for c in _clashes(base[key], override[key], (*path, key))]
+    return [path] if type(base) is not type(override) or isinstance(base, list) else []
+
+
+def _merge(base, override):
+    """A second compose file over the first, as both tools do it when no list meets a list: mappings merged."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{key: _merge(base.get(key), value) for key, value in override.items()}}
+    return override
+
+
+def _image_healthcheck(dockerfile: str) -> list[str]:
+    text = re.sub(r"\\\n\s*", " ", (REPO / "deploy" / "docker" / dockerfile).read_text())
+    return json.loads(re.search(r"^HEALTHCHECK .*? CMD (\[.*\])$", text, re.M)[1])
+
+
+def test_the_local_deps_file_swaps_exactly_the_three_servers_for_the_images_build_images_makes() -> None:
+    override = yaml.safe_load(LOCAL_DEPS.read_text())
+    assert set(override) == {"services"}
+    images = {name: service["image"] for name, service in override["services"].items()}
+    tags = _server_image_tags()
+    assert images == {"kafka": tags["KAFKA"], "redis": tags["REDIS"], "minio": tags["S3PROXY"]}
+
+
+def test_the_local_deps_file_replaces_values_the_same_way_under_both_compose_tools() -> None:
+    assert _clashes(yaml.safe_load(COMPOSE.read_text()), yaml.safe_load(LOCAL_DEPS.read_text())) == []
+
+
+def test_the_local_servers_get_what_their_images_read() -> None:
+    example = _example_env()
+    merged = _merge(yaml.safe_load(COMPOSE.read_text()), yaml.safe_load(LOCAL_DEPS.read_text()))["services"]
+    # s3proxy stands in for MinIO: it needs its credentials, and they are the ones every service signs with
+    entrypoint = (REPO / "deploy" / "docker" / "deps" / "s3proxy-entrypoint.sh").read_text()
+    required = set(re.findall(r'^: "\$\{(\w+):\?', entrypoint, re.M))
+    s3 = _compose_env(merged["minio"], example)
+    assert required == {"S3PROXY_IDENTITY", "S3PROXY_CREDENTIAL"} and required <= set(s3)
+    for name in ("setup", "worker", "ingestor", "dashboard"):
+        env = _compose_env(merged[name], example)
+        prefix = _prefix_of(env)
+        assert (env[f"{prefix}S3_ACCESS_KEY_ID"], env[f"{prefix}S3_SECRET_ACCESS_KEY"]) == \
+            (s3["S3PROXY_IDENTITY"], s3["S3PROXY_CREDENTIAL"]), name
+        assert env[f"{prefix}S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert merged["minio"]["command"] == "/data" and "minio-data:/data" in merged["minio"]["volumes"]
+    # the health checks are the images' own, and Kafka keeps every KAFKA_* setting compose.yaml gives it
+    assert shlex.split(merged["kafka"]["healthcheck"]["test"]) == _image_healthcheck("kafka.Dockerfile")
+    assert shlex.split(merged["minio"]["healthcheck"]["test"]) == _image_healthcheck("s3proxy.Dockerfile")
+    assert merged["kafka"]["environment"] == yaml.safe_load(COMPOSE.read_text())["services"]["kafka"]["environment"]
+    # every service of the product is left as compose.yaml has it
+    product = {n: v for n, v in yaml.safe_load(COMPOSE.read_text())["services"].items()
+               if n not in ("kafka", "redis", "minio")}
+    assert all(merged[n] == v for n, v in product.items())
+
+
+def test_compose_files_use_only_substitutions_podman_compose_understands() -> None:
+    # podman-compose 1.0.3 leaves ${VAR:-} (an empty default) in place, so a service would get the text itself
+    for path in (COMPOSE, LOCAL_DEPS):
+        for ref in re.findall(r"\$\{[^}]*\}", path.read_text()):
+            assert re.fullmatch(r"\$\{\w+(:-[^}]+|:\?[^}]+)?\}", ref), (path.name, ref)
