@@ -64,6 +64,7 @@ from ddad_core.features import load_backbone
 from ddad_core.fitting.calibration import conformal_threshold
 from ddad_core.fitting.fit import fit, make_configs
 from ddad_core.fitting.out_of_sample import good_components, out_of_sample_maps
+from ddad_core.fitting.recipes import RECIPES
 from ddad_core.fitting.select import separation
 from ddad_core.fitting.synthetic import KINDS, SUBTLE_KINDS, make_synthetic_defects
 from ddad_core.patch_knn import PatchKNN, patch_features
@@ -315,11 +316,15 @@ def run_bundle(
     fit_seconds = float((pipe.bundle_config.metadata.get("fit_seconds") or {}).get("total", float("nan")))
     runs = []
     recipe = (pipe.bundle_config.recipe or {}).get("name", "custom")
+    recipe_train_max = RECIPES[recipe].train.get("timestep_max") if recipe in RECIPES else None
     cfg = pipe.config
     settings = [
         *(["zero-padded patches"] if cfg.knn_zero_pad else []),
         *(["expanded features"] if cfg.knn_features == "expanded" else []),
         *([f"{cfg.input_shape[1]} x {cfg.input_shape[0]} input"] if cfg.image_shape is not None else []),
+        *([f"{cfg.da_epochs} DA epochs" + (f", teacher {cfg.da_teacher:g}" if cfg.da_teacher else "")]
+          if pipe.reconstructs and cfg.da_epochs else []),  # fmt: skip
+        *([f"UNet t < {trained}"] if (trained := pipe.bundle_config.train.timestep_max) != recipe_train_max else []),
     ]
     if settings:
         recipe += f" ({', '.join(settings)})"
