@@ -55,7 +55,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ddad_core.anomaly_map import gaussian_blur, upsample_map
-from ddad_core.config import TrainConfig
+from ddad_core.config import DDADConfig, TrainConfig
 from ddad_core.data import MVTecFolder, evenly_spaced, load_images, load_mask, resize_mask
 from ddad_core.evaluation.evaluate import EvaluationData, compute_results
 from ddad_core.evaluation.intervals import bootstrap_intervals
@@ -316,14 +316,17 @@ def run_bundle(
     fit_seconds = float((pipe.bundle_config.metadata.get("fit_seconds") or {}).get("total", float("nan")))
     runs = []
     recipe = (pipe.bundle_config.recipe or {}).get("name", "custom")
-    recipe_train_max = RECIPES[recipe].train.get("timestep_max") if recipe in RECIPES else None
+    # Settings named in the label where they differ from the recipe's own.
+    known = RECIPES.get(recipe)
+    recipe_train_max = known.train.get("timestep_max") if known else None
+    recipe_da = known.ddad.get("da_epochs", DDADConfig.model_fields["da_epochs"].default) if known else None
     cfg = pipe.config
     settings = [
         *(["zero-padded patches"] if cfg.knn_zero_pad else []),
         *(["expanded features"] if cfg.knn_features == "expanded" else []),
         *([f"{cfg.input_shape[1]} x {cfg.input_shape[0]} input"] if cfg.image_shape is not None else []),
         *([f"{cfg.da_epochs} DA epochs" + (f", teacher {cfg.da_teacher:g}" if cfg.da_teacher else "")]
-          if pipe.reconstructs and cfg.da_epochs else []),  # fmt: skip
+          if pipe.reconstructs and (cfg.da_epochs != recipe_da or cfg.da_teacher) else []),  # fmt: skip
         *([f"UNet t < {trained}"] if (trained := pipe.bundle_config.train.timestep_max) != recipe_train_max else []),
     ]
     if settings:
