@@ -119,7 +119,23 @@ def make_configs(
         ddad.setdefault("blur_sigma", 4.0 * image_size / 256)
     ddad.update(ddad_overrides or {})
     train.update(train_overrides or {})
-    return DDADConfig(**ddad), TrainConfig(**train)
+    config, train_config = DDADConfig(**ddad), TrainConfig(**train)
+    check_trained_range(config, train_config)
+    return config, train_config
+
+
+def check_trained_range(config: DDADConfig, train: TrainConfig) -> None:
+    """Refuse start steps above the UNet's training range: from a noise level it never saw, the denoiser returns
+    noise, and every frame would look anomalous.
+
+    Raises:
+        SettingError: ``max_noise_step`` above ``timestep_max``.
+    """
+    if train.timestep_max is not None and config.max_noise_step > train.timestep_max:
+        raise SettingError(
+            f"max_noise_step {config.max_noise_step} is above the UNet's training range (t < {train.timestep_max}); "
+            "lower it, or fit with a larger timestep_max"
+        )
 
 
 def _say(log: Callable[[str], None] | None, message: str) -> None:
@@ -386,6 +402,7 @@ def recalibrate(
         pipe = pipe.with_settings(**{k: v for k, v in overrides.items() if k not in bank_fields})
     except ValueError as exc:
         raise SettingError(f"cannot recalibrate {bundle_dir} with {overrides}: {exc}") from exc
+    check_trained_range(pipe.config, old.train)
     if set(overrides) & bank_fields:
         pipe.config = pipe.config.model_copy(update={k: overrides[k] for k in bank_fields & set(overrides)})
     data_dir, names = _good_image_names(old, max_good_images)

@@ -124,6 +124,8 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     DDADPipeline.from_bundle(tmp_path / "c")(synthetic_textures(2, 64, seed=3))
     with pytest.raises(SettingError, match="refitting"):
         recalibrate(tmp_path / "b", tmp_path / "d", image_size=32, log=None)
+    with pytest.raises(SettingError, match="above the UNet's training range"):
+        recalibrate(tmp_path / "b", tmp_path / "d", max_noise_step=before.train.timestep_max + 100, log=None)
     # A new bank size rebuilds the banks over the recorded good images (the networks stay).
     recalibrate(tmp_path / "b", tmp_path / "e", knn_bank_size=8, log=None)
     rebuilt = DDADPipeline.from_bundle(tmp_path / "e")

@@ -32,6 +32,17 @@ def test_recipes_and_bad_names():
     assert recipe_label(None).startswith("pre-recipe")
 
 
+def test_start_steps_above_the_trained_range_are_refused():
+    """A sampler asked to start where the UNet never trained fails at start-up, in one line, not at scoring."""
+    with pytest.raises(SettingError, match="max_noise_step 250 is above the UNet's training range"):
+        make_configs("cpu", recipe="production", ddad_overrides={"max_noise_step": 250},
+                     train_overrides={"timestep_max": 160})  # fmt: skip
+    config, train = make_configs("cpu", recipe="production", ddad_overrides={"max_noise_step": 160},
+                                 train_overrides={"timestep_max": 160})  # fmt: skip
+    assert config.max_noise_step == train.timestep_max == 160
+    assert make_configs("cpu", recipe="paper", ddad_overrides={"max_noise_step": 400})[1].timestep_max is None
+
+
 def test_production_bundle_round_trip(production_bundle):
     cfg = read_bundle_config(production_bundle)
     assert cfg.recipe["name"] == "production" and cfg.recipe["version"] == get_recipe("production").version
