@@ -84,6 +84,15 @@ fit_parser.add_argument("--epochs", type=int, help="UNet epochs (preset default 
 fit_parser.add_argument("--da-epochs", type=int, help="domain-adaptation epochs gamma (default 1)")
 fit_parser.add_argument("--guidance", type=float, help="conditioning weight w (default 4)")
 fit_parser.add_argument(
+    "--max-noise-step",
+    type=int,
+    help="largest start step T_max of the denoising (the recipe's otherwise: 80); deeper starts drown larger "
+    "defects, and need a UNet trained there (--timestep-max)",
+)
+fit_parser.add_argument(
+    "--timestep-max", type=int, help="the UNet trains on t < this (production: 160; at least --max-noise-step)"
+)
+fit_parser.add_argument(
     "--select",
     action="store_true",
     help="choose sampler and map settings per product on synthetic defects made on the good images (the full "
@@ -136,6 +145,9 @@ calibrate_parser.add_argument("--select", action="store_true", help="choose sett
 calibrate_parser.add_argument("--no-select", action="store_true", help="keep the settings fixed")
 calibrate_parser.add_argument("--target-fpr", type=float, help="false-alarm rate on good parts (default: the bundle's)")
 calibrate_parser.add_argument("--tail-fit", action="store_true", help="as for `ddad fit`")
+calibrate_parser.add_argument(
+    "--max-noise-step", type=int, help="new largest start step of the denoising, within the UNet's training range"
+)
 calibrate_parser.add_argument("--pixel-target-fpr", type=float, help="as for `ddad fit`")
 calibrate_parser.add_argument(
     "--max-good-images", type=int, help="older bundles only: the --max-train-images they were fitted with"
@@ -202,14 +214,15 @@ def _fit(args: argparse.Namespace) -> int:
 
     progress = _progress(args, quiet=args.quiet)
 
-    train_overrides = {"batch_size": args.batch_size} if args.batch_size else None
+    train_overrides = {"batch_size": args.batch_size, "timestep_max": args.timestep_max}
     config, train_config = make_configs(
         args.preset,
         epochs=args.epochs,
         da_epochs=args.da_epochs,
         guidance=args.guidance,
         image_size=args.image_size,
-        train_overrides=train_overrides,
+        ddad_overrides={"max_noise_step": args.max_noise_step} if args.max_noise_step else None,
+        train_overrides={k: v for k, v in train_overrides.items() if v},
         recipe=args.recipe,
     )
     fit(
@@ -252,6 +265,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         progress=_progress(args),
         log=_print,
+        **({"max_noise_step": args.max_noise_step} if args.max_noise_step else {}),
     )
     print(f"recalibrated {args.bundle_dir} -> {args.out}")
     return 0

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from ddad_core.autoencoders import (
     ConvAutoencoder,
@@ -119,7 +120,11 @@ def make_configs(
         ddad.setdefault("blur_sigma", 4.0 * image_size / 256)
     ddad.update(ddad_overrides or {})
     train.update(train_overrides or {})
-    config, train_config = DDADConfig(**ddad), TrainConfig(**train)
+    try:
+        config, train_config = DDADConfig(**ddad), TrainConfig(**train)
+    except ValidationError as exc:  # a bad setting from the command line: one line, at start-up
+        problems = [(".".join(map(str, e["loc"])) + ": " if e["loc"] else "") + e["msg"] for e in exc.errors()]
+        raise SettingError("; ".join(p.replace("Value error, ", "") for p in problems)) from exc
     check_trained_range(config, train_config)
     return config, train_config
 

@@ -110,12 +110,22 @@ def test_recalibrate_changes_map_settings_without_refitting(tmp_path, capsys):
     argv = [
         "fit", str(data), "--out", str(tmp_path / "b"), "--epochs", "1", "--image-size", "64", "--autoencoder", "conv",
         "--ae-epochs", "1", "--backbone", "test_resnet:random", "--batch-size", "8", "--quiet", "--target-fpr", "0.1",
-        "--no-select",
+        "--no-select", "--timestep-max", "400",
     ]  # fmt: skip
+    # Start steps outside the training range, or off the sampler's grid, fail before any work, in one line.
+    for bad, message in ((["--max-noise-step", "250", "--timestep-max", "160"], "above the UNet's training range"),
+                         (["--max-noise-step", "255"], "multiple of steps_per_image")):  # fmt: skip
+        assert main(argv[:-2] + bad) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
     assert main(argv) == 0
     before = read_bundle_config(tmp_path / "b")
+    assert before.train.timestep_max == 400
     assert main(["calibrate", str(tmp_path / "b"), "--out", str(tmp_path / "c"), "--recipe", "paper"]) == 2
     assert "trains differently" in capsys.readouterr().err  # the paper recipe trains on every timestep
+    calibrate = ["calibrate", str(tmp_path / "b"), "--out", str(tmp_path / "s"), "--no-select", "--max-noise-step"]
+    assert main([*calibrate, "500"]) == 2 and "above the UNet's training range" in capsys.readouterr().err
+    assert main([*calibrate, "250"]) == 0 and read_bundle_config(tmp_path / "s").ddad.max_noise_step == 250
     recalibrate(tmp_path / "b", tmp_path / "c", knn_weight=1.0, log=None)
     after = read_bundle_config(tmp_path / "c")
     assert after.ddad.knn_weight == 1.0 and before.ddad.knn_weight != 1.0
