@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors.torch import load_file, save_file
 
-from ddad_core.config import DDADConfig, TrainConfig
+from ddad_core.config import DDADConfig, TrainConfig, validation_problems
 
 __all__ = [
     "BUNDLE_CONFIG_NAME",
@@ -205,8 +205,7 @@ def read_bundle_config(path: str | os.PathLike) -> BundleConfig:
     try:
         return BundleConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise BundleError(f"{cfg_path}: invalid field(s): {problems}") from exc
+        raise BundleError(f"{cfg_path}: invalid field(s): {validation_problems(exc)}") from exc
 
 
 def load_bundle(

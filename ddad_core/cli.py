@@ -221,8 +221,8 @@ def _fit(args: argparse.Namespace) -> int:
         da_epochs=args.da_epochs,
         guidance=args.guidance,
         image_size=args.image_size,
-        ddad_overrides={"max_noise_step": args.max_noise_step} if args.max_noise_step else None,
-        train_overrides={k: v for k, v in train_overrides.items() if v},
+        ddad_overrides={"max_noise_step": args.max_noise_step} if args.max_noise_step is not None else None,
+        train_overrides={k: v for k, v in train_overrides.items() if v is not None},
         recipe=args.recipe,
     )
     fit(
@@ -265,7 +265,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         progress=_progress(args),
         log=_print,
-        **({"max_noise_step": args.max_noise_step} if args.max_noise_step else {}),
+        **({"max_noise_step": args.max_noise_step} if args.max_noise_step is not None else {}),
     )
     print(f"recalibrated {args.bundle_dir} -> {args.out}")
     return 0

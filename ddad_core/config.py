@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Grid = Literal["faithful", "clean"]
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``field: message; ...`` (model-level checks without a field name)."""
+    problems = [(".".join(map(str, e["loc"])) + ": " if e["loc"] else "") + e["msg"] for e in exc.errors()]
+    return "; ".join(p.replace("Value error, ", "") for p in problems)
 
 
 class DDADConfig(BaseModel):

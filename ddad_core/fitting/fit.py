@@ -46,7 +46,7 @@ from ddad_core.autoencoders import (
     reconstruction_psnr,
 )
 from ddad_core.bundle import BUNDLE_CONFIG_NAME, BundleConfig, load_bundle, read_bundle_config, save_bundle
-from ddad_core.config import DDADConfig, TrainConfig
+from ddad_core.config import DDADConfig, TrainConfig, validation_problems
 from ddad_core.data import EmptyTrainSetError, MVTecFolder, evenly_spaced, load_images
 from ddad_core.ddim import DDADScheduler
 from ddad_core.features import (
@@ -123,8 +123,7 @@ def make_configs(
     try:
         config, train_config = DDADConfig(**ddad), TrainConfig(**train)
     except ValidationError as exc:  # a bad setting from the command line: one line, at start-up
-        problems = [(".".join(map(str, e["loc"])) + ": " if e["loc"] else "") + e["msg"] for e in exc.errors()]
-        raise SettingError("; ".join(p.replace("Value error, ", "") for p in problems)) from exc
+        raise SettingError(validation_problems(exc)) from exc
     check_trained_range(config, train_config)
     return config, train_config
 
